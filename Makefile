@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv first if needed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Portable CPU flags: a -march=native build can die with SIGILL (AMX tile code) on some CPUs.
+# Override for a GPU build, e.g.  make LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" venv
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+LLAMA_DEFAULT_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON
+# pip caches the built wheel by version only: a non-default build must bypass that cache.
+LLAMA_PIP_FLAGS := $(if $(filter-out $(LLAMA_DEFAULT_ARGS),$(LLAMA_CMAKE_ARGS)),--no-cache-dir --force-reinstall --no-deps,)
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install $(LLAMA_PIP_FLAGS) -c constraints.txt llama-cpp-python
+	$(PY) -m pip install -c constraints.txt -e '.[test]'
+	touch $@
+
+# What exists so far: the extrapolation stage on the embedded LLM (grows with each stage).
+demo: venv
+	$(VENV)/bin/augur models list
+	$(VENV)/bin/augur extrapolate domains --classes "dog,elephant,guitar,house,crane (bird)" -n 6 \
+		--exclude-domains art_painting,cartoon,photo,sketch --out runs/demo/domains --force
+	$(VENV)/bin/augur extrapolate realm birds --groups 3 --classes-per-group 4 --out runs/demo/realm --force
+	head -n 5 runs/demo/domains/prompts.jsonl
+
+test: venv
+	$(PY) -m pytest -q tests
+
+bench: venv
+	$(PY) benchmarks/bench_extrapolate.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

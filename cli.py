@@ -1,0 +1,178 @@
+"""The `augur` command: one thin Click command per pipeline stage over plain functions in toolkit/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from toolkit import __version__
+from toolkit.errors import AugurError
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+class AugurGroup(click.Group):
+    """Turns AugurError into a one-line message and a non-zero exit; bugs keep their traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AugurError as e:
+            _fail(str(e))
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume from the cache", 130)
+
+
+@click.group(cls=AugurGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="augur")
+def main() -> None:
+    """Augur: turn an LLM's imagination into training data, offline."""
+
+
+# ---------------------------------------------------------------- models
+@main.group()
+def models() -> None:
+    """The model registry: list, verify, import, pull."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Every model card and whether its local copy is present and verified."""
+    from toolkit.models import status_rows
+
+    rows = status_rows()
+    cols = ("name", "kind", "state", "prompting", "source", "license")
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+
+
+@models.command("verify")
+@click.argument("name")
+def models_verify(name: str) -> None:
+    """Check the local copy of NAME against its card's sha256."""
+    from toolkit.models import get_card, local_path, verify
+
+    card = get_card(name)
+    digest = verify(card)
+    click.echo(f"{name}: verified sha256 {digest} at {local_path(card)}")
+
+
+@models.command("import")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--kind", help="Model kind, needed when NAME has no card (gguf, diffusers, onnx, embedding).")
+@click.option("--prompting", type=click.Choice(["base", "chat"]), help="For a new GGUF card: base or chat prompting.")
+def models_import(name: str, path: Path, kind: str | None, prompting: str | None) -> None:
+    """Register a file or folder copied in by hand (the offline workflow)."""
+    from toolkit.models import import_model
+
+    card, digest = import_model(name, path, kind, prompting)
+    click.echo(f"{card.name}: imported {path} ({card.kind}), sha256 {digest}")
+
+
+@models.command("pull")
+@click.argument("name")
+def models_pull(name: str) -> None:
+    """Fetch NAME: assemble an embedded model, or download from the hub where one is reachable."""
+    from toolkit.models import get_card, pull, verify
+
+    card = get_card(name)
+    path = pull(card)
+    click.echo(f"{name}: {path} (sha256 {verify(card, path, use_record=False)})")
+
+
+# ---------------------------------------------------------------- extrapolate
+def _llm_options(f):
+    options = [
+        click.option("--model", default="gemma3-270m-q4km", show_default=True,
+                     help="A model card name (augur models list) or a path to a .gguf file."),
+        click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder."),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--prompting", type=click.Choice(["auto", "base", "chat"]), default="auto", show_default=True,
+                     help="Few-shot completion (base models) or chat template (instruct models)."),
+        click.option("--temperature", default=0.8, show_default=True, type=float),
+        click.option("--max-attempts", default=4, show_default=True, type=int,
+                     help="LLM requests per item before it is recorded as partial or failed."),
+        click.option("--semantic-dedup/--no-semantic-dedup", default=True, show_default=True,
+                     help="Drop near-duplicates by all-MiniLM-L6-v2 similarity."),
+        click.option("--semantic-threshold", default=0.8, show_default=True, type=float),
+        click.option("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)."),
+        click.option("--gpu-layers", default=-1, show_default=True, type=int,
+                     help="Layers offloaded to the GPU in a CUDA build of llama.cpp (-1: all)."),
+        click.option("--force", is_flag=True, help="Replace existing outputs in --out."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _config(model, seed, prompting, temperature, max_attempts, semantic_dedup, semantic_threshold, threads,
+            gpu_layers, quiet):
+    from toolkit.extrapolate import ExtrapolateConfig
+    from toolkit.llm import Sampling
+
+    return ExtrapolateConfig(model=model, seed=seed, prompting=None if prompting == "auto" else prompting,
+                             sampling=Sampling(temperature=temperature), max_attempts=max_attempts,
+                             semantic_dedup=semantic_dedup, semantic_threshold=semantic_threshold,
+                             threads=threads, gpu_layers=gpu_layers, progress=not quiet)
+
+
+@main.group()
+def extrapolate() -> None:
+    """Stage 1: the LLM imagines domains (per class) or classes (per realm)."""
+
+
+@extrapolate.command("domains")
+@click.option("--classes", help="Comma-separated class names; 'crane (bird)' picks a sense.")
+@click.option("--classes-file", type=click.Path(path_type=Path), help="One class per line (or commas).")
+@click.option("--dataset", type=click.Path(path_type=Path), help="A DomainBed-layout folder ROOT/<domain>/<class>/.")
+@click.option("--domains-per-class", "-n", default=8, show_default=True, type=int)
+@click.option("--exclude-domains", default="", help="The dataset's own domains, e.g. art_painting,cartoon,photo,sketch.")
+@_llm_options
+def extrapolate_domains_cmd(classes, classes_file, dataset, domains_per_class, exclude_domains, out, force, **kw):
+    """Novel domains per class → OUT/prompts.jsonl (Beyond Finite Data)."""
+    from toolkit import classnames
+    from toolkit.extrapolate import extrapolate_domains
+
+    names = classnames.collect(classes, classes_file, dataset)
+    exclude = [e for e in exclude_domains.split(",") if e.strip()]
+    if dataset and not exclude:
+        exclude = classnames.dataset_domains(dataset)
+    run = extrapolate_domains(names, domains_per_class, out, exclude_domains=exclude, cfg=_config(**kw), force=force)
+    _report(run, "class")
+
+
+@extrapolate.command("realm")
+@click.argument("realm")
+@click.option("--groups", default=6, show_default=True, type=int, help="Sub-groups to predict.")
+@click.option("--classes-per-group", default=8, show_default=True, type=int)
+@_llm_options
+def extrapolate_realm_cmd(realm, groups, classes_per_group, out, force, **kw):
+    """Related classes of a REALM with visual descriptions → OUT/classes.jsonl, prompts.jsonl (Premonition)."""
+    from toolkit.extrapolate import extrapolate_realm
+
+    run = extrapolate_realm(realm, out, groups=groups, classes_per_group=classes_per_group, cfg=_config(**kw),
+                            force=force)
+    _report(run, "group")
+
+
+def _report(run: dict, unit: str) -> None:
+    items = run.get("classes") or run.get("per_group") or []
+    for it in items:
+        if it["status"] != "ok":
+            click.echo(f"warning: {unit} '{it.get('class') or it.get('group')}' is {it['status']}: "
+                       f"{it['kept']}/{it['wanted']} after {it['attempts']} attempts "
+                       f"(rejected: {it['rejected'] or 'none'})", err=True)
+    click.echo(run["summary"]["line"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Test set-up: the network is blocked for every test, and Augur's state lives in temp folders.
+
+Offline is a feature we prove: any attempt to open an internet socket fails the code under test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Before toolkit is imported: one model store per test session (the embedded GGUF is assembled once).
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="augur-test-home-"))
+os.environ["AUGUR_HOME"] = str(_SESSION_HOME)
+os.environ.pop("AUGUR_CACHE_DIR", None)
+
+
+class NetworkBlocked(ConnectionError):
+    """An OSError, like a real unreachable network, so code under test sees what it would offline."""
+
+
+def _blocked(*args, **kwargs):
+    raise NetworkBlocked(f"network access attempted in a test: {args[1:] if len(args) > 1 else args}")
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _guard(method):
+    def guarded(self, address, *a, **kw):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            raise NetworkBlocked(f"network access attempted in a test: {address!r}")
+        return method(self, address, *a, **kw)
+
+    return guarded
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    mp = pytest.MonkeyPatch()
+    mp.setattr(socket.socket, "connect", _guard(_real_connect))
+    mp.setattr(socket.socket, "connect_ex", _guard(_real_connect_ex))
+    mp.setattr(socket, "create_connection", _blocked)
+    mp.setattr(socket, "getaddrinfo", _blocked)
+    yield
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """Each test starts with an empty generation cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def llm():
+    from toolkit.extrapolate import ExtrapolateConfig, open_llm
+
+    return open_llm(ExtrapolateConfig())
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from toolkit.extrapolate import open_embedder
+
+    return open_embedder()
+
+
+@pytest.fixture(scope="session")
+def gguf_path(llm) -> Path:
+    return llm.path

@@ -1,0 +1,124 @@
+"""The `augur` command: bad input gives one line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from toolkit.fileio import read_jsonl
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def assert_one_line_error(res, *fragments: str):
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_domains_command_writes_outputs(tmp_path):
+    out = tmp_path / "out"
+    res = run("extrapolate", "domains", "--classes", "lighthouse", "-n", "2", "--exclude-domains",
+              "photo,art_painting", "--out", str(out), "--quiet")
+    assert res.exit_code == 0, res.output
+    assert "extrapolate domains: 1 classes" in res.output and "tok/s" in res.output
+    rows = read_jsonl(out / "prompts.jsonl")
+    assert rows and all(r["class"] == "lighthouse" for r in rows)
+    assert (out / "run.json").exists()
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--classes", " , "], ["class list is empty"]),
+    (["--classes-file", "/nonexistent/classes.txt"], ["cannot read the class list"]),
+    (["--classes", "dog", "--model", "/nonexistent/model.gguf"], ["no such GGUF file"]),
+    (["--classes", "dog", "--model", "no-such-model"], ["unknown model 'no-such-model'"]),
+    (["--classes", "dog", "-n", "0"], ["at least 1"]),
+    ([], ["give the classes once"]),
+])
+def test_bad_inputs(tmp_path, args, fragments):
+    out = tmp_path / "out"
+    res = run("extrapolate", "domains", *args, "--out", str(out))
+    assert_one_line_error(res, *fragments)
+    assert not (out / "prompts.jsonl").exists()
+
+
+def test_unreadable_class_file(tmp_path):
+    f = tmp_path / "classes.bin"
+    f.write_bytes(b"\xff\xfe\x00bad")
+    assert_one_line_error(run("extrapolate", "domains", "--classes-file", str(f), "--out", str(tmp_path / "o")),
+                          "cannot read the class list")
+
+
+def test_corrupt_and_truncated_gguf(tmp_path, gguf_path):
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"this is not a model" * 100)
+    res = run("extrapolate", "domains", "--classes", "dog", "--model", str(garbage), "--out", str(tmp_path / "o1"))
+    assert_one_line_error(res, "not a GGUF file")
+    truncated = tmp_path / "truncated.gguf"
+    with open(gguf_path, "rb") as src:
+        truncated.write_bytes(src.read(1 << 20))  # the header is right, the tensors are missing
+    res = run("extrapolate", "domains", "--classes", "dog", "--model", str(truncated), "--out", str(tmp_path / "o2"))
+    assert_one_line_error(res, "cannot load this GGUF model")
+    assert not (tmp_path / "o2" / "prompts.jsonl").exists()
+
+
+def test_existing_output_is_not_overwritten(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prompts.jsonl").write_text("precious\n")
+    res = run("extrapolate", "domains", "--classes", "dog", "--out", str(out))
+    assert_one_line_error(res, "already exists", "--force")
+    assert (out / "prompts.jsonl").read_text() == "precious\n"
+
+
+def test_realm_command_and_empty_realm(tmp_path):
+    assert_one_line_error(run("extrapolate", "realm", "  ", "--out", str(tmp_path / "r")), "realm is empty")
+
+
+def test_models_list_and_verify():
+    res = run("models", "list")
+    assert res.exit_code == 0, res.output
+    lines = {l.split()[0]: l for l in res.output.splitlines()[1:]}
+    assert {"gemma3-270m-q4km", "qwen2.5-7b-instruct-q4km", "llama-3.1-8b-instruct-q4km",
+            "all-minilm-l6-v2"} <= set(lines)
+    assert "verified" in lines["gemma3-270m-q4km"] and "missing" in lines["qwen2.5-7b-instruct-q4km"]
+    res = run("models", "verify", "gemma3-270m-q4km")
+    assert res.exit_code == 0 and "a5fd3b62230a" in res.output
+
+
+def test_models_pull_without_network_says_how(tmp_path):
+    res = run("models", "pull", "qwen2.5-7b-instruct-q4km")
+    assert_one_line_error(res, "Qwen2.5-7B-Instruct-Q4_K_M.gguf", "augur models import qwen2.5-7b-instruct-q4km")
+    res = run("models", "verify", "llama-3.1-8b-instruct-q4km")
+    assert_one_line_error(res, "not present locally")
+
+
+def test_models_import_offline_workflow(tmp_path, gguf_path):
+    copy = tmp_path / "my.gguf"
+    shutil.copy(gguf_path, copy)
+    res = run("models", "import", "my-gemma", str(copy))
+    assert_one_line_error(res, "pass --kind")
+    res = run("models", "import", "my-gemma", str(copy), "--kind", "gguf", "--prompting", "base")
+    assert res.exit_code == 0, res.output
+    assert "my-gemma" in run("models", "list").output
+    assert run("models", "verify", "my-gemma").exit_code == 0
+    # The file changes after import: verification catches it.
+    with open(copy, "r+b") as f:
+        f.seek(1 << 20)
+        f.write(b"\x00" * 16)
+    assert_one_line_error(run("models", "verify", "my-gemma"), "does not match")
+    # A wrong file under a card with a pinned sha256 is refused at import.
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 100)
+    assert_one_line_error(run("models", "import", "gemma3-270m-q4km", str(bad)), "does not match")
+    assert_one_line_error(run("models", "import", "x", str(tmp_path / "missing.gguf"), "--kind", "gguf"),
+                          "no such file")

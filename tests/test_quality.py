@@ -1,0 +1,111 @@
+"""Parsing and filtering of LLM list output, and class-name handling (pure functions, real MiniLM)."""
+
+from pathlib import Path
+
+import pytest
+
+from toolkit import classnames
+from toolkit.embed import SemanticFilter
+from toolkit.errors import AugurError
+from toolkit.quality import Limits, check_domain, compose_prompt, norm_key, parse_lines
+
+
+def test_parse_lines_tolerates_format_drift():
+    text = "- watercolor | a watercolor dog\n* neon sign|a neon dog\n3. origami\n\n-   \n- pixel art | a pixel art d"
+    assert parse_lines(text, truncated=False) == [
+        ("watercolor", "a watercolor dog"), ("neon sign", "a neon dog"), ("origami", None),
+        ("pixel art", "a pixel art d")]
+    # A generation cut by max_tokens loses its (probably cut) last line.
+    assert parse_lines(text, truncated=True)[-1] == ("origami", None)
+
+
+def test_norm_key_ignores_case_articles_plurals_punctuation():
+    assert norm_key("The Watercolor Paintings!") == norm_key("watercolor painting")
+    assert norm_key("Pixel-art") == norm_key("pixel art")
+    assert norm_key("neon sign") != norm_key("neon light")
+
+
+def test_check_domain_rejects_restatements_and_excluded():
+    cw = classnames.resolve("dog").content_words
+    lim = Limits()
+    assert check_domain("dogs", None, cw, [], lim) == "restates class"
+    assert check_domain("a dog picture", None, cw, [], lim) == "restates class"
+    assert check_domain("photograph", None, cw, ["photo"], lim) == "excluded domain"
+    assert check_domain("oil painting", None, cw, ["art painting"], lim) == "excluded domain"
+    assert check_domain("sketched lines", None, cw, ["sketch"], lim) == "excluded domain"
+    assert check_domain("a very long domain name that goes on and on", None, cw, [], lim) == "length"
+    assert check_domain("stained glass", "a dog in stained glass", cw, ["photo"], lim) is None
+
+
+def test_compose_prompt_keeps_class():
+    cn = classnames.resolve("dog")
+    assert compose_prompt("origami", "an origami dog", cn.phrase, cn.content_words) == "an origami dog"
+    assert compose_prompt("origami", "folded paper art", cn.phrase, cn.content_words) == "a dog, origami"
+    assert compose_prompt("origami", None, cn.phrase, cn.content_words) == "a dog, origami"
+
+
+def test_ambiguous_names_are_disambiguated(capsys):
+    c = classnames.resolve("crane")
+    assert (c.label, c.phrase) == ("crane", "crane bird")
+    assert "ambiguous" in capsys.readouterr().err
+    m = classnames.resolve("crane (machine)")
+    assert (m.label, m.phrase) == ("crane (machine)", "construction crane")
+    assert classnames.resolve("heron (wading bird)").phrase == "heron wading bird"
+    assert classnames.resolve("golden_retriever").phrase == "golden retriever"
+
+
+def test_semantic_filter_with_real_minilm(embedder):
+    f = SemanticFilter(embedder, 0.8, avoid=["photo"])
+    assert f.check("watercolor painting") is None
+    assert f.check("watercolour painting") == "semantic duplicate"
+    assert f.check("underwater scene") is None
+    assert f.check("photograph") == "semantically excluded"
+
+
+def test_class_sources(tmp_path: Path):
+    assert classnames.collect("a, b,c", None, None) == ["a", "b", "c"]
+    f = tmp_path / "classes.txt"
+    f.write_text("# birds\nheron\ncrane (bird)\n")
+    assert classnames.collect(None, f, None) == ["heron", "crane (bird)"]
+    root = tmp_path / "ds"
+    for d in ("photo", "sketch"):
+        for c in ("dog", "cat"):
+            (root / d / c).mkdir(parents=True)
+    assert classnames.collect(None, None, root) == ["cat", "dog"]
+    assert classnames.dataset_domains(root) == ["photo", "sketch"]
+    (root / "sketch" / "cow").mkdir()
+    with pytest.raises(AugurError, match="different classes.*cow"):
+        classnames.collect(None, None, root)
+    with pytest.raises(AugurError, match="empty"):
+        classnames.collect(" , ", None, None)
+    with pytest.raises(AugurError, match="twice"):
+        classnames.collect("dog,Dog", None, None)
+    with pytest.raises(AugurError, match="cannot read"):
+        classnames.collect(None, tmp_path, None)
+
+
+def test_near_duplicates_and_leaked_example_subjects():
+    from toolkit.quality import near_duplicate
+
+    assert near_duplicate("3d printed plastic", ["watercolor", "3d printing"])
+    assert near_duplicate("neon", ["neon sign"])
+    assert not near_duplicate("oil painting", ["watercolor", "neon sign"])
+    cn = classnames.resolve("dog")
+    leaked = "a dog in a 3d rendering of an elephant"
+    assert compose_prompt("3d render", leaked, cn.phrase, cn.content_words, {"elephant"}) == "a dog, 3d render"
+    cn = classnames.resolve("elephant")  # the class itself may of course be named
+    assert compose_prompt("clay", "a clay elephant", cn.phrase, cn.content_words, {"elephant"}) == "a clay elephant"
+
+
+def test_non_words_are_rejected_everywhere():
+    from toolkit.quality import check_class, check_group
+
+    lim = Limits()
+    assert check_domain("3D", None, set(), [], lim) == "not a word"
+    assert check_group("1930s", "birds", lim) == "not a word"
+    assert check_group("birds", "birds", lim) == "restates realm"
+    assert check_group("raptors", "birds", lim) is None
+    assert check_class("59s", "a bird with a yellow head", set(), lim) == "not a word"
+    assert check_class("hawk", "big", set(), lim) == "description length"
+    assert check_class("hawk", "big raptor with a hooked beak", {"hawk"}, lim) == "duplicate"
+    assert check_class("hawk", "big raptor with a hooked beak", set(), lim) is None

@@ -1,0 +1,3 @@
+"""Augur: turn an LLM's imagination into training data, offline."""
+
+__version__ = "0.1.0"
