@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -172,6 +173,90 @@ def _report(run: dict, unit: str) -> None:
                        f"{it['kept']}/{it['wanted']} after {it['attempts']} attempts "
                        f"(rejected: {it['rejected'] or 'none'})", err=True)
     click.echo(run["summary"]["line"])
+
+
+# ---------------------------------------------------------------- render
+class DefaultCommandGroup(AugurGroup):
+    """`augur render PROMPTS ...` runs the default subcommand; `augur render merge DIR` the named one."""
+
+    default = "images"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=DefaultCommandGroup)
+def render() -> None:
+    """Stage 2: prompts → images in the DomainBed layout (augur render PROMPTS.jsonl --out DIR)."""
+
+
+@render.command("images")
+@click.argument("prompts", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (DomainBed layout).")
+@click.option("--model", default="tiny-lcm", show_default=True, help="A diffusers/onnx card, or a pipeline folder.")
+@click.option("--backend", default="torch", show_default=True, help="torch or onnx.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
+@click.option("--steps", type=int, help="Denoising steps (default: the card's).")
+@click.option("--guidance", type=float, help="Guidance scale (default: the card's).")
+@click.option("--size", type=int, help="Image side in pixels (default: the card's).")
+@click.option("--batch-size", default=4, show_default=True, type=int)
+@click.option("--images-per-prompt", default=1, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--shard", help="i/n: render only this shard of the images (merge with `augur render merge`).")
+@click.option("--negative-prompt", help="For pipelines that take one (not LCM).")
+@click.option("--attention-slicing", is_flag=True, help="Less memory, a little slower (torch).")
+@click.option("--vae-slicing", is_flag=True, help="Decode images one by one (torch).")
+@click.option("--tiny-vae", help="An AutoencoderTiny card or folder (e.g. taesd) for faster decoding (torch).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def render_images(prompts, out, shard, quiet, **kw) -> None:
+    """Render every row of PROMPTS (a prompts.jsonl) into OUT; re-run the same command to resume."""
+    from toolkit.render import RenderConfig, parse_shard, render as render_run
+
+    shard_t = parse_shard(shard)
+    if shard is None:
+        shard_t = _accelerate_shard() or shard_t
+    cfg = RenderConfig(shard=shard_t, progress=not quiet, **kw)
+    result = render_run(prompts, out, cfg)
+    click.echo(result["line"])
+
+
+def _accelerate_shard():
+    """Under `accelerate launch`, each process takes its own shard and device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.device.type == "cuda":
+        import torch
+
+        torch.cuda.set_device(state.device)
+    return (state.process_index, state.num_processes)
+
+
+@render.command("merge")
+@click.argument("out", type=click.Path(path_type=Path))
+def render_merge(out) -> None:
+    """Merge the shard manifests of OUT into OUT/manifest.jsonl (and draw its contact sheet)."""
+    from toolkit.render import merge
+
+    click.echo(merge(out)["line"])
+
+
+@models.command("export-onnx")
+@click.argument("name")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also make a copy with a dynamically quantized UNet.")
+@click.option("--parity-size", type=int, help="Image size for the parity check (default: the card's).")
+def models_export_onnx(name, quantize, parity_size) -> None:
+    """Export diffusers model NAME to ONNX with optimum, register it as NAME-onnx, report parity."""
+    from toolkit.onnx_export import export_onnx
+
+    for target, info in export_onnx(name, quantize, parity_size).items():
+        click.echo(f"{target}: {info['path']} (sha256 {info['sha256'][:12]}…), parity vs torch fp32: "
+                   f"max pixel difference {info['parity_max_pixel_diff']:.0f}/255")
 
 
 if __name__ == "__main__":

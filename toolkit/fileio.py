@@ -101,8 +101,8 @@ def sha256_tree(root: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def refuse_overwrite(path: Path, force: bool) -> None:

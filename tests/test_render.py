@@ -1,0 +1,246 @@
+"""The render stage on a tiny random-init LCM pipeline (real diffusers, optimum and onnxruntime code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+from toolkit import models
+from toolkit.fileio import read_jsonl, sha256_file, write_jsonl
+from toolkit.render import RenderConfig, Renderer, merge, render, resolve_model
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"}
+        for c in ("heron", "guitar", "crane (bird)") for d in ("stained-glass", "origami")]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    card, path, sha = models.ensure("tiny-lcm")
+    return path
+
+
+@pytest.fixture(scope="session")
+def onnx_export(tiny):
+    from toolkit.onnx_export import export_onnx
+
+    return export_onnx("tiny-lcm", quantize="int8")
+
+
+@pytest.fixture(scope="session")
+def torch_renderer(tiny):
+    cfg = RenderConfig(progress=False)
+    return Renderer(resolve_model("tiny-lcm", "torch"), cfg)
+
+
+@pytest.fixture()
+def prompts(tmp_path) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    write_jsonl(p, ROWS)
+    return p
+
+
+def cfg(**kw) -> RenderConfig:
+    return RenderConfig(progress=False, **kw)
+
+
+def images(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*.png"))
+            if p.name != "contact_sheet.png"}
+
+
+def test_files_manifest_and_contact_sheet(prompts, tmp_path, torch_renderer):
+    out = tmp_path / "out"
+    res = render(prompts, out, cfg(images_per_prompt=2), renderer=torch_renderer)
+    assert res["images"] == res["rendered"] == 12
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == 12
+    for r in rows:
+        p = out / r["path"]
+        assert p.parts[-3:-1] == (r["domain"], r["class"])  # DomainBed layout: domain/class/image
+        assert sha256_file(p) == r["sha256"]
+        with Image.open(p) as im:
+            assert im.size == (32, 32) and json.loads(im.text["augur"])["seed"] == r["seed"]
+        for key in ("prompt", "seed", "model", "model_sha256", "scheduler", "steps", "guidance", "size", "backend",
+                    "dtype", "toolkit_version"):
+            assert r[key] is not None, key
+        assert (r["backend"], r["dtype"], r["scheduler"], r["steps"]) == ("torch", "fp32", "LCMScheduler", 4)
+    assert len({r["seed"] for r in rows}) == 12
+    assert (out / "crane (bird)" ).exists() is False and (out / "origami" / "crane (bird)").is_dir()
+    with Image.open(out / "contact_sheet.png") as sheet:
+        assert sheet.width > 2 * 96 and sheet.height >= 3 * 96
+    ident = json.loads((out / "render.json").read_text())["identity"]
+    assert ident["model"] == "tiny-lcm" and ident["prompts_sha256"] == sha256_file(prompts)
+
+
+def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_renderer):
+    ref = tmp_path / "b1"
+    render(prompts, ref, cfg(batch_size=1), renderer=torch_renderer)
+    for bs in (3, 4):
+        out = tmp_path / f"b{bs}"
+        render(prompts, out, cfg(batch_size=bs), renderer=torch_renderer)
+        assert images(out) == images(ref)
+        assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    sharded = tmp_path / "sharded"
+    counts = [render(prompts, sharded, cfg(batch_size=2, shard=(i, 2)), renderer=torch_renderer)["images"]
+              for i in range(2)]
+    assert sum(counts) == len(ROWS) and all(counts)
+    merge(sharded)
+    assert images(sharded) == images(ref)
+    assert (sharded / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    other_seed = tmp_path / "seed1"
+    render(prompts, other_seed, cfg(seed=1), renderer=torch_renderer)
+    assert images(other_seed) != images(ref)
+
+
+def test_merge_refuses_missing_shard(prompts, tmp_path, torch_renderer):
+    out = tmp_path / "out"
+    render(prompts, out, cfg(shard=(0, 3)), renderer=torch_renderer)
+    with pytest.raises(Exception, match="shard\\(s\\) 1, 2 of 3 are missing"):
+        merge(out)
+
+
+def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, torch_renderer):
+    ref = tmp_path / "ref"
+    render(prompts, ref, cfg(images_per_prompt=4), renderer=torch_renderer)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "cli", "render", str(prompts), "--out", str(out), "--images-per-prompt", "4",
+           "--batch-size", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = out / "manifest.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and (
+            not manifest.exists() or len(manifest.read_text().splitlines()) < 3):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows = read_jsonl(manifest)
+    assert 3 <= len(rows) < 24
+    # A crash can tear the manifest's last line and leave a damaged image: both are redone.
+    with open(manifest, "a") as f:
+        f.write('{"image_id": "heron--orig')
+    damaged = out / rows[0]["path"]
+    damaged.write_bytes(b"not a png")
+    assert not list(out.rglob("*.part"))
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert f"already done" in res.stdout
+    done = int(res.stdout.split("new, ")[1].split(" already")[0])
+    assert done == len(rows) - 1  # the damaged one was redone
+    assert images(out) == images(ref)
+    assert manifest.read_bytes() == (ref / "manifest.jsonl").read_bytes()
+
+
+def test_onnx_export_parity_and_backend(prompts, tmp_path, onnx_export, torch_renderer):
+    assert set(onnx_export) == {"tiny-lcm-onnx", "tiny-lcm-onnx-int8"}
+    assert onnx_export["tiny-lcm-onnx"]["parity_max_pixel_diff"] <= 2
+    assert onnx_export["tiny-lcm-onnx-int8"]["parity_max_pixel_diff"] >= 0
+    card = models.get_card("tiny-lcm-onnx")
+    assert card.kind == "onnx" and card.extra["exported_from"] == "tiny-lcm"
+    ref = tmp_path / "torch"
+    render(prompts, ref, cfg(), renderer=torch_renderer)
+    outs = {}
+    for bs in (1, 4):
+        out = tmp_path / f"onnx{bs}"
+        res = render(prompts, out, cfg(model="tiny-lcm", backend="onnx", batch_size=bs))
+        assert "on onnx/cpu/fp32" in res["line"]
+        outs[bs] = images(out)
+        assert {r["backend"] for r in read_jsonl(out / "manifest.jsonl")} == {"onnx"}
+    assert outs[1] == outs[4]
+    import numpy as np
+
+    for rel, data in outs[1].items():
+        a = np.asarray(Image.open(ref / rel), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "onnx1" / rel), dtype=np.int16)
+        assert np.abs(a - b).max() <= 2
+    q = tmp_path / "int8"
+    render(prompts, q, cfg(model="tiny-lcm-onnx-int8", backend="onnx"))
+    assert len(images(q)) == len(ROWS)
+
+
+def test_tiny_vae_and_slicing_switches(prompts, tmp_path, tiny):
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
+                            num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
+    taesd.save_pretrained(tmp_path / "taesd")
+    out = tmp_path / "out"
+    c = cfg(tiny_vae=str(tmp_path / "taesd"), attention_slicing=True, vae_slicing=True)
+    res = render(prompts, out, c)
+    assert res["rendered"] == len(ROWS)
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert row["tiny_vae"]["sha256"] and row["tiny_vae"]["model"].endswith("taesd")
+
+
+# ------------------------------------------------------------------ bad input through the CLI
+def cli(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(res, *fragments):
+    assert res.exit_code != 0
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
+def test_bad_prompt_rows_name_their_line(tmp_path, tiny):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(ROWS[0]) + "\n{not json\n")
+    one_line_error(cli("render", str(bad), "--out", str(tmp_path / "o")), "bad.jsonl:2", "not valid JSON")
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps({"id": "x", "class": "c", "domain": "d"}) + "\n")
+    one_line_error(cli("render", str(bad), "--out", str(tmp_path / "o")), "bad.jsonl:2", "prompt")
+    bad.write_text(json.dumps(ROWS[0]) + "\n" + json.dumps(ROWS[0]) + "\n")
+    one_line_error(cli("render", str(bad), "--out", str(tmp_path / "o")), "repeats line 1")
+    one_line_error(cli("render", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")), "no such file")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_model_backend_dtype(prompts, tmp_path, tiny):
+    out = str(tmp_path / "o")
+    one_line_error(cli("render", str(prompts), "--out", out, "--model", "no-such-model"), "unknown model")
+    one_line_error(cli("render", str(prompts), "--out", out, "--backend", "tensorrt"), "unknown backend")
+    one_line_error(cli("render", str(prompts), "--out", out, "--dtype", "fp16", "--device", "cpu"),
+                   "fp16 is not supported on CPU")
+    one_line_error(cli("render", str(prompts), "--out", out, "--dtype", "fp8"), "unknown dtype")
+    one_line_error(cli("render", str(prompts), "--out", out, "--shard", "2/2"), "--shard")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    shutil.rmtree(broken / "unet")
+    one_line_error(cli("render", str(prompts), "--out", out, "--model", str(broken)), "cannot load the pipeline")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny, corrupt)
+    weights = next((corrupt / "unet").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    one_line_error(cli("render", str(prompts), "--out", out, "--model", str(corrupt)), "cannot load the pipeline")
+    assert not (tmp_path / "o" / "manifest.jsonl").exists()
+
+
+def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):
+    out = tmp_path / "o"
+    assert cli("render", str(prompts), "--out", str(out), "--quiet").exit_code == 0
+    before = images(out)
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--seed", "7"), "different render run", "seed")
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--steps", "2"), "different render run", "steps")
+    assert images(out) == before
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_error(cli("render", str(prompts), "--out", str(other)), "not empty")
+    res = cli("render", str(prompts), "--out", str(out), "--quiet")  # same run again: all already done
+    assert res.exit_code == 0 and f"0 new, {len(ROWS)} already done" in res.output

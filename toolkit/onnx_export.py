@@ -1,0 +1,102 @@
+"""`augur models export-onnx`: optimum exports a diffusers pipeline; onnxruntime quantizes its UNet.
+
+The export is registered as a card of its own (NAME-onnx, NAME-onnx-int8) that remembers what it was
+exported from, and its parity against the torch pipeline on the same seed is measured and recorded.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from . import models, paths
+from .errors import AugurError
+from .fileio import sha256_tree
+
+PARITY_PROMPT = {"id": "parity", "class": "parity", "domain": "parity",
+                 "prompt": "a lighthouse on a cliff, watercolor"}
+
+
+def _export(src: Path, dest: Path) -> None:
+    from optimum.exporters.onnx import main_export
+
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        main_export(str(src), output=tmp, task="text-to-image", do_validation=False)
+    except Exception as e:  # optimum raises many types; the user needs the message
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AugurError(f"ONNX export of {src} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:200]})") from None
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def _quantize_unet(onnx_dir: Path, dest: Path) -> None:
+    """A copy of the export whose UNet weights are dynamically quantized to int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(onnx_dir, tmp, ignore=shutil.ignore_patterns("unet"))
+    (tmp / "unet").mkdir()
+    for f in (onnx_dir / "unet").iterdir():
+        if f.name != "model.onnx" and not f.name.startswith("model.onnx_data"):
+            shutil.copy2(f, tmp / "unet" / f.name)
+    big = any(p.name.startswith("model.onnx_data") for p in (onnx_dir / "unet").iterdir())
+    # MatMul/Gemm only (attention and feed-forward layers): onnxruntime's CPU ConvInteger takes uint8
+    # weights only, and an int8 Conv graph would not load.
+    quantize_dynamic(str(onnx_dir / "unet" / "model.onnx"), str(tmp / "unet" / "model.onnx"),
+                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"],
+                     use_external_data_format=big)
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+
+
+def parity(torch_model: str, onnx_model: str, size: int | None = None) -> float:
+    """Max absolute pixel difference (0-255) between torch fp32 and ONNX renders of one prompt and seed."""
+    import numpy as np
+
+    from .render import Renderer, RenderConfig, resolve_model
+
+    images = []
+    for backend, name in (("torch", torch_model), ("onnx", onnx_model)):
+        cfg = RenderConfig(model=name, backend=backend, device="cpu", dtype="fp32", size=size, progress=False)
+        r = Renderer(resolve_model(name, backend), cfg)
+        from .render import Unit
+
+        images.append(r([Unit("parity-0", PARITY_PROMPT, 0, 1234)])[0].astype(np.int16))
+    return float(np.abs(images[0] - images[1]).max())
+
+
+def export_onnx(name: str, quantize: str | None = None, parity_size: int | None = None) -> dict[str, Any]:
+    card, path, sha = models.ensure(name)
+    if card.kind != "diffusers":
+        raise AugurError(f"model '{name}' is a {card.kind} model; export-onnx takes a diffusers pipeline")
+    if quantize not in (None, "int8"):
+        raise AugurError(f"--quantize {quantize}: only int8 is supported")
+    results: dict[str, Any] = {}
+    onnx_name = f"{name}-onnx"
+    onnx_dir = paths.model_store() / onnx_name
+    existing = models.load_cards().get(onnx_name)
+    if not (existing and existing.extra.get("exported_from_sha256") == sha and (onnx_dir / "model_index.json").exists()):
+        _export(path, onnx_dir)
+    targets = [(onnx_name, onnx_dir)]
+    if quantize == "int8":
+        q_name = f"{name}-onnx-int8"
+        q_dir = paths.model_store() / q_name
+        _quantize_unet(onnx_dir, q_dir)
+        targets.append((q_name, q_dir))
+    for target_name, target_dir in targets:
+        new = models.ModelCard(name=target_name, kind="onnx",
+                               description=f"ONNX export of {name}" + (" (int8 UNet)" if "int8" in target_name else ""),
+                               source={"path": str(target_dir)}, license=card.license,
+                               extra={"exported_from": name, "exported_from_sha256": sha})
+        new.sha256 = sha256_tree(target_dir)
+        models.save_user_card(new)
+        models.verify(new, target_dir, use_record=False)
+        diff = parity(name, target_name, parity_size)
+        new.extra["parity_max_pixel_diff"] = diff
+        models.save_user_card(new)
+        results[target_name] = {"path": str(target_dir), "sha256": new.sha256, "parity_max_pixel_diff": diff}
+    return results
