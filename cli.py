@@ -246,6 +246,77 @@ def render_merge(out) -> None:
     click.echo(merge(out)["line"])
 
 
+# ---------------------------------------------------------------- pretrain and dg
+def _train_options(f):
+    options = [
+        click.option("--backbone", default="resnet18", show_default=True, help="resnet18, resnet50 or vit_small."),
+        click.option("--epochs", default=5, show_default=True, type=int),
+        click.option("--batch-size", default=64, show_default=True, type=int),
+        click.option("--lr", default=1e-3, show_default=True, type=float),
+        click.option("--image-size", default=32, show_default=True, type=int),
+        click.option("--lora/--full", default=False, show_default=True,
+                     help="Train LoRA adapters (peft) or fine-tune every weight."),
+        click.option("--lora-rank", default=8, show_default=True, type=int),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _train_config(epochs, batch_size, lr, image_size, lora, lora_rank, quiet, seed=0):
+    from toolkit.train import TrainConfig
+
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, lora=lora,
+                       lora_rank=lora_rank, seed=seed, progress=not quiet)
+
+
+@main.command("pretrain")
+@click.option("--data", "source", required=True, help="'digits', or a DomainBed-layout folder (e.g. a render output).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--weights", type=click.Path(path_type=Path), help="Start from local weights (.safetensors).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--force", is_flag=True, help="Replace an existing backbone in --out.")
+@_train_options
+def pretrain_cmd(source, out, weights, seed, force, backbone, **kw):
+    """Stage 3: train a backbone on synthetic images; keep the backbone, drop the head (Premonition)."""
+    from toolkit.pretrain import pretrain
+
+    card = pretrain(source, out, backbone=backbone, weights=weights, cfg=_train_config(seed=seed, **kw), force=force)
+    click.echo(card["line"])
+
+
+@main.command("dg")
+@click.option("--data", "source", default="digits", show_default=True,
+              help="'digits' (RotatedDigits) or a DomainBed-layout folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--synthetic", type=click.Path(path_type=Path), help="Rendered domains to add to training.")
+@click.option("--single-source", help="Train on this one real domain (+ synthetic), test on the others.")
+@click.option("--data-free", is_flag=True, help="Train on --synthetic alone, test on every real domain.")
+@click.option("--test-domains", help="Comma-separated; default: every real domain in turn.")
+@click.option("--weights", type=click.Path(path_type=Path), help="A backbone from `augur pretrain` (folder or .safetensors).")
+@click.option("--algorithm", default="ERM", show_default=True)
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated trial seeds.")
+@click.option("--holdout", default=0.2, show_default=True, type=float, help="Validation share of each training domain.")
+@_train_options
+def dg_cmd(source, out, synthetic, single_source, data_free, test_domains, weights, algorithm, seeds, holdout,
+           backbone, **kw):
+    """Stage 4: leave-one-domain-out DG (DomainBed protocol); re-run the same command to resume."""
+    from toolkit.dg import DGConfig, run_dg
+
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise AugurError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
+    cfg = DGConfig(algorithm=algorithm, backbone=backbone, weights=weights, synthetic=synthetic,
+                   single_source=single_source, data_free=data_free,
+                   test_domains=[t.strip() for t in test_domains.split(",")] if test_domains else None,
+                   seeds=seed_list, holdout=holdout, train=_train_config(**kw))
+    res = run_dg(source, out, cfg)
+    click.echo(res["table"])
+    click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
+
+
 @models.command("export-onnx")
 @click.argument("name")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also make a copy with a dynamically quantized UNet.")

@@ -1,0 +1,157 @@
+"""pretrain and dg on real data: RotatedDigits (scikit-learn's digits) and images from the tiny render model."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from toolkit import backbones, data
+from toolkit.dg import DGConfig, run_dg
+from toolkit.errors import AugurError
+from toolkit.fileio import read_jsonl, sha256_file, write_jsonl
+from toolkit.pretrain import pretrain
+from toolkit.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = dict(image_size=16, batch_size=64, progress=False)
+
+
+def tcfg(**kw) -> TrainConfig:
+    return TrainConfig(**{**FAST, **kw})
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A small rendered dataset whose classes are the digits' (the tiny model draws noise)."""
+    from toolkit import models
+    from toolkit.render import RenderConfig, render
+
+    models.ensure("tiny-lcm")
+    root = tmp_path_factory.mktemp("synth")
+    rows = [{"id": f"{c}-{d}", "class": str(c), "domain": d, "prompt": f"the digit {c}, {d}"}
+            for c in range(10) for d in ("neon", "mosaic")]
+    write_jsonl(root / "prompts.jsonl", rows)
+    render(root / "prompts.jsonl", root / "images", RenderConfig(progress=False, batch_size=10))
+    return root / "images"
+
+
+def test_rotated_digits_protocol():
+    ds = data.rotated_digits()
+    assert ds.names == ["0", "15", "30", "45", "60", "75"] and ds.classes == [str(i) for i in range(10)]
+    assert sum(len(d.labels) for d in ds.domains) == 1797
+    assert all(d.images[0].shape == (32, 32) for d in ds.domains)
+
+
+def test_pretrain_lora_saves_and_reloads_identically(tmp_path):
+    out = tmp_path / "bb"
+    card = pretrain("digits", out, backbone="resnet18", cfg=tcfg(epochs=1, lora=True))
+    assert card["lora"] and card["head"].startswith("discarded") and card["steps"] == 29 and card["seed"] == 0
+    assert card["files"]["backbone.safetensors"] == sha256_file(out / "backbone.safetensors")
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    merged = backbones.load_pretrained(out).eval()
+    rebuilt = backbones.load_pretrained(out, from_adapter=True).eval()
+    x = torch.randn(8, 3, 16, 16)
+    with torch.no_grad():
+        a, b = merged(x), rebuilt(x)
+    assert a.shape == (8, 512)
+    assert torch.allclose(a, b, atol=1e-5)
+    # BatchNorm statistics moved during training and were saved: they are not the init values.
+    fresh = backbones.create("resnet18")
+    assert not torch.equal(fresh.bn1.running_mean, merged.bn1.running_mean)
+    with pytest.raises(AugurError, match="already exists"):
+        pretrain("digits", out, cfg=tcfg(epochs=1))
+
+
+@pytest.fixture(scope="module")
+def lodo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lodo")
+    return out, run_dg("digits", out, DGConfig(train=tcfg(epochs=3), seeds=(0,)))
+
+
+def test_leave_one_domain_out_beats_chance_on_every_angle(lodo):
+    out, res = lodo
+    rows = res["rows"]
+    assert sorted(r["test_domain"] for r in rows) == sorted(["0", "15", "30", "45", "60", "75"])
+    for r in rows:
+        assert r["test_domain"] not in r["train_domains"]
+        assert r["selection"] == "training-domain validation"
+        assert r["test_acc"] >= 0.3, r  # chance is 0.1
+    lines = res["table"].splitlines()
+    assert lines[0].split()[:2] == ["Algorithm", "0"] and lines[0].split()[-1] == "Avg"
+    assert lines[1].startswith("ERM") and "±" in lines[1]
+
+
+def test_dg_run_is_resumed_not_redone(lodo):
+    out, res = lodo
+    again = run_dg("digits", out, DGConfig(train=tcfg(epochs=3), seeds=(0,)))
+    assert again["rows"] == res["rows"]
+
+
+def test_dg_resume_after_kill_is_exact(tmp_path):
+    args = ["dg", "--test-domains", "75", "--epochs", "3", "--image-size", "16", "--quiet"]
+    ref = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("trials/*/progress.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (progress,) = out.glob("trials/*/progress.json")
+    assert 1 <= json.loads(progress.read_text())["epoch"] < 3
+    assert not (out / "results.jsonl").exists()
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    a, b = read_jsonl(tmp_path / "ref" / "results.jsonl"), read_jsonl(out / "results.jsonl")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_second"} for r in rows]  # noqa: E731
+    assert strip(a) == strip(b)
+
+
+def test_single_source_and_data_free_with_rendered_domains(synthetic, tmp_path):
+    res = run_dg("digits", tmp_path / "ss", DGConfig(single_source="0", synthetic=synthetic, train=tcfg(epochs=1)))
+    assert sorted(r["test_domain"] for r in res["rows"]) == ["15", "30", "45", "60", "75"]
+    assert all(r["algorithm"] == "ERM+synthetic" and "0" in r["train_domains"] for r in res["rows"])
+    res = run_dg("digits", tmp_path / "df", DGConfig(data_free=True, synthetic=synthetic, train=tcfg(epochs=1)))
+    assert len(res["rows"]) == 6 and all(r["train_domains"] == [f"synthetic:{synthetic}"] for r in res["rows"])
+
+
+def test_lora_dg_from_a_pretrained_backbone(synthetic, tmp_path):
+    bb = tmp_path / "bb"
+    pretrain(synthetic, bb, cfg=tcfg(epochs=1, lora=True))
+    res = run_dg("digits", tmp_path / "dg", DGConfig(weights=bb, test_domains=["30"], train=tcfg(epochs=1, lora=True)))
+    (row,) = res["rows"]
+    assert row["algorithm"] == "ERM+pretrained+LoRA" and row["weights"] == str(bb)
+
+
+def test_bad_inputs_and_corrupt_images(synthetic, tmp_path, capsys):
+    other = tmp_path / "other"
+    (other / "photo" / "cat").mkdir(parents=True)
+    (other / "photo" / "cat" / "a.png").write_bytes((synthetic / "neon" / "0" / "0-neon-0.png").read_bytes())
+    (other / "photo" / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    ds = data.load(other)
+    assert len(ds.domains[0].images) == 1 and "skipped 1 unreadable" in capsys.readouterr().err
+    with pytest.raises(AugurError, match="only in .*other: cat"):
+        run_dg("digits", tmp_path / "x", DGConfig(synthetic=other, train=tcfg(epochs=1)))
+    with pytest.raises(AugurError, match="no domain '90'"):
+        run_dg("digits", tmp_path / "x", DGConfig(test_domains=["90"], train=tcfg(epochs=1)))
+    with pytest.raises(AugurError, match="--data-free"):
+        run_dg("digits", tmp_path / "x", DGConfig(data_free=True, train=tcfg(epochs=1)))
+    with pytest.raises(AugurError, match="unknown backbone"):
+        run_dg("digits", tmp_path / "x", DGConfig(backbone="alexnet", train=tcfg(epochs=1)))
+    res = CliRunner().invoke(main, ["dg", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / "p"), "--epochs", "0"])
+    assert res.exit_code == 1 and "at least 1" in res.output

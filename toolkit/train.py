@@ -1,0 +1,154 @@
+"""One supervised training loop for pretrain and dg: accelerate, per-epoch checkpoints, exact resume.
+
+Exactness: the shuffle order of epoch e comes from a generator seeded by (seed, e), and everything
+else that changes during training (weights, optimizer, RNG state) is in the checkpoint, so a run
+killed after epoch k and resumed computes what the uninterrupted run computes (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from .cache import derive_seed
+from .errors import AugurError
+from .fileio import atomic_path, write_json
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    image_size: int = 32
+    seed: int = 0
+    lora: bool = False
+    lora_rank: int = 8
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise AugurError("--epochs and --batch-size must be at least 1")
+        if self.lr <= 0:
+            raise AugurError("--lr must be positive")
+        if self.image_size < 16:
+            raise AugurError("--image-size must be at least 16")
+
+
+class Classifier:
+    """backbone → linear head; built lazily so torch is imported only when training."""
+
+    @staticmethod
+    def build(backbone, num_classes: int):
+        import torch
+
+        class _Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone = backbone
+                self.head = torch.nn.Linear(backbone.num_features if hasattr(backbone, "num_features")
+                                            else backbone.base_model.model.num_features, num_classes)
+
+            def forward(self, x):
+                return self.head(self.backbone(x))
+
+        return _Net()
+
+
+def accuracy(model, dataset, batch_size: int = 256, accelerator=None) -> float:
+    import torch
+    from torch.utils.data import DataLoader
+
+    if len(dataset) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    device = accelerator.device if accelerator else torch.device("cpu")
+    with torch.inference_mode():
+        for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+            correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
+    return correct / len(dataset)
+
+
+def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
+        evaluate: Callable[[Any], dict[str, float]] | None = None) -> list[dict[str, Any]]:
+    """Train `model` for cfg.epochs; checkpoint each epoch under `ckpt`; resume from the last one.
+
+    Returns the per-epoch history (loss, images/s, and whatever `evaluate` measured).
+    """
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from torch.utils.data import DataLoader, RandomSampler
+
+    cfg.validate()
+    if len(train_set) == 0:
+        raise AugurError("no training images")
+    ckpt = Path(ckpt)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(cfg.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    history: list[dict[str, Any]] = []
+    start = 0
+    progress_file = ckpt / "progress.json"
+    if not (ckpt / "state").exists() and (ckpt / "state.old").exists():
+        (ckpt / "state.old").rename(ckpt / "state")  # killed mid-swap: the old state matches progress.json
+    if progress_file.exists():
+        state = json.loads(progress_file.read_text())
+        start, history = state["epoch"], state["history"]
+        accelerator.load_state(str(ckpt / "state"))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for epoch in range(start, cfg.epochs):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
+        loader = accelerator.prepare(DataLoader(train_set, batch_size=cfg.batch_size,
+                                                sampler=RandomSampler(train_set, generator=g), drop_last=False))
+        model.train()
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=not cfg.progress or not accelerator.is_main_process, file=sys.stderr)
+        for x, y in bar:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            accelerator.backward(loss)
+            optimizer.step()
+            seen += len(y)
+            total += loss.item() * len(y)
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        row = {"epoch": epoch + 1, "loss": total / max(seen, 1),
+               "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
+        if evaluate is not None:
+            row.update(evaluate(accelerator.unwrap_model(model)))
+        history.append(row)
+        _checkpoint(accelerator, ckpt, epoch + 1, history)
+    return history
+
+
+def _checkpoint(accelerator, ckpt: Path, epoch: int, history: list[dict[str, Any]]) -> None:
+    """State first, then progress.json names it: a kill between the two resumes from the older one."""
+    tmp = ckpt / "state.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    old = ckpt / "state.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if (ckpt / "state").exists():
+        (ckpt / "state").rename(old)
+    tmp.rename(ckpt / "state")
+    write_json(ckpt / "progress.json", {"epoch": epoch, "history": history})
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    d = asdict(cfg)
+    d.pop("progress")
+    return d
