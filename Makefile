@@ -20,19 +20,21 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -c constraints.txt -e '.[test]'
 	touch $@
 
-# What exists so far: the extrapolation stage on the embedded LLM (grows with each stage).
+# Every stage on embedded defaults and the built-in digits: recipes/quickstart.yaml, then its report.
+# The built-in render model draws noise: import a real one (augur models import NAME DIR) and the
+# quickstart takes it instead.
 demo: venv
 	$(VENV)/bin/augur models list
-	$(VENV)/bin/augur extrapolate domains --classes "dog,elephant,guitar,house,crane (bird)" -n 6 \
-		--exclude-domains art_painting,cartoon,photo,sketch --out runs/demo/domains --force
-	$(VENV)/bin/augur extrapolate realm birds --groups 3 --classes-per-group 4 --out runs/demo/realm --force
-	head -n 5 runs/demo/domains/prompts.jsonl
+	$(VENV)/bin/augur run recipes/quickstart.yaml --out runs/quickstart
+	@echo "report: runs/quickstart/report-*/report.html"
 
 test: venv
 	$(PY) -m pytest -q tests
 
 bench: venv
 	$(PY) benchmarks/bench_extrapolate.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_render.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -317,6 +317,75 @@ def dg_cmd(source, out, synthetic, single_source, data_free, test_domains, weigh
     click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
 
 
+@main.command("cl")
+@click.option("--data", "source", default="digits", show_default=True,
+              help="'digits' (SplitDigits) or a DomainBed-layout folder (domains pooled).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--strategy", default="naive", show_default=True,
+              help="naive, replay, lwf, ewc, icarl or prototype.")
+@click.option("--backbone", "weights", default="none", show_default=True,
+              help="'none' (random init) or a backbone folder from `augur pretrain` (Premonition).")
+@click.option("--arch", default="resnet18", show_default=True, help="Backbone architecture.")
+@click.option("--initial-classes", default=2, show_default=True, type=int)
+@click.option("--increment", default=2, show_default=True, type=int)
+@click.option("--epochs", default=2, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--image-size", default=16, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--hp", multiple=True, help="A strategy hyper-parameter, e.g. --hp memory=500 --hp selection=herding.")
+@click.option("--quiet", is_flag=True)
+def cl_cmd(source, out, strategy, weights, arch, hp, quiet, **kw):
+    """Stage 5: class-incremental learning; re-run the same command to resume at the task it was on."""
+    from toolkit.cl import CLConfig, run_cl, table
+
+    hparams = {}
+    for item in hp:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise AugurError(f"--hp takes key=value, got '{item}'")
+        hparams[key.strip()] = yaml_scalar(value)
+    cfg = CLConfig(strategy=strategy, backbone=arch, weights=None if weights == "none" else Path(weights),
+                   hparams=hparams, progress=not quiet, **kw)
+    res = run_cl(source, out, cfg)
+    click.echo(table([res]))
+    click.echo(f"cl: accuracy matrix → {Path(out) / 'accuracy_matrix.png'}, results → {Path(out) / 'results.jsonl'}")
+
+
+def yaml_scalar(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+# ---------------------------------------------------------------- recipes and reports
+@main.command("run")
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (stage folders go inside).")
+@click.option("--dry-run", is_flag=True, help="Print the plan and what is already cached; run nothing.")
+@click.option("--quiet", is_flag=True)
+def run_cmd(recipe, out, dry_run, quiet):
+    """Run a YAML RECIPE's stages in order; only what changed is redone, a killed run resumes."""
+    from toolkit.recipe import run_recipe
+
+    steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet)
+    for s in steps:
+        state = "cached" if s["cached"] else ("to run" if dry_run else "done")
+        click.echo(f"{s['stage']:<12} {state:<7} {s['folder']}")
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: RUN_DIR/report).")
+@click.option("--title", default="Augur run", show_default=True)
+def report_cmd(run_dir, out, title):
+    """Write RUN_DIR's report as Markdown and self-contained HTML."""
+    from toolkit.report import write_report
+
+    paths = write_report(run_dir, out, title)
+    click.echo(f"report: {paths['markdown']} and {paths['html']}")
+
+
 @models.command("export-onnx")
 @click.argument("name")
 @click.option("--quantize", type=click.Choice(["int8"]), help="Also make a copy with a dynamically quantized UNet.")

@@ -75,3 +75,21 @@ def embedder():
 @pytest.fixture(scope="session")
 def gguf_path(llm) -> Path:
     return llm.path
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_then_kill(cmd: list[str], ready, env: dict | None = None, timeout: float = 300) -> None:
+    """Start a real `augur` process and SIGKILL it as soon as `ready()` holds (a crash, mid-run)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import run_then_kill
 
 from toolkit import __version__
 from toolkit.extrapolate import ExtrapolateConfig, extrapolate_domains, extrapolate_realm
@@ -94,14 +92,8 @@ def test_resume_after_kill_matches_uninterrupted_run(reference, tmp_path):
     cmd = [sys.executable, "-m", "cli", "extrapolate", "domains", "--classes", ",".join(CLASSES), "-n", "3",
            "--exclude-domains", ",".join(EXCLUDE), "--out", str(out), "--quiet"]
     cwd = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cache = tmp_path / "cache" / "extrapolate"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(cache.rglob("*.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run ended before it could be interrupted: {proc.communicate()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_then_kill(cmd, lambda: bool(list(cache.rglob("*.json"))), env=env)
     done = len(list(cache.rglob("*.json")))
     assert done >= 1
     assert not (out / "prompts.jsonl").exists()  # nothing looks complete

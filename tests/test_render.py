@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
+from conftest import run_then_kill
 from toolkit import models
 from toolkit.fileio import read_jsonl, sha256_file, write_jsonl
 from toolkit.render import RenderConfig, Renderer, merge, render, resolve_model
@@ -117,15 +115,8 @@ def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, to
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cli", "render", str(prompts), "--out", str(out), "--images-per-prompt", "4",
            "--batch-size", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     manifest = out / "manifest.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and (
-            not manifest.exists() or len(manifest.read_text().splitlines()) < 3):
-        time.sleep(0.02)
-    assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_then_kill(cmd, lambda: manifest.exists() and len(manifest.read_text().splitlines()) >= 3)
     rows = read_jsonl(manifest)
     assert 3 <= len(rows) < 24
     # A crash can tear the manifest's last line and leave a damaged image: both are redone.
@@ -136,7 +127,7 @@ def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, to
     assert not list(out.rglob("*.part"))
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert f"already done" in res.stdout
+    assert "already done" in res.stdout
     done = int(res.stdout.split("new, ")[1].split(" already")[0])
     assert done == len(rows) - 1  # the damaged one was redone
     assert images(out) == images(ref)

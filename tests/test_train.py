@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
 from cli import main
+from conftest import run_then_kill
 from toolkit import backbones, data
 from toolkit.dg import DGConfig, run_dg
 from toolkit.errors import AugurError
@@ -102,14 +99,8 @@ def test_dg_resume_after_kill_is_exact(tmp_path):
     ref = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "ref")])
     assert ref.exit_code == 0, ref.output
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not list(out.glob("trials/*/progress.json")):
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_then_kill([sys.executable, "-m", "cli", *args, "--out", str(out)],
+                  lambda: bool(list(out.glob("trials/*/progress.json"))))
     (progress,) = out.glob("trials/*/progress.json")
     assert 1 <= json.loads(progress.read_text())["epoch"] < 3
     assert not (out / "results.jsonl").exists()

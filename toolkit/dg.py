@@ -14,7 +14,6 @@ algorithms.py); ERM is the one the paper uses.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +25,13 @@ from . import __version__, backbones, data
 from .cache import key_of
 from .errors import AugurError
 from .fileio import read_jsonl
+from .registry import registrar
 from .train import Classifier, TrainConfig, accuracy, config_dict, fit
 
 ALGORITHMS: dict[str, type] = {}
 
 
-def algorithm(name: str):
-    def register(cls):
-        ALGORITHMS[name] = cls
-        cls.name = name
-        return cls
-
-    return register
+algorithm = registrar(ALGORITHMS)
 
 
 @algorithm("ERM")
@@ -105,8 +99,6 @@ def algorithm_label(cfg: DGConfig) -> str:
 
 
 def run_dg(source: str | Path, out: Path, cfg: DGConfig) -> dict[str, Any]:
-    import torch
-
     cfg.train = cfg.train or TrainConfig()
     cfg.validate()
     cfg.train.validate()

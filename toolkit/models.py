@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import os
 import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import yaml
@@ -23,17 +22,13 @@ from . import paths
 from .cache import key_of
 from .errors import AugurError
 from .fileio import atomic_path, read_json, sha256_file, sha256_tree, write_json
+from .registry import registrar
 
 KINDS: dict[str, "ModelKind"] = {}
 PROMPTING_STYLES = ("base", "chat")
 
 
-def model_kind(name: str) -> Callable[[type], type]:
-    def register(cls: type) -> type:
-        KINDS[name] = cls()
-        return cls
-
-    return register
+model_kind = registrar(KINDS, instantiate=True)
 
 
 class ModelKind:

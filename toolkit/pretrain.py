@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from . import __version__, backbones, data
-from .errors import AugurError
 from .fileio import refuse_overwrite
 from .train import Classifier, TrainConfig, config_dict, fit
 

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -233,7 +233,6 @@ class Renderer:
         self.takes_negative = "negative_prompt" in inspect.signature(self.pipe.__call__).parameters
 
     def _load_torch(self, resolved: Resolved, torch_dtype, d: dict[str, Any]):
-        import torch
         from diffusers import AutoencoderTiny, DiffusionPipeline, LCMScheduler
 
         pipe = DiffusionPipeline.from_pretrained(str(resolved.path), torch_dtype=torch_dtype, local_files_only=True,

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .cache import derive_seed
 from .errors import AugurError
-from .fileio import atomic_path, write_json
+from .fileio import write_json
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Classifier:
         return _Net()
 
 
-def accuracy(model, dataset, batch_size: int = 256, accelerator=None) -> float:
+def accuracy(model, dataset, batch_size: int = 256) -> float:
     import torch
     from torch.utils.data import DataLoader
 
@@ -71,7 +71,7 @@ def accuracy(model, dataset, batch_size: int = 256, accelerator=None) -> float:
         return float("nan")
     model.eval()
     correct = 0
-    device = accelerator.device if accelerator else torch.device("cpu")
+    device = next(model.parameters()).device  # wherever accelerate put it
     with torch.inference_mode():
         for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
             correct += (model(x.to(device)).argmax(1).cpu() == y).sum().item()
