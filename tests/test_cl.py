@@ -120,3 +120,9 @@ def test_bad_inputs_through_the_cli(tmp_path):
         res = CliRunner().invoke(main, ["cl", "--out", str(tmp_path / "o"), *args])
         assert res.exit_code == 1 and res.output.startswith("Error: ") and fragment in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
+
+
+def test_cl_output_of_other_settings_is_refused(tmp_path):
+    run_cl("digits", tmp_path, cfg(strategy="prototype"))
+    with pytest.raises(AugurError, match="other settings.*strategy"):
+        run_cl("digits", tmp_path, cfg(strategy="naive"))

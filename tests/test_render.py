@@ -235,3 +235,33 @@ def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):
     one_line_error(cli("render", str(prompts), "--out", str(other)), "not empty")
     res = cli("render", str(prompts), "--out", str(out), "--quiet")  # same run again: all already done
     assert res.exit_code == 0 and f"0 new, {len(ROWS)} already done" in res.output
+
+
+def test_lora_card_is_fused_at_load(prompts, tmp_path, tiny, torch_renderer):
+    """The SD 1.5 + LCM-LoRA family: a LoRA card named in a pipeline card's render defaults."""
+    import torch
+    from diffusers import LatentConsistencyModelPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = LatentConsistencyModelPipeline.from_pretrained(str(tiny))
+    torch.manual_seed(0)
+    # init_lora_weights=False: random A and B, so the adapter really changes the UNet.
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    lora_dir = tmp_path / "lora"
+    LatentConsistencyModelPipeline.save_lora_weights(
+        str(lora_dir), unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)))
+    lora_file = lora_dir / "pytorch_lora_weights.safetensors"
+    assert CliRunner().invoke(main, ["models", "import", "tiny-test-lora", str(lora_file), "--kind", "lora"]).exit_code == 0
+    models.save_user_card(models.ModelCard(
+        name="tiny-lcm-with-lora", kind="diffusers", source={"path": str(tiny)},
+        extra={"render": {"scheduler": "lcm", "steps": 4, "guidance": 8.0, "size": 32, "lora": "tiny-test-lora"}}))
+    out = tmp_path / "out"
+    render(prompts, out, cfg(model="tiny-lcm-with-lora"))
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert row["lora"] == {"model": "tiny-test-lora", "sha256": sha256_file(lora_file)}
+    plain = tmp_path / "plain"
+    render(prompts, plain, cfg(), renderer=torch_renderer)
+    assert images(out) != images(plain)

@@ -146,3 +146,9 @@ def test_bad_inputs_and_corrupt_images(synthetic, tmp_path, capsys):
     assert res.exit_code == 1 and res.output.startswith("Error: ") and len(res.output.strip().splitlines()) == 1
     res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / "p"), "--epochs", "0"])
     assert res.exit_code == 1 and "at least 1" in res.output
+
+
+def test_dg_output_of_other_settings_is_refused(lodo):
+    out, _ = lodo
+    with pytest.raises(AugurError, match="other settings.*train"):
+        run_dg("digits", out, DGConfig(train=tcfg(epochs=4), seeds=(0,)))

@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__, backbones, data
 from .cache import derive_seed
 from .errors import AugurError
-from .fileio import atomic_path, write_jsonl
+from .fileio import atomic_path, check_identity, write_jsonl
 from .registry import registrar
 
 STRATEGIES: dict[str, type["Strategy"]] = {}
@@ -478,6 +478,9 @@ def run_cl(source: str | Path, out: Path, cfg: CLConfig) -> dict[str, Any]:
         for p in net.parameters():
             p.requires_grad_(False)
     matrix: list[list[float]] = []
+    identity = {"data": str(source), **{k: (str(v) if isinstance(v, Path) else v)
+                                        for k, v in asdict(cfg).items() if k != "progress"}}
+    check_identity(out, "cl.json", identity, "use another --out")
     ckpt = out / "checkpoints"
     start = 0
     done = sorted(int(p.name.split("-")[1]) for p in ckpt.glob("task-*") if (p / "meta.json").exists())

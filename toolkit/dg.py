@@ -24,7 +24,7 @@ import numpy as np
 from . import __version__, backbones, data
 from .cache import key_of
 from .errors import AugurError
-from .fileio import read_jsonl
+from .fileio import check_identity, read_jsonl
 from .registry import registrar
 from .train import Classifier, TrainConfig, accuracy, config_dict, fit
 
@@ -114,6 +114,12 @@ def run_dg(source: str | Path, out: Path, cfg: DGConfig) -> dict[str, Any]:
     classes = real.classes
     trials = _trials(real, cfg)
     label = algorithm_label(cfg)
+    identity = {"data": str(source), "algorithm": cfg.algorithm, "backbone": cfg.backbone,
+                "weights": str(cfg.weights) if cfg.weights else None,
+                "synthetic": str(cfg.synthetic) if cfg.synthetic else None, "single_source": cfg.single_source,
+                "data_free": cfg.data_free, "holdout": cfg.holdout,
+                "train": {k: v for k, v in config_dict(cfg.train).items() if k != "seed"}}
+    check_identity(out, "dg.json", identity, "more seeds or test domains may be added to a run; other changes need another --out")
     results_file = out / "results.jsonl"
     done = {(r["trial"], r["seed"], r["test_domain"]) for r in read_jsonl(results_file)} if results_file.exists() else set()
     t0 = time.perf_counter()

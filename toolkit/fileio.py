@@ -108,3 +108,15 @@ def sha256_bytes(data: bytes) -> str:
 def refuse_overwrite(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise AugurError(f"{path} already exists; pass --force to replace it")
+
+
+def check_identity(out: Path, name: str, identity: dict[str, Any], hint: str) -> None:
+    """A resumable stage's output folder belongs to one configuration: refuse to mix another into it."""
+    f = Path(out) / name
+    if f.exists():
+        old = read_json(f)
+        if old != json.loads(json.dumps(identity)):
+            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+            raise AugurError(f"{out} holds a run with other settings (differs in: {', '.join(diff)}); {hint}")
+    else:
+        write_json(f, identity)

@@ -192,6 +192,8 @@ def local_path(card: ModelCard) -> Path | None:
     p = _store_path(card)
     if p.exists():
         return p
+    if "path" in card.source and Path(card.source["path"]).exists():
+        return Path(card.source["path"])
     # Packages that ship a ready folder (not chunks to assemble) are used where they are installed.
     module = _pypi_module(card) if "pypi" in card.source else None
     if module is not None and hasattr(module, "get_model_path"):
