@@ -289,60 +289,47 @@ class EWC(Strategy):
         self.anchor = {k[7:]: v.to(DEVICE) for k, v in tensors.items() if k.startswith("anchor.")}
 
 
-@strategy("icarl")
-class ICaRL(_Distill, _Memory):
-    """iCaRL: herding memory, distillation of old outputs, nearest-mean-of-exemplars classification."""
-
-    hparams = {"memory": 200, "selection": "herding", "alpha": 1.0, "temperature": 2.0}
+class _NearestMean(Strategy):
+    """Classifies by the nearest class mean of L2-normalised backbone features."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.means = None
+
+    def predict(self, x):
+        return nearest_mean(self, x, self.means)
+
+    def state(self):
+        t, m = super().state()
+        if self.means is not None:
+            t["means"] = self.means
+        return t, m
+
+    def load(self, tensors, meta):
+        super().load(tensors, meta)
+        self.means = tensors["means"].to(DEVICE) if "means" in tensors else None
+
+
+@strategy("icarl")
+class ICaRL(_Distill, _Memory, _NearestMean):
+    """iCaRL: herding memory, distillation of old outputs, nearest-mean-of-exemplars classification."""
+
+    hparams = {"memory": 200, "selection": "herding", "alpha": 1.0, "temperature": 2.0}
 
     def after_task(self, task_items, classes):
         super().after_task(task_items, classes)
         self.means = class_means(self, self.memory, self.n_classes)
 
-    def predict(self, x):
-        return nearest_mean(self, x, self.means)
-
-    def state(self):
-        t, m = super().state()
-        if self.means is not None:
-            t["means"] = self.means
-        return t, m
-
-    def load(self, tensors, meta):
-        super().load(tensors, meta)
-        self.means = tensors["means"].to(DEVICE) if "means" in tensors else None
-
 
 @strategy("prototype")
-class Prototype(Strategy):
+class Prototype(_NearestMean):
     """Frozen backbone, nearest class mean of its features (SimpleCIL / first-session adaptation)."""
 
     trains = False
 
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.means = None
-
     def after_task(self, task_items, classes):
         new = class_means(self, task_items, self.n_classes)  # zero rows for every other class
         self.means = new if self.means is None else self.means + new
-
-    def predict(self, x):
-        return nearest_mean(self, x, self.means)
-
-    def state(self):
-        t, m = super().state()
-        if self.means is not None:
-            t["means"] = self.means
-        return t, m
-
-    def load(self, tensors, meta):
-        super().load(tensors, meta)
-        self.means = tensors["means"].to(DEVICE) if "means" in tensors else None
 
 
 # ----------------------------------------------------------------------------- feature-space helpers
