@@ -15,6 +15,8 @@ def test_parse_lines_tolerates_format_drift():
     assert parse_lines(text, truncated=False) == [
         ("watercolor", "a watercolor dog"), ("neon sign", "a neon dog"), ("origami", None),
         ("pixel art", "a pixel art d")]
+    assert parse_lines("- falcon | long black bird<start_of_image>  - male (photo)", False) == [
+        ("falcon", "long black bird")]
     # A generation cut by max_tokens loses its (probably cut) last line.
     assert parse_lines(text, truncated=True)[-1] == ("origami", None)
 

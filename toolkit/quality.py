@@ -11,6 +11,8 @@ import unicodedata
 from dataclasses import dataclass
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
+# Control tokens a small model sometimes emits as text (Gemma's <start_of_image>, <eos>, ...): cut there.
+_SPECIAL = re.compile(r"<[^<>\s]{2,40}>")
 _ARTICLES = {"a", "an", "the"}
 # Words that add nothing when judging whether a domain merely restates the class.
 _FILLER = {"of", "in", "on", "with", "and", "style", "image", "picture", "depiction", "view", "version"}
@@ -60,6 +62,7 @@ def parse_lines(text: str, truncated: bool) -> list[tuple[str, str | None]]:
         lines = lines[:-1]
     out = []
     for line in lines:
+        line = _SPECIAL.split(line)[0]
         line = _BULLET.sub("", line).strip().strip('"').strip()
         if not line:
             continue
