@@ -237,8 +237,10 @@ def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):
     assert res.exit_code == 0 and f"0 new, {len(ROWS)} already done" in res.output
 
 
-def test_lora_card_is_fused_at_load(prompts, tmp_path, tiny, torch_renderer):
+def test_lora_card_is_fused_at_load(prompts, tmp_path, tiny, torch_renderer, monkeypatch):
     """The SD 1.5 + LCM-LoRA family: a LoRA card named in a pipeline card's render defaults."""
+    # Cards of its own: a diffusers card left in the session's home would become the quickstart's "auto" model.
+    monkeypatch.setenv("AUGUR_HOME", str(tmp_path / "home"))
     import torch
     from diffusers import LatentConsistencyModelPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
