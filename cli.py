@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -213,28 +212,21 @@ def render() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def render_images(prompts, out, shard, quiet, **kw) -> None:
     """Render every row of PROMPTS (a prompts.jsonl) into OUT; re-run the same command to resume."""
-    from toolkit.render import RenderConfig, parse_shard, render as render_run
+    from toolkit import distributed
+    from toolkit.render import RenderConfig, merge, parse_shard, render as render_run
 
     shard_t = parse_shard(shard)
-    if shard is None:
-        shard_t = _accelerate_shard() or shard_t
-    cfg = RenderConfig(shard=shard_t, progress=not quiet, **kw)
+    state = distributed.state() if shard is None else None  # under `accelerate launch`: a shard per process
+    if state is not None:
+        shard_t = (state.process_index, state.num_processes)
+    cfg = RenderConfig(shard=shard_t, progress=not quiet and (state is None or state.is_main_process), **kw)
     result = render_run(prompts, out, cfg)
     click.echo(result["line"])
-
-
-def _accelerate_shard():
-    """Under `accelerate launch`, each process takes its own shard and device."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.device.type == "cuda":
-        import torch
-
-        torch.cuda.set_device(state.device)
-    return (state.process_index, state.num_processes)
+    if state is not None:
+        # Every process has finished its shard once all reach the barrier; one of them merges.
+        state.wait_for_everyone()
+        if state.is_main_process:
+            click.echo(merge(out)["line"])
 
 
 @render.command("merge")
@@ -281,9 +273,11 @@ def _train_config(epochs, batch_size, lr, image_size, lora, lora_rank, quiet, se
 def pretrain_cmd(source, out, weights, seed, force, backbone, **kw):
     """Stage 3: train a backbone on synthetic images; keep the backbone, drop the head (Premonition)."""
     from toolkit.pretrain import pretrain
+    from toolkit.distributed import is_main_process
 
     card = pretrain(source, out, backbone=backbone, weights=weights, cfg=_train_config(seed=seed, **kw), force=force)
-    click.echo(card["line"])
+    if is_main_process():
+        click.echo(card["line"])
 
 
 @main.command("dg")
@@ -303,6 +297,7 @@ def dg_cmd(source, out, synthetic, single_source, data_free, test_domains, weigh
            backbone, **kw):
     """Stage 4: leave-one-domain-out DG (DomainBed protocol); re-run the same command to resume."""
     from toolkit.dg import DGConfig, run_dg
+    from toolkit.distributed import is_main_process
 
     try:
         seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
@@ -313,8 +308,9 @@ def dg_cmd(source, out, synthetic, single_source, data_free, test_domains, weigh
                    test_domains=[t.strip() for t in test_domains.split(",")] if test_domains else None,
                    seeds=seed_list, holdout=holdout, train=_train_config(**kw))
     res = run_dg(source, out, cfg)
-    click.echo(res["table"])
-    click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
+    if is_main_process():
+        click.echo(res["table"])
+        click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
 
 
 @main.command("cl")

@@ -93,3 +93,18 @@ def run_then_kill(cmd: list[str], ready, env: dict | None = None, timeout: float
     assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 900):
+    """`accelerate launch --multi_gpu` of the real CLI: torchrun starts the processes; with no GPU they
+    join a gloo process group on CPU, which is the same code path the GPU launch takes, minus NCCL."""
+    import os
+    import subprocess
+    import sys
+
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # what torchrun sets when nothing is set; tests rely on it
+    return subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", str(processes),
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(20000 + os.getpid() % 20000), "-m", "cli", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

@@ -110,7 +110,7 @@ def test_pretrained_backbone_flag(tmp_path):
 ])
 def test_bad_inputs(tmp_path, kw, message):
     with pytest.raises(AugurError, match=message):
-        run_cl("digits", tmp_path, cfg(**kw))
+        run_cl("digits", tmp_path / "run", cfg(**kw))
 
 
 def test_bad_inputs_through_the_cli(tmp_path):
@@ -123,6 +123,11 @@ def test_bad_inputs_through_the_cli(tmp_path):
 
 
 def test_cl_output_of_other_settings_is_refused(tmp_path):
-    run_cl("digits", tmp_path, cfg(strategy="prototype"))
-    with pytest.raises(AugurError, match="other settings.*strategy"):
-        run_cl("digits", tmp_path, cfg(strategy="naive"))
+    run_cl("digits", tmp_path / "run", cfg(strategy="prototype"))
+    with pytest.raises(AugurError, match="cl run with other settings.*strategy"):
+        run_cl("digits", tmp_path / "run", cfg(strategy="naive"))
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "notes.txt").write_text("not ours")
+    with pytest.raises(AugurError, match="not empty and holds no cl run"):
+        run_cl("digits", tmp_path / "theirs", cfg(strategy="prototype"))
+    assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import run_then_kill
+from conftest import accelerate_launch, run_then_kill
 from toolkit import models
 from toolkit.fileio import read_jsonl, sha256_file, write_jsonl
 from toolkit.render import RenderConfig, Renderer, merge, render, resolve_model
@@ -100,6 +100,31 @@ def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_re
     other_seed = tmp_path / "seed1"
     render(prompts, other_seed, cfg(seed=1), renderer=torch_renderer)
     assert images(other_seed) != images(ref)
+
+
+def test_accelerate_launch_shards_then_merges(prompts, tmp_path, tiny, torch_renderer):
+    """Real `accelerate launch` (torchrun underneath, gloo on CPU): a shard per process, merged at the end."""
+    out = tmp_path / "acc"
+    res = accelerate_launch(["render", str(prompts), "--out", str(out), "--quiet"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert sorted(p.name for p in out.glob("manifest*.jsonl")) == [
+        "manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl", "manifest.jsonl"]
+    assert res.stdout.count("render merge:") == 1, res.stdout  # the main process alone merges
+    assert all(read_jsonl(out / f"manifest-{i}-of-2.jsonl") for i in range(2))  # both did real work
+    # torchrun gives each process one CPU thread, and the thread count changes float reduction order
+    # (one pixel of these images moves by 1/255): the reference runs on one thread too.
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = tmp_path / "ref"
+        render(prompts, ref, cfg(), renderer=torch_renderer)
+    finally:
+        torch.set_num_threads(threads)
+    assert images(out) == images(ref)
+    assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    assert (out / "contact_sheet.png").exists()
 
 
 def test_merge_refuses_missing_shard(prompts, tmp_path, torch_renderer):
@@ -226,8 +251,8 @@ def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):
     out = tmp_path / "o"
     assert cli("render", str(prompts), "--out", str(out), "--quiet").exit_code == 0
     before = images(out)
-    one_line_error(cli("render", str(prompts), "--out", str(out), "--seed", "7"), "different render run", "seed")
-    one_line_error(cli("render", str(prompts), "--out", str(out), "--steps", "2"), "different render run", "steps")
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--seed", "7"), "render run with other settings", "seed")
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--steps", "2"), "render run with other settings", "steps")
     assert images(out) == before
     other = tmp_path / "other"
     other.mkdir()

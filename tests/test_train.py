@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from cli import main
-from conftest import run_then_kill
+from conftest import accelerate_launch, run_then_kill
 from toolkit import backbones, data
 from toolkit.dg import DGConfig, run_dg
 from toolkit.errors import AugurError
@@ -148,7 +148,55 @@ def test_bad_inputs_and_corrupt_images(synthetic, tmp_path, capsys):
     assert res.exit_code == 1 and "at least 1" in res.output
 
 
+def test_image_that_fails_mid_epoch_is_skipped(synthetic, tmp_path, capsys):
+    import io
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "synth"
+    shutil.copytree(synthetic, root)
+    # Half a JPEG: it passes the load-time check (PIL's verify reads the header) and fails to decode.
+    buf = io.BytesIO()
+    Image.fromarray(np.random.RandomState(0).randint(0, 255, (256, 256, 3), dtype=np.uint8)).save(buf, "JPEG")
+    (root / "neon" / "0" / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    n = sum(len(d.labels) for d in data.load(root).domains)
+    assert "unreadable" not in capsys.readouterr().err
+    card = pretrain(root, tmp_path / "pt", cfg=tcfg(epochs=2))
+    err = capsys.readouterr().err
+    assert err.count("skipped unreadable image") == 1 and "cut.jpg" in err and "truncated" in err
+    assert [h["images"] for h in card["history"]] == [n, n]  # a readable image stood in; no epoch died
+
+
 def test_dg_output_of_other_settings_is_refused(lodo):
     out, _ = lodo
-    with pytest.raises(AugurError, match="other settings.*train"):
+    with pytest.raises(AugurError, match="dg run with other settings.*train"):
         run_dg("digits", out, DGConfig(train=tcfg(epochs=4), seeds=(0,)))
+    with pytest.raises(AugurError, match="not empty and holds no dg run"):
+        run_dg("digits", out / "trials", DGConfig(train=tcfg(epochs=3), seeds=(0,)))
+
+
+def test_accelerate_launch_two_processes(tmp_path):
+    """DDP through the real `accelerate launch`: both processes train, one writes the results."""
+    out = tmp_path / "dg"
+    # --batch-size is per process (accelerate's convention): 2 x 32 takes the optimizer steps of one process at 64
+    res = accelerate_launch(["dg", "--test-domains", "75", "--epochs", "2", "--image-size", "16", "--batch-size", "32",
+                             "--quiet", "--out", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("result rows") == 1, res.stdout
+    (row,) = read_jsonl(out / "results.jsonl")
+    assert row["test_domain"] == "75" and row["test_acc"] > 0.3
+    (progress,) = out.glob("trials/*/progress.json")
+    history = json.loads(progress.read_text())["history"]
+    train_images = sum(len(data.split(len(d.labels), 0.2, 0)[0]) for d in data.rotated_digits().domains
+                       if d.name != "75")
+    # each process takes half the batches; the count covers both (accelerate pads the last uneven batch)
+    assert [h["epoch"] for h in history] == [1, 2] and 0 <= history[0]["images"] - train_images < 2 * 32
+    pt = tmp_path / "pt"
+    res = accelerate_launch(["pretrain", "--data", "digits", "--epochs", "1", "--image-size", "16", "--lora",
+                             "--quiet", "--out", str(pt)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = json.loads((pt / "card.json").read_text())
+    assert card["files"]["backbone.safetensors"] == sha256_file(pt / "backbone.safetensors")
+    assert backbones.load_pretrained(pt) is not None

@@ -146,18 +146,31 @@ class ImageSet:
         self.items = [(d.images[i], int(d.labels[i])) for d, idx in parts for i in idx]
         self.image_size = image_size
         self._decoded: dict[int, object] = {}
+        self.unreadable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
-        hit = self._decoded.get(i)
-        if hit is not None:
-            return hit, self.items[i][1]
-        x = self._decode(i)
-        if len(self.items) * 3 * self.image_size ** 2 * 4 <= DECODED_CACHE_BYTES:
-            self._decoded[i] = x
-        return x, self.items[i][1]
+        # A file can pass the cheap check at load time and still fail to decode (a truncated JPEG does):
+        # it is skipped with a warning, and the next readable image stands in, so an epoch never dies.
+        for j in (k % len(self.items) for k in range(i, i + len(self.items))):
+            if j in self.unreadable:
+                continue
+            hit = self._decoded.get(j)
+            if hit is not None:
+                return hit, self.items[j][1]
+            try:
+                x = self._decode(j)
+            except Exception as e:  # PIL raises a zoo of types for broken files
+                self.unreadable.add(j)
+                print(f"warning: skipped unreadable image {self.items[j][0]} ({e.__class__.__name__}: {e}); "
+                      f"{len(self.unreadable)} so far", file=sys.stderr)
+                continue
+            if len(self.items) * 3 * self.image_size ** 2 * 4 <= DECODED_CACHE_BYTES:
+                self._decoded[j] = x
+            return x, self.items[j][1]
+        raise AugurError("no readable image left in this dataset")
 
     def _decode(self, i: int):
         import torch

@@ -24,6 +24,7 @@ import numpy as np
 from . import __version__, backbones, data
 from .cache import key_of
 from .errors import AugurError
+from .distributed import is_main_process, wait_for_everyone
 from .fileio import check_identity, read_jsonl
 from .registry import registrar
 from .train import Classifier, TrainConfig, accuracy, config_dict, fit
@@ -128,7 +129,9 @@ def run_dg(source: str | Path, out: Path, cfg: DGConfig) -> dict[str, Any]:
             if all((trial["label"], seed, t) in done for t in trial["test"]):
                 continue
             rows = _run_trial(real, synth, classes, trial, seed, cfg, label, out)
-            _append(results_file, rows)
+            if is_main_process():
+                _append(results_file, rows)
+            wait_for_everyone()
     rows = read_jsonl(results_file)
     return {"rows": rows, "table": table(rows), "wall_seconds": time.perf_counter() - t0,
             "results": str(results_file)}

@@ -110,13 +110,24 @@ def refuse_overwrite(path: Path, force: bool) -> None:
         raise AugurError(f"{path} already exists; pass --force to replace it")
 
 
-def check_identity(out: Path, name: str, identity: dict[str, Any], hint: str) -> None:
-    """A resumable stage's output folder belongs to one configuration: refuse to mix another into it."""
-    f = Path(out) / name
+def check_identity(out: Path, name: str, identity: dict[str, Any], hint: str, key: str | None = None) -> None:
+    """A resumable stage's output folder belongs to one configuration: refuse to mix another into it.
+
+    OUT/NAME records the configuration (the whole file, or its `key` entry, which the caller then
+    writes). A folder that holds files but no such record is refused too: whatever is there is not
+    ours to write over.
+    """
+    out = Path(out)
+    f = out / name
+    stage = Path(name).stem
     if f.exists():
         old = read_json(f)
+        old = old.get(key, {}) if key else old
         if old != json.loads(json.dumps(identity)):
             diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise AugurError(f"{out} holds a run with other settings (differs in: {', '.join(diff)}); {hint}")
-    else:
+            raise AugurError(f"{out} holds a {stage} run with other settings (differs in: {', '.join(diff)}); {hint}")
+        return
+    if out.exists() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
+    if key is None:
         write_json(f, identity)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__, backbones, data
-from .fileio import refuse_overwrite
+from .distributed import is_main_process, wait_for_everyone
+from .fileio import read_json, refuse_overwrite
 from .train import Classifier, TrainConfig, config_dict, fit
 
 
@@ -45,8 +46,10 @@ def pretrain(source: str | Path, out: Path, *, backbone: str = "resnet18", weigh
             "init_weights": str(weights) if weights else "random",
             "head": "discarded (Premonition: only the backbone is kept)"}
     # net.backbone is what was trained; the head stays behind.
-    card = backbones.save_pretrained(net.backbone, out, name=backbone, lora=cfg.lora, base_state=base_state,
-                                     card=card)
+    if is_main_process():  # under `accelerate launch` the others only trained
+        backbones.save_pretrained(net.backbone, out, name=backbone, lora=cfg.lora, base_state=base_state, card=card)
+    wait_for_everyone()
+    card = read_json(out / "card.json")
     wall = time.perf_counter() - t0
     ips = float(np.mean([h["images_per_second"] for h in history])) if history else 0.0
     card["line"] = (f"pretrain: {backbone}{' + LoRA' if cfg.lora else ''} on {len(train_set)} images of "

@@ -29,8 +29,8 @@ from tqdm import tqdm
 from . import __version__, models
 from .cache import derive_seed, key_of
 from .errors import AugurError
-from .fileio import (atomic_path, read_json, read_jsonl, sha256_bytes, sha256_file, sha256_tree, write_json,
-                     write_jsonl)
+from .fileio import (atomic_path, check_identity, read_json, read_jsonl, sha256_bytes, sha256_file, sha256_tree,
+                     write_json, write_jsonl)
 
 BACKENDS = ("torch", "onnx")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -269,7 +269,13 @@ class Renderer:
 
         if provider not in ort.get_available_providers():
             raise AugurError(f"onnxruntime here has no {provider} (install onnxruntime-gpu for CUDA)")
-        return ORTDiffusionPipeline.from_pretrained(str(resolved.path), provider=provider)
+        options = None
+        if provider == "CUDAExecutionProvider":
+            import torch
+
+            # Under `accelerate launch` each process has set its own current GPU; the EP would take GPU 0.
+            options = {"device_id": torch.cuda.current_device()}
+        return ORTDiffusionPipeline.from_pretrained(str(resolved.path), provider=provider, provider_options=options)
 
     def settings(self) -> dict[str, Any]:
         return {"backend": self.cfg.backend, "device": self.device, "dtype": self.dtype, "scheduler": self.scheduler,
@@ -352,18 +358,6 @@ def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
         os.close(fd)
 
 
-def check_identity(out: Path, identity: dict[str, Any]) -> None:
-    f = out / "render.json"
-    if f.exists():
-        old = read_json(f).get("identity", {})
-        if old != identity:
-            diff = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
-            raise AugurError(f"{out} holds a different render run (differs in: {', '.join(diff)}); "
-                             "use another --out, or delete that folder")
-    elif out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-        raise AugurError(f"{out} is not empty and holds no render run; use another --out")
-
-
 def done_units(out: Path, units: list[Unit]) -> dict[str, dict[str, Any]]:
     """Manifest rows whose image is on disk with the recorded sha256."""
     wanted = {u.image_id for u in units}
@@ -394,7 +388,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         resolved = renderer.resolved
     identity = {"prompts_sha256": sha256_file(prompts), "model": resolved.card.name, "model_sha256": resolved.sha256,
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, **renderer.settings()}
-    check_identity(out, identity)
+    check_identity(out, "render.json", identity, "use another --out, or delete that folder", key="identity")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "render.json", {"identity": identity, "prompts": str(prompts.resolve()),
                                      "toolkit_version": __version__})

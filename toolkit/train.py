@@ -101,8 +101,9 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
     history: list[dict[str, Any]] = []
     start = 0
     progress_file = ckpt / "progress.json"
-    if not (ckpt / "state").exists() and (ckpt / "state.old").exists():
+    if accelerator.is_main_process and not (ckpt / "state").exists() and (ckpt / "state.old").exists():
         (ckpt / "state.old").rename(ckpt / "state")  # killed mid-swap: the old state matches progress.json
+    accelerator.wait_for_everyone()
     if progress_file.exists():
         state = json.loads(progress_file.read_text())
         start, history = state["epoch"], state["history"]
@@ -121,11 +122,11 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
             loss = loss_fn(model(x), y)
             accelerator.backward(loss)
             optimizer.step()
-            seen += len(y)
-            total += loss.item() * len(y)
+            seen += len(y) * accelerator.num_processes  # every process takes its own slice of the batches
+            total += loss.item() * len(y) * accelerator.num_processes
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
-        row = {"epoch": epoch + 1, "loss": total / max(seen, 1),
+        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "images": seen,
                "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
         if evaluate is not None:
             row.update(evaluate(accelerator.unwrap_model(model)))
@@ -135,17 +136,28 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
 
 
 def _checkpoint(accelerator, ckpt: Path, epoch: int, history: list[dict[str, Any]]) -> None:
-    """State first, then progress.json names it: a kill between the two resumes from the older one."""
+    """State first, then progress.json names it: a kill between the two resumes from the older one.
+
+    Under `accelerate launch` every process saves its part of the state (save_state must run on all),
+    and only the main process moves folders, with barriers so that nobody writes into a folder being
+    renamed.
+    """
     tmp = ckpt / "state.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    main = accelerator.is_main_process
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
-    old = ckpt / "state.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if (ckpt / "state").exists():
-        (ckpt / "state").rename(old)
-    tmp.rename(ckpt / "state")
-    write_json(ckpt / "progress.json", {"epoch": epoch, "history": history})
-    shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    if main:
+        old = ckpt / "state.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if (ckpt / "state").exists():
+            (ckpt / "state").rename(old)
+        tmp.rename(ckpt / "state")
+        write_json(ckpt / "progress.json", {"epoch": epoch, "history": history})
+        shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
