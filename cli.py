@@ -249,6 +249,8 @@ def _train_options(f):
         click.option("--lora/--full", default=False, show_default=True,
                      help="Train LoRA adapters (peft) or fine-tune every weight."),
         click.option("--lora-rank", default=8, show_default=True, type=int),
+        click.option("--precision", default="auto", show_default=True,
+                     help="fp32, bf16 or fp16 (mixed precision); auto: bf16/fp16 on CUDA, fp32 on CPU."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for opt in reversed(options):
@@ -256,11 +258,11 @@ def _train_options(f):
     return f
 
 
-def _train_config(epochs, batch_size, lr, image_size, lora, lora_rank, quiet, seed=0):
+def _train_config(epochs, batch_size, lr, image_size, lora, lora_rank, precision, quiet, seed=0):
     from toolkit.train import TrainConfig
 
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, lora=lora,
-                       lora_rank=lora_rank, seed=seed, progress=not quiet)
+                       lora_rank=lora_rank, precision=precision, seed=seed, progress=not quiet)
 
 
 @main.command("pretrain")

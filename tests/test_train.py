@@ -200,3 +200,21 @@ def test_accelerate_launch_two_processes(tmp_path):
     card = json.loads((pt / "card.json").read_text())
     assert card["files"]["backbone.safetensors"] == sha256_file(pt / "backbone.safetensors")
     assert backbones.load_pretrained(pt) is not None
+
+
+def test_mixed_precision_through_accelerate(tmp_path):
+    """bf16 autocast runs on CPU and is recorded; "auto" is fp32 on CPU; fp16 without a GPU is refused."""
+    fp32 = pretrain("digits", tmp_path / "fp32", cfg=tcfg(epochs=1))
+    bf16 = pretrain("digits", tmp_path / "bf16", cfg=tcfg(epochs=1, precision="bf16"))
+    assert fp32["train"]["precision"] == "fp32" and bf16["train"]["precision"] == "bf16"
+    assert bf16["history"][0]["loss"] < 2.3  # it learned (chance-level cross-entropy is ln 10 = 2.30)
+    from safetensors.torch import load_file
+
+    a, b = (load_file(str(tmp_path / m / "backbone.safetensors")) for m in ("fp32", "bf16"))
+    assert all(v.dtype == torch.float32 for v in b.values() if v.is_floating_point())  # autocast: weights stay fp32
+    assert not torch.equal(a["layer1.0.conv1.weight"], b["layer1.0.conv1.weight"])  # bf16 compute really ran
+    for precision, message in (("fp16", "needs a CUDA GPU"), ("fp8", "unknown precision")):
+        res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / precision),
+                                        "--precision", precision])
+        assert res.exit_code == 1 and res.output.startswith("Error: ") and message in res.output, res.output
+        assert not (tmp_path / precision).exists()

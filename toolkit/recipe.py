@@ -56,6 +56,7 @@ class PretrainStage:
     image_size: int = 32
     batch_size: int = 64
     lr: float = 1e-3
+    precision: str = "auto"
 
 
 @dataclass
@@ -70,6 +71,7 @@ class DGStage:
     epochs: int = 3
     image_size: int = 16
     batch_size: int = 64
+    precision: str = "auto"
     seeds: list[int] = field(default_factory=lambda: [0])
 
 
@@ -256,7 +258,7 @@ def _pretrain(recipe, st: PretrainStage, out: Path, folders, progress) -> dict[s
     from .train import TrainConfig
 
     cfg = TrainConfig(epochs=st.epochs, batch_size=st.batch_size, lr=st.lr, image_size=st.image_size,
-                      seed=recipe.seed, lora=st.lora, progress=progress)
+                      seed=recipe.seed, lora=st.lora, precision=st.precision, progress=progress)
     card = pretrain(folders["render"] / "images", out, backbone=st.backbone, cfg=cfg, force=True)
     return {"line": card["line"]}
 
@@ -270,7 +272,7 @@ def _dg(recipe, st: DGStage, out: Path, folders, progress) -> dict[str, Any]:
                    synthetic=folders["render"] / "images" if st.synthetic or st.data_free else None,
                    weights=folders["pretrain"] if st.use_pretrained else None,
                    train=TrainConfig(epochs=st.epochs, image_size=st.image_size, batch_size=st.batch_size,
-                                     lora=st.lora, progress=progress))
+                                     lora=st.lora, precision=st.precision, progress=progress))
     res = run_dg(st.data, out, cfg)
     return {"table": res["table"]}
 

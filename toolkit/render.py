@@ -209,6 +209,11 @@ class Renderer:
         self.cfg, self.resolved = cfg, resolved
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device, cfg.backend)
+        if self.device == "cuda" and cfg.backend == "torch":
+            # cuDNN's autotuner and its non-deterministic convolution kernels would make the same seed give
+            # different images from run to run; inference loses little by pinning them.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
         d = resolved.defaults
         self.steps = cfg.steps or int(d.get("steps", 4))
         self.guidance = float(cfg.guidance if cfg.guidance is not None else d.get("guidance", 1.0))

@@ -8,6 +8,7 @@ killed after epoch k and resumed computes what the uninterrupted run computes (o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -22,6 +23,9 @@ from .errors import AugurError
 from .fileio import write_json
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 5
@@ -32,6 +36,7 @@ class TrainConfig:
     seed: int = 0
     lora: bool = False
     lora_rank: int = 8
+    precision: str = "auto"  # see resolve_precision
     progress: bool = True
 
     def validate(self) -> None:
@@ -41,6 +46,31 @@ class TrainConfig:
             raise AugurError("--lr must be positive")
         if self.image_size < 16:
             raise AugurError("--image-size must be at least 16")
+        if self.precision not in PRECISIONS:
+            raise AugurError(f"unknown precision '{self.precision}'; choose one of {', '.join(PRECISIONS)}")
+        resolve_precision(self.precision)  # refuses what this machine cannot run, before anything is written
+
+
+def resolve_precision(requested: str) -> str:
+    """fp32, bf16 or fp16 (mixed precision through accelerate's autocast; fp16 adds a grad scaler).
+
+    auto: what `accelerate launch --mixed_precision` asked for, else bf16 (fp16 on GPUs without bf16)
+    on CUDA and fp32 on CPU.
+    """
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if requested == "auto":
+        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by `accelerate launch --mixed_precision`
+        if launched in ("no", "bf16", "fp16"):
+            requested = "fp32" if launched == "no" else launched
+        elif cuda:
+            requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            requested = "fp32"  # CPU autocast is opt-in: bf16 is only fast on CPUs with bf16 units
+    if requested == "fp16" and not cuda:
+        raise AugurError("--precision fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    return requested
 
 
 class Classifier:
@@ -86,6 +116,7 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
     """
     import torch
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
     from torch.utils.data import DataLoader, RandomSampler
 
@@ -93,7 +124,12 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
     if len(train_set) == 0:
         raise AugurError("no training images")
     ckpt = Path(ckpt)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    precision = resolve_precision(cfg.precision)
+    # accelerate keeps one process-wide state and refuses a second precision in the same process (a
+    # recipe's stages, a library caller): each fit is its own run. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision="no" if precision == "fp32" else precision)
     set_seed(cfg.seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -161,6 +197,8 @@ def _checkpoint(accelerator, ckpt: Path, epoch: int, history: list[dict[str, Any
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    """What a run records of its settings: the precision it really trains in, not "auto"."""
     d = asdict(cfg)
     d.pop("progress")
+    d["precision"] = resolve_precision(cfg.precision)
     return d
