@@ -83,6 +83,8 @@ def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     ("name: x\nstages:\n  render: {}\n", "stages.render needs stages.extrapolate"),
     ("name: x\nstages: [1\n", "invalid YAML"),
     ("name: x\nseed: zero\nstages:\n  report: {}\n", "seed: expected int"),
+    ("name: x\nstages:\n  dg: {precision: bf61}\n", "stages.dg.precision: unknown value 'bf61'"),
+    ("name: x\nstages:\n  cl: {strategies: [naive, replya]}\n", "stages.cl.strategies: unknown value 'replya'"),
 ])
 def test_invalid_recipes_fail_before_any_work(tmp_path, text, fragment):
     recipe = tmp_path / "bad.yaml"

@@ -95,6 +95,19 @@ STAGES: dict[str, type] = {"extrapolate": ExtrapolateStage, "render": RenderStag
                            "dg": DGStage, "cl": CLStage, "report": ReportStage}
 
 
+def _choices() -> dict[tuple[str, str], tuple[str, ...]]:
+    """Parameters with a closed set of values, checked at load so a typo fails before any stage runs."""
+    from .backbones import BACKBONES
+    from .cl import STRATEGIES
+    from .render import BACKENDS
+    from .train import PRECISIONS
+
+    return {("extrapolate", "mode"): ("realm", "domains"), ("render", "backend"): BACKENDS,
+            ("pretrain", "backbone"): tuple(BACKBONES), ("pretrain", "precision"): PRECISIONS,
+            ("dg", "backbone"): tuple(BACKBONES), ("dg", "precision"): PRECISIONS,
+            ("cl", "strategies"): tuple(STRATEGIES), ("cl", "backbones"): ("none", "pretrained")}
+
+
 def needs(name: str, st: Any) -> list[str]:
     """The stages whose outputs `name` reads with these parameters: its hash includes theirs."""
     if name == "render":
@@ -154,6 +167,7 @@ def load_recipe(path: Path) -> Recipe:
         raise AugurError(f"{path}: missing key 'stages' (a mapping of stage name to parameters)")
     seed = _check_type(raw.get("seed", 0), int, f"{path}: seed")
     stages: dict[str, Any] = {}
+    choices = _choices()
     for name, params in raw["stages"].items():
         if name not in STAGES:
             raise AugurError(f"{path}: stages.{name}: unknown stage (known: {', '.join(STAGES)})")
@@ -167,6 +181,11 @@ def load_recipe(path: Path) -> Recipe:
             if key not in fields:
                 raise AugurError(f"{path}: stages.{name}.{key}: unknown key (allowed: {', '.join(sorted(fields))})")
         values = {k: _check_type(v, hints[k], f"{path}: stages.{name}.{k}") for k, v in params.items()}
+        for key, value in values.items():
+            allowed = choices.get((name, key))
+            for v in (value if isinstance(value, list) else [value]):
+                if allowed is not None and v not in allowed:
+                    raise AugurError(f"{path}: stages.{name}.{key}: unknown value {v!r} (choose from {', '.join(allowed)})")
         stages[name] = cls(**values)
     for name, st in stages.items():
         for need in needs(name, st):
