@@ -386,7 +386,9 @@ def report_cmd(run_dir, out, title):
 
 @models.command("export-onnx")
 @click.argument("name")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Also make a copy with a dynamically quantized UNet.")
+@click.option("--quantize", type=click.Choice(["int8", "int8-conv"]),
+              help="Also make a copy with a dynamically quantized UNet: int8 (attention and feed-forward "
+                   "weights; closest to fp32) or int8-conv (convolutions too; fastest on CPU).")
 @click.option("--parity-size", type=int, help="Image size for the parity check (default: the card's).")
 def models_export_onnx(name, quantize, parity_size) -> None:
     """Export diffusers model NAME to ONNX with optimum, register it as NAME-onnx, report parity."""

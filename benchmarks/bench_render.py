@@ -4,15 +4,18 @@ Speed does not depend on weight values, so random weights measure what real LCM 
 Each configuration runs in its own process (peak memory per configuration), side by side in one run:
 
 - seconds per image at 256 px and 512 px, 4 LCM steps, batch of 2, for torch fp32, torch bf16,
-  ONNX fp32 and ONNX int8 (dynamically quantized UNet MatMuls) on CPU;
+  ONNX fp32, ONNX int8 (dynamically quantized UNet MatMuls) and ONNX int8-conv (convolutions too)
+  on CPU;
 - the whole `render` stage (PNG encoding, hashing, manifest) against the bare text-encoder + UNet +
   VAE compute on the same batch, pipeline already loaded: goal overhead <= 5 %. The two alternate
   (--repeats times, interleaved) and the best time of each is compared; the paired ratios show the noise;
 - peak resident memory of each process.
 
-    python benchmarks/bench_render.py [--sizes 256,512] [--configs torch-fp32,torch-bf16,onnx-fp32,onnx-int8]
+    python benchmarks/bench_render.py [--sizes 256,512] [--repeats 4] [--workdir DIR]
+                                      [--configs torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int8-conv]
 
-Takes ~15-25 minutes on a 2-core CPU (the ONNX export of an 860M-parameter UNet alone takes minutes).
+Takes ~60 minutes on a 2-core CPU with the default 4 repeats (the ONNX export of an 860M-parameter
+UNet alone takes minutes).
 """
 
 from __future__ import annotations
@@ -65,14 +68,26 @@ def build(folder: Path) -> None:
                                    requires_safety_checker=False).save_pretrained(str(folder))
 
 
-def export(folder: Path, onnx: Path, int8: Path) -> None:
+def model_dir(work: Path, config: str) -> Path:
+    backend, dtype = config.split("-", 1)
+    if backend == "torch":
+        return work / "sd15-random"
+    return work / ("sd15-random-onnx" if dtype == "fp32" else f"sd15-random-onnx-{dtype}")
+
+
+def export(work: Path, configs: list[str]) -> None:
+    """optimum's export, then each quantized copy the configurations need, as `augur models export-onnx`."""
     from toolkit.onnx_export import _export, _quantize_unet
 
-    _export(folder, onnx)
-    _quantize_unet(onnx, int8)
+    onnx = model_dir(work, "onnx-fp32")
+    if not (onnx / "model_index.json").exists():
+        _export(model_dir(work, "torch-fp32"), onnx)
+    for c in configs:
+        if c.startswith("onnx-") and c != "onnx-fp32" and not (model_dir(work, c) / "model_index.json").exists():
+            _quantize_unet(onnx, model_dir(work, c), c.split("-", 1)[1])
 
 
-def measure(config: str, size: int, folder: Path, onnx: Path, int8: Path, repeats: int) -> dict:
+def measure(config: str, size: int, work: Path, repeats: int) -> dict:
     import numpy as np
     import torch
 
@@ -80,8 +95,8 @@ def measure(config: str, size: int, folder: Path, onnx: Path, int8: Path, repeat
     from toolkit.render import Renderer, RenderConfig, Resolved, Unit, render
     from toolkit.models import ModelCard
 
-    backend, dtype = config.split("-")
-    path = {"torch": folder, "onnx": onnx if dtype == "fp32" else int8}[backend]
+    backend, dtype = config.split("-", 1)
+    path = model_dir(work, config)
     card = ModelCard(name=f"sd15-random-{config}", kind="onnx" if backend == "onnx" else "diffusers")
     cfg = RenderConfig(backend=backend, device="cpu", dtype="fp32" if backend == "onnx" else dtype, size=size,
                        steps=STEPS, guidance=8.0, batch_size=BATCH, progress=False)
@@ -152,7 +167,7 @@ def child(*args: str) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,512")
-    ap.add_argument("--configs", default="torch-fp32,torch-bf16,onnx-fp32,onnx-int8")
+    ap.add_argument("--configs", default="torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int8-conv")
     ap.add_argument("--repeats", type=int, default=4, help="interleaved stage/bare repeats per configuration")
     ap.add_argument("--workdir", help="keep the random model and exports here (default: a temp dir)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -163,37 +178,36 @@ def main() -> None:
             build(Path(rest[0]))
             print("{}")
         elif kind == "export":
-            export(*(Path(p) for p in rest))
+            export(Path(rest[0]), rest[1:])
             print("{}")
         else:
-            config, size, folder, onnx, int8, repeats = rest
-            print(json.dumps(measure(config, int(size), Path(folder), Path(onnx), Path(int8), int(repeats))))
+            config, size, work, repeats = rest
+            print(json.dumps(measure(config, int(size), Path(work), int(repeats))))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="augur-bench-render-"))
-    folder, onnx, int8 = work / "sd15-random", work / "sd15-random-onnx", work / "sd15-random-onnx-int8"
+    folder = model_dir(work, "torch-fp32")
     configs = args.configs.split(",")
     if not (folder / "model_index.json").exists():
         print("building full-size SD 1.5-architecture pipeline with random weights ...", file=sys.stderr)
         child("--child", "build", str(folder))
-    if any(c.startswith("onnx") for c in configs) and not (int8 / "model_index.json").exists():
+    if any(c.startswith("onnx") and not (model_dir(work, c) / "model_index.json").exists() for c in configs):
         print("exporting to ONNX and quantizing (minutes) ...", file=sys.stderr)
-        child("--child", "export", str(folder), str(onnx), str(int8))
+        child("--child", "export", str(work), *configs)
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         for config in configs:
             print(f"measuring {config} at {size}px ...", file=sys.stderr)
-            r = child("--child", "measure", config, str(size), str(folder), str(onnx), str(int8),
-                      str(args.repeats))
+            r = child("--child", "measure", config, str(size), str(work), str(args.repeats))
             if r:
                 results.append(r)
     print(f"CPU, {os.cpu_count()} cores, random weights, {STEPS} LCM steps, batch {BATCH}, "
           f"best of {args.repeats} interleaved repeats")
-    print(f"{'config':<11} {'size':>5} {'s/image':>8} {'vs fp32':>8} {'bare s/img':>10} {'stage/bare':>10} "
+    print(f"{'config':<14} {'size':>5} {'s/image':>8} {'vs fp32':>8} {'bare s/img':>10} {'stage/bare':>10} "
           f"{'paired range':>13} {'peak GiB':>9}")
     for r in results:
         base = next((b for b in results if b["size"] == r["size"] and b["config"] == "torch-fp32"), None)
         speed = f"{base['sec_per_image'] / r['sec_per_image']:.2f}x" if base else "-"
-        print(f"{r['config']:<11} {r['size']:>5} {r['sec_per_image']:>8.2f} {speed:>8} {r['bare_sec_per_image']:>10.2f} "
+        print(f"{r['config']:<14} {r['size']:>5} {r['sec_per_image']:>8.2f} {speed:>8} {r['bare_sec_per_image']:>10.2f} "
               f"{r['stage_over_bare']:>10.3f} {min(r['paired_ratios']):>6.3f}-{max(r['paired_ratios']):.3f} "
               f"{r['peak_rss_gib']:>9.2f}")
 
