@@ -3,7 +3,7 @@
 Each stage's output lives in RUN_DIR/<stage>-<hash>, the hash covering its parameters, the seed and
 the hashes of the stages it reads, so re-running a recipe redoes only what changed. A stage is done
 when its folder holds DONE.json; a run killed inside a stage resumes through the stage's own resume.
-A recipe is validated completely (unknown stage, unknown key, wrong type: file and key named) before
+A recipe is validated completely (unknown stage, key or value, wrong type: file and key named) before
 any work starts.
 """
 
@@ -182,9 +182,9 @@ def load_recipe(path: Path) -> Recipe:
                 raise AugurError(f"{path}: stages.{name}.{key}: unknown key (allowed: {', '.join(sorted(fields))})")
         values = {k: _check_type(v, hints[k], f"{path}: stages.{name}.{k}") for k, v in params.items()}
         for key, value in values.items():
-            allowed = choices.get((name, key))
-            for v in (value if isinstance(value, list) else [value]):
-                if allowed is not None and v not in allowed:
+            allowed = choices.get((name, key), ())
+            for v in (value if isinstance(value, list) else [value]) if allowed else []:
+                if v not in allowed:
                     raise AugurError(f"{path}: stages.{name}.{key}: unknown value {v!r} (choose from {', '.join(allowed)})")
         stages[name] = cls(**values)
     for name, st in stages.items():
