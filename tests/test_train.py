@@ -218,3 +218,24 @@ def test_mixed_precision_through_accelerate(tmp_path):
                                         "--precision", precision])
         assert res.exit_code == 1 and res.output.startswith("Error: ") and message in res.output, res.output
         assert not (tmp_path / precision).exists()
+
+
+def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path):
+    """A batch whose loss is NaN changes no weight and no BatchNorm statistic; most of an epoch's batches
+    non-finite is an error (guards against the sporadic NaN gradients of bf16 on CPU, and divergence)."""
+    precision = "fp32"  # exact counts: bf16 on this CPU adds NaN steps of its own now and then
+    from toolkit.train import Classifier, fit
+
+    torch.manual_seed(0)
+    images = [(torch.randn(3, 16, 16), i % 10) for i in range(64)]
+    images[5] = (torch.full((3, 16, 16), float("nan")), 5)
+    net = Classifier.build(backbones.create("resnet18", 16), 10)
+    history = fit(net, images, tcfg(epochs=2, batch_size=16, precision=precision), tmp_path / "one")
+    assert [h["skipped_steps"] for h in history] == [1, 1]  # the one batch holding the NaN image, each epoch
+    assert all(0 < h["loss"] < 10 for h in history)
+    assert all(torch.isfinite(t).all() for t in [*net.parameters(), *net.buffers()] if t.is_floating_point())
+    bad = [(torch.full((3, 16, 16), float("nan")), i % 10) if i % 2 else x for i, x in enumerate(images)]
+    with pytest.raises(AugurError, match=r"training diverged: 4 of 4 steps of epoch 1 .*--precision fp32"):
+        fit(Classifier.build(backbones.create("resnet18", 16), 10), bad,
+            tcfg(epochs=1, batch_size=16, precision=precision), tmp_path / "many")
+    assert not (tmp_path / "many" / "progress.json").exists()  # nothing recorded as done

@@ -8,6 +8,7 @@ killed after epoch k and resumed computes what the uninterrupted run computes (o
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -145,30 +146,67 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
         start, history = state["epoch"], state["history"]
         accelerator.load_state(str(ckpt / "state"))
     loss_fn = torch.nn.CrossEntropyLoss()
+    # A step whose loss or gradients are not finite is skipped, as fp16's GradScaler does, with the
+    # BatchNorm statistics its forward pass touched put back. bf16 needs it on CPU: with torch 2.14.1
+    # (oneDNN 3.12) on an AMX CPU, bf16 conv weight gradients came out NaN now and then (in about one
+    # run in three, a few steps each; never twice alike), the kind of stray-memory read oneDNN fixed
+    # in uxlfoundation/oneDNN#5717. Gradients are checked under bf16 and across processes
+    # (all-reduced gradients are the same everywhere, so every process decides alike); else the loss,
+    # already read for the progress bar, suffices. fp16 is left to accelerate's GradScaler, which must
+    # see every step to tune its scale. Most of an epoch's steps skipped means the run diverged.
+    guard = precision != "fp16"
+    check_grads = precision == "bf16" or accelerator.num_processes > 1
+    stats = [b for b in accelerator.unwrap_model(model).buffers() if b.is_floating_point()] if guard else []
     for epoch in range(start, cfg.epochs):
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, "epoch", epoch))
         loader = accelerator.prepare(DataLoader(train_set, batch_size=cfg.batch_size,
                                                 sampler=RandomSampler(train_set, generator=g), drop_last=False))
         model.train()
-        t0, seen, total = time.perf_counter(), 0, 0.0
+        t0, seen, used, total, skipped = time.perf_counter(), 0, 0, 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=not cfg.progress or not accelerator.is_main_process, file=sys.stderr)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             optimizer.zero_grad(set_to_none=True)
+            saved = [b.clone() for b in stats]
             loss = loss_fn(model(x), y)
             accelerator.backward(loss)
+            value = loss.item()
+            n = len(y) * accelerator.num_processes  # every process takes its own slice of the batches
+            seen += n
+            if guard and not (_grads_finite(params) if check_grads else math.isfinite(value)):
+                skipped += 1
+                for b, s in zip(stats, saved):
+                    b.copy_(s)
+                if accelerator.is_main_process:
+                    tqdm.write(f"warning: epoch {epoch + 1} step {step + 1}: non-finite loss or gradient "
+                               f"({precision}); step skipped", file=sys.stderr)
+                continue
             optimizer.step()
-            seen += len(y) * accelerator.num_processes  # every process takes its own slice of the batches
-            total += loss.item() * len(y) * accelerator.num_processes
-            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            if math.isfinite(value):
+                used += n
+                total += value * n
+            bar.set_postfix(loss=f"{value:.3f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
-        row = {"epoch": epoch + 1, "loss": total / max(seen, 1), "images": seen,
+        if skipped > len(loader) // 2:
+            raise AugurError(f"training diverged: {skipped} of {len(loader)} steps of epoch {epoch + 1} had a "
+                             f"non-finite loss or gradient ({precision}); try a lower --lr, or --precision fp32 (see the "
+                             "README on bf16 on CPU). The last finished epoch's checkpoint is kept")
+        row = {"epoch": epoch + 1, "loss": total / max(used, 1), "images": seen, "skipped_steps": skipped,
                "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
         if evaluate is not None:
             row.update(evaluate(accelerator.unwrap_model(model)))
         history.append(row)
         _checkpoint(accelerator, ckpt, epoch + 1, history)
     return history
+
+
+def _grads_finite(params) -> bool:
+    import torch
+
+    # Sums, not torch._foreach_norm: on this CPU the fused norm was seen to return NaN for finite inputs
+    # under the same bf16 conditions. A NaN or inf anywhere makes its tensor's sum non-finite.
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
 
 def _checkpoint(accelerator, ckpt: Path, epoch: int, history: list[dict[str, Any]]) -> None:
