@@ -189,8 +189,8 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
         bar.close()
         if skipped > len(loader) // 2:
             raise AugurError(f"training diverged: {skipped} of {len(loader)} steps of epoch {epoch + 1} had a "
-                             f"non-finite loss or gradient ({precision}); try a lower --lr, or --precision fp32 (see the "
-                             "README on bf16 on CPU). The last finished epoch's checkpoint is kept")
+                             f"non-finite loss or gradient ({precision}); try a lower --lr, or --precision fp32 "
+                             "(see the README on bf16 on CPU). The last finished epoch's checkpoint is kept")
         row = {"epoch": epoch + 1, "loss": total / max(used, 1), "images": seen, "skipped_steps": skipped,
                "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
         if evaluate is not None:
@@ -203,8 +203,8 @@ def fit(model, train_set, cfg: TrainConfig, ckpt: Path,
 def _grads_finite(params) -> bool:
     import torch
 
-    # Sums, not torch._foreach_norm: on this CPU the fused norm was seen to return NaN for finite inputs
-    # under the same bf16 conditions. A NaN or inf anywhere makes its tensor's sum non-finite.
+    # A NaN or inf anywhere makes its tensor's sum non-finite; unlike a norm's squares, a sum of sane
+    # gradients cannot overflow into a false alarm.
     sums = [p.grad.sum() for p in params if p.grad is not None]
     return not sums or bool(torch.isfinite(torch.stack(sums)).all())
 
