@@ -166,7 +166,9 @@ def test_onnx_export_parity_and_backend(prompts, tmp_path, onnx_export, torch_re
     assert onnx_export["tiny-lcm-onnx-int8"]["parity_max_pixel_diff"] <= 8
     from toolkit.onnx_export import export_onnx
 
-    conv = export_onnx("tiny-lcm", quantize="int8-conv")["tiny-lcm-onnx-int8-conv"]
+    again = export_onnx("tiny-lcm", quantize="int8-conv")
+    assert again["tiny-lcm-onnx"] == onnx_export["tiny-lcm-onnx"]  # the fp32 export and its record are reused
+    conv = again["tiny-lcm-onnx-int8-conv"]
     assert conv["parity_max_pixel_diff"] <= 16
     import onnx
 

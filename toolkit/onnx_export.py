@@ -95,9 +95,16 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
     onnx_name = f"{name}-onnx"
     onnx_dir = paths.model_store() / onnx_name
     existing = models.load_cards().get(onnx_name)
-    if not (existing and existing.extra.get("exported_from_sha256") == sha and (onnx_dir / "model_index.json").exists()):
+    reused = bool(existing and existing.extra.get("exported_from_sha256") == sha
+                  and (onnx_dir / "model_index.json").exists())
+    if not reused:
         _export(path, onnx_dir)
     targets = [(onnx_name, onnx_dir)]
+    if reused and parity_size is None and "parity_max_pixel_diff" in existing.extra:
+        # Adding a quantized copy to an earlier export: its hash and parity are on record already.
+        targets = []
+        results[onnx_name] = {"path": str(onnx_dir), "sha256": existing.sha256,
+                              "parity_max_pixel_diff": existing.extra["parity_max_pixel_diff"]}
     if quantize:
         q_name = f"{name}-onnx-{quantize}"
         q_dir = paths.model_store() / q_name
