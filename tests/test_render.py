@@ -263,6 +263,18 @@ def test_bad_model_backend_dtype(prompts, tmp_path, tiny):
     weights.write_bytes(weights.read_bytes()[:1000])
     one_line_error(cli("render", str(prompts), "--out", out, "--model", str(corrupt)), "cannot load the pipeline")
     assert not (tmp_path / "o" / "manifest.jsonl").exists()
+    import torch
+    from diffusers import AutoencoderKL
+
+    nan_vae = tmp_path / "nan-vae"
+    shutil.copytree(tiny, nan_vae)
+    vae = AutoencoderKL.from_pretrained(str(nan_vae / "vae"))
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.fill_(float("nan"))
+    vae.save_pretrained(str(nan_vae / "vae"))
+    one_line_error(cli("render", str(prompts), "--out", out, "--model", str(nan_vae), "--quiet"),
+                   "non-finite pixels", "weights intact")
+    assert not list((tmp_path / "o").rglob("*.png"))
 
 
 def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):

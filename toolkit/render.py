@@ -304,6 +304,13 @@ class Renderer:
         with torch.inference_mode():
             images = self.pipe(**kwargs).images
         images = np.asarray(images, dtype=np.float32)[: len(units)]
+        if not np.isfinite(images).all():
+            # NaN would be written as a black or garbage PNG, with a valid hash, and pass for done.
+            bad = [u.image_id for u, im in zip(units, images) if not np.isfinite(im).all()]
+            hint = ("a VAE overflowing in reduced precision does this: try --dtype fp32, then re-run to resume"
+                    if self.dtype != "fp32" else "are the model's weights intact?")
+            raise AugurError(f"the model produced non-finite pixels for {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+                             f" on {self.cfg.backend}/{self.device}/{self.dtype}; nothing was written for them ({hint})")
         return list((np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8))
 
 
