@@ -99,7 +99,8 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
                   and (onnx_dir / "model_index.json").exists())
     if not reused:
         _export(path, onnx_dir)
-    targets = [(onnx_name, onnx_dir)]
+    # (card name, folder, description suffix, extra card fields) of each card to (re)register
+    targets = [(onnx_name, onnx_dir, "", {})]
     if reused and parity_size is None and "parity_max_pixel_diff" in existing.extra:
         # Adding a quantized copy to an earlier export: its hash and parity are on record already.
         targets = []
@@ -109,14 +110,12 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
         q_name = f"{name}-onnx-{quantize}"
         q_dir = paths.model_store() / q_name
         _quantize_unet(onnx_dir, q_dir, quantize)
-        targets.append((q_name, q_dir))
-    for target_name, target_dir in targets:
-        new = models.ModelCard(name=target_name, kind="onnx",
-                               description=f"ONNX export of {name}" + (f" ({quantize} UNet)" if target_name != onnx_name else ""),
+        targets.append((q_name, q_dir, f" ({quantize} UNet)",
+                        {"quantized": quantize, "quantized_ops": [list(ops) for ops, _ in QUANTIZE[quantize]]}))
+    for target_name, target_dir, suffix, extra in targets:
+        new = models.ModelCard(name=target_name, kind="onnx", description=f"ONNX export of {name}{suffix}",
                                source={"path": str(target_dir)}, license=card.license,
-                               extra={"exported_from": name, "exported_from_sha256": sha,
-                                      **({"quantized": quantize, "quantized_ops": [list(ops) for ops, _ in QUANTIZE[quantize]]}
-                                         if target_name != onnx_name else {})})
+                               extra={"exported_from": name, "exported_from_sha256": sha, **extra})
         new.sha256 = sha256_tree(target_dir)
         models.save_user_card(new)
         models.verify(new, target_dir, use_record=False)
