@@ -9,7 +9,7 @@ LLAMA_DEFAULT_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C
 # pip caches the built wheel by version only: a non-default build must bypass that cache.
 LLAMA_PIP_FLAGS := $(if $(filter-out $(LLAMA_DEFAULT_ARGS),$(LLAMA_CMAKE_ARGS)),--no-cache-dir --force-reinstall --no-deps,)
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test test-fast bench clean
 
 venv: $(VENV)/.installed
 
@@ -28,8 +28,12 @@ demo: venv
 	$(VENV)/bin/augur run recipes/quickstart.yaml --out runs/quickstart
 	@echo "report: runs/quickstart/report-*/report.html"
 
+# Every test (what CI runs); test-fast leaves out the ones marked slow (whole recipes, kill-and-resume).
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: venv
 	$(PY) benchmarks/bench_extrapolate.py

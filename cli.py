@@ -1,4 +1,10 @@
-"""The `augur` command: one thin Click command per pipeline stage over plain functions in toolkit/."""
+"""The `augur` command: one thin Click command per pipeline stage over the stage functions in toolkit/.
+
+Every stage's options are generated from its settings dataclass (toolkit/core/settings.py), so the
+command, the recipe schema and the validation cannot disagree. Errors follow one policy
+(toolkit/core/errors.py): usage errors exit 2 with one line, user and environment errors exit 1 with
+one line; only bugs show a traceback.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +14,53 @@ from pathlib import Path
 import click
 
 from toolkit import __version__
-from toolkit.errors import AugurError
+from toolkit.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, AugurError, UsageError, environment_message
+from toolkit.core.settings import click_options, from_cli
 
 
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"Error: {message}", err=True)
+def _fail(message: str, code: int) -> None:
+    click.echo(f"Error: {' '.join(str(message).split())}", err=True)
     sys.exit(code)
 
 
 class AugurGroup(click.Group):
-    """Turns AugurError into a one-line message and a non-zero exit; bugs keep their traceback."""
+    """Turns user errors into one line and an exit status; bugs keep their traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            return super().invoke(ctx)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            _fail("interrupted; run the same command again to resume", EXIT_INTERRUPTED)
+        except click.UsageError as e:
+            _fail(e.format_message(), EXIT_USAGE)
+        except click.ClickException as e:
+            _fail(e.format_message(), e.exit_code)
         except AugurError as e:
-            _fail(str(e))
-        except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume from the cache", 130)
+            _fail(str(e), e.exit_code)
+        except OSError as e:
+            message = environment_message(e)
+            if message is None:
+                raise
+            _fail(message, 1)
+        if standalone_mode:
+            sys.exit(0)
+        return rv
+
+
+class DefaultGroup(AugurGroup):
+    """`augur render PROMPTS ...` runs the default subcommand; `augur render merge DIR` the named one."""
+
+    default = "images"
+
+    def parse_args(self, ctx, args):
+        if not args or args[0] not in self.commands:
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+    def format_usage(self, ctx, formatter):
+        formatter.write_usage(ctx.command_path, f"[{self.default} options] | {' | '.join(self.commands)} ...")
 
 
 @click.group(cls=AugurGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,23 +69,26 @@ def main() -> None:
     """Augur: turn an LLM's imagination into training data, offline."""
 
 
+def hp_option(f):
+    return click.option("--hp", "hp", multiple=True, metavar="KEY=VALUE",
+                        help="A hyper-parameter, checked against its declared type and range (repeatable).")(f)
+
+
 # ---------------------------------------------------------------- models
 @main.group()
 def models() -> None:
-    """The model registry: list, verify, import, pull."""
+    """The model registry: list, verify, import, pull, export-onnx."""
 
 
 @models.command("list")
 def models_list() -> None:
     """Every model card and whether its local copy is present and verified."""
+    from toolkit.core.tables import format_table
     from toolkit.models import status_rows
 
     rows = status_rows()
     cols = ("name", "kind", "state", "prompting", "source", "license")
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
-    for r in rows:
-        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
+    click.echo(format_table([c.upper() for c in cols], [[r[c] for c in cols] for r in rows]))
 
 
 @models.command("verify")
@@ -67,7 +105,8 @@ def models_verify(name: str) -> None:
 @models.command("import")
 @click.argument("name")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--kind", help="Model kind, needed when NAME has no card (gguf, diffusers, onnx, embedding).")
+@click.option("--kind", help="Model kind, needed when NAME has no card (gguf, diffusers, onnx, embedding, lora, "
+                             "autoencoder-tiny, backbone).")
 @click.option("--prompting", type=click.Choice(["base", "chat"]), help="For a new GGUF card: base or chat prompting.")
 def models_import(name: str, path: Path, kind: str | None, prompting: str | None) -> None:
     """Register a file or folder copied in by hand (the offline workflow)."""
@@ -79,89 +118,45 @@ def models_import(name: str, path: Path, kind: str | None, prompting: str | None
 
 @models.command("pull")
 @click.argument("name")
-def models_pull(name: str) -> None:
-    """Fetch NAME: assemble an embedded model, or download from the hub where one is reachable."""
+@click.option("--tiny", is_flag=True, help="Build a random-weight stand-in with the real folder's structure, "
+                                           "registered as NAME-tiny (no download).")
+def models_pull(name: str, tiny: bool) -> None:
+    """Fetch NAME: assemble an embedded model, or download its minimal file set where the hub is reachable."""
     from toolkit.models import get_card, pull, verify
 
     card = get_card(name)
+    if tiny:
+        from toolkit.models.tiny import pull_tiny
+
+        tiny_card, path, digest = pull_tiny(card)
+        click.echo(f"{tiny_card.name}: {path} (sha256 {digest}); {tiny_card.description}")
+        return
     path = pull(card)
     click.echo(f"{name}: {path} (sha256 {verify(card, path, use_record=False)})")
 
 
+@models.command("export-onnx")
+@click.argument("name")
+@click.option("--quantize", type=click.Choice(["int8", "int8-conv"]),
+              help="Also make a copy with a dynamically quantized UNet: int8 (attention and feed-forward "
+                   "weights; closest to fp32) or int8-conv (convolutions too; fastest on CPU).")
+@click.option("--parity-size", type=click.IntRange(8, 4096), help="Image size for the parity check (default: the card's).")
+def models_export_onnx(name, quantize, parity_size) -> None:
+    """Export diffusers model NAME, as its card defines it, to ONNX; register NAME-onnx; report parity."""
+    from toolkit.models.onnx_export import export_onnx
+
+    for target, info in export_onnx(name, quantize, parity_size).items():
+        click.echo(f"{target}: {info['path']} (sha256 {info['sha256'][:12]}…), parity vs torch fp32: "
+                   f"max pixel difference {info['parity_max_pixel_diff']:.0f}/255")
+
+
 # ---------------------------------------------------------------- extrapolate
-def _llm_options(f):
-    options = [
-        click.option("--model", default="gemma3-270m-q4km", show_default=True,
-                     help="A model card name (augur models list) or a path to a .gguf file."),
-        click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder."),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--prompting", type=click.Choice(["auto", "base", "chat"]), default="auto", show_default=True,
-                     help="Few-shot completion (base models) or chat template (instruct models)."),
-        click.option("--temperature", default=0.8, show_default=True, type=float),
-        click.option("--max-attempts", default=4, show_default=True, type=int,
-                     help="LLM requests per item before it is recorded as partial or failed."),
-        click.option("--semantic-dedup/--no-semantic-dedup", default=True, show_default=True,
-                     help="Drop near-duplicates by all-MiniLM-L6-v2 similarity."),
-        click.option("--semantic-threshold", default=0.8, show_default=True, type=float),
-        click.option("--threads", type=int, help="CPU threads for llama.cpp (default: all cores)."),
-        click.option("--gpu-layers", default=-1, show_default=True, type=int,
-                     help="Layers offloaded to the GPU in a CUDA build of llama.cpp (-1: all)."),
-        click.option("--force", is_flag=True, help="Replace existing outputs in --out."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
-
-
-def _config(model, seed, prompting, temperature, max_attempts, semantic_dedup, semantic_threshold, threads,
-            gpu_layers, quiet):
-    from toolkit.extrapolate import ExtrapolateConfig
-    from toolkit.llm import Sampling
-
-    return ExtrapolateConfig(model=model, seed=seed, prompting=None if prompting == "auto" else prompting,
-                             sampling=Sampling(temperature=temperature), max_attempts=max_attempts,
-                             semantic_dedup=semantic_dedup, semantic_threshold=semantic_threshold,
-                             threads=threads, gpu_layers=gpu_layers, progress=not quiet)
+from toolkit.stages.extrapolate.config import DomainsConfig, RealmConfig  # noqa: E402
 
 
 @main.group()
 def extrapolate() -> None:
-    """Stage 1: the LLM imagines domains (per class) or classes (per realm)."""
-
-
-@extrapolate.command("domains")
-@click.option("--classes", help="Comma-separated class names; 'crane (bird)' picks a sense.")
-@click.option("--classes-file", type=click.Path(path_type=Path), help="One class per line (or commas).")
-@click.option("--dataset", type=click.Path(path_type=Path), help="A DomainBed-layout folder ROOT/<domain>/<class>/.")
-@click.option("--domains-per-class", "-n", default=8, show_default=True, type=int)
-@click.option("--exclude-domains", default="", help="The dataset's own domains, e.g. art_painting,cartoon,photo,sketch.")
-@_llm_options
-def extrapolate_domains_cmd(classes, classes_file, dataset, domains_per_class, exclude_domains, out, force, **kw):
-    """Novel domains per class → OUT/prompts.jsonl (Beyond Finite Data)."""
-    from toolkit import classnames
-    from toolkit.extrapolate import extrapolate_domains
-
-    names = classnames.collect(classes, classes_file, dataset)
-    exclude = [e for e in exclude_domains.split(",") if e.strip()]
-    if dataset and not exclude:
-        exclude = classnames.dataset_domains(dataset)
-    run = extrapolate_domains(names, domains_per_class, out, exclude_domains=exclude, cfg=_config(**kw), force=force)
-    _report(run, "class")
-
-
-@extrapolate.command("realm")
-@click.argument("realm")
-@click.option("--groups", default=6, show_default=True, type=int, help="Sub-groups to predict.")
-@click.option("--classes-per-group", default=8, show_default=True, type=int)
-@_llm_options
-def extrapolate_realm_cmd(realm, groups, classes_per_group, out, force, **kw):
-    """Related classes of a REALM with visual descriptions → OUT/classes.jsonl, prompts.jsonl (Premonition)."""
-    from toolkit.extrapolate import extrapolate_realm
-
-    run = extrapolate_realm(realm, out, groups=groups, classes_per_group=classes_per_group, cfg=_config(**kw),
-                            force=force)
-    _report(run, "group")
+    """Stage 1: the LLM imagines domains (per class) or classes (per realm), or imports the paper's prompts."""
 
 
 def _report(run: dict, unit: str) -> None:
@@ -174,19 +169,44 @@ def _report(run: dict, unit: str) -> None:
     click.echo(run["summary"]["line"])
 
 
+@extrapolate.command("domains")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click_options(DomainsConfig)
+def extrapolate_domains_cmd(out, **kw):
+    """Novel domains per class → OUT/prompts.jsonl (Beyond Finite Data)."""
+    from toolkit.stages.extrapolate.stage import extrapolate_domains
+
+    _report(extrapolate_domains(from_cli(DomainsConfig, kw), out), "class")
+
+
+@extrapolate.command("realm")
+@click.argument("realm")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click_options(RealmConfig)
+def extrapolate_realm_cmd(realm, out, **kw):
+    """Related classes of a REALM with visual descriptions → OUT/classes.jsonl, prompts.jsonl (Premonition)."""
+    from toolkit.stages.extrapolate.stage import extrapolate_realm
+
+    _report(extrapolate_realm(from_cli(RealmConfig, kw, realm=realm), out), "group")
+
+
+@extrapolate.command("import")
+@click.argument("csv_file", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--realm", help="The realm the file describes (default: from its file name).")
+@click.option("--force", is_flag=True, help="Replace an earlier import in --out.")
+def extrapolate_import_cmd(csv_file, out, realm, force):
+    """Read a Premonition prompt CSV (the paper's own) into OUT/classes.jsonl + prompts.jsonl."""
+    from toolkit.stages.extrapolate.importer import import_csv
+
+    click.echo(import_csv(csv_file, out, realm=realm, force=force)["summary"]["line"])
+
+
 # ---------------------------------------------------------------- render
-class DefaultCommandGroup(AugurGroup):
-    """`augur render PROMPTS ...` runs the default subcommand; `augur render merge DIR` the named one."""
-
-    default = "images"
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
-            args = [self.default, *args]
-        return super().parse_args(ctx, args)
+from toolkit.stages.render.config import RenderConfig  # noqa: E402
 
 
-@main.group(cls=DefaultCommandGroup)
+@main.group(cls=DefaultGroup)
 def render() -> None:
     """Stage 2: prompts → images in the DomainBed layout (augur render PROMPTS.jsonl --out DIR)."""
 
@@ -194,34 +214,20 @@ def render() -> None:
 @render.command("images")
 @click.argument("prompts", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (DomainBed layout).")
-@click.option("--model", default="tiny-lcm", show_default=True, help="A diffusers/onnx card, or a pipeline folder.")
-@click.option("--backend", default="torch", show_default=True, help="torch or onnx.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--dtype", default="auto", show_default=True, help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16.")
-@click.option("--steps", type=int, help="Denoising steps (default: the card's).")
-@click.option("--guidance", type=float, help="Guidance scale (default: the card's).")
-@click.option("--size", type=int, help="Image side in pixels (default: the card's).")
-@click.option("--batch-size", default=4, show_default=True, type=int)
-@click.option("--images-per-prompt", default=1, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--shard", help="i/n: render only this shard of the images (merge with `augur render merge`).")
-@click.option("--negative-prompt", help="For pipelines that take one (not LCM).")
-@click.option("--attention-slicing", is_flag=True, help="Less memory, a little slower (torch).")
-@click.option("--vae-slicing", is_flag=True, help="Decode images one by one (torch).")
-@click.option("--tiny-vae", help="An AutoencoderTiny card or folder (e.g. taesd) for faster decoding (torch).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def render_images(prompts, out, shard, quiet, **kw) -> None:
+@click_options(RenderConfig)
+def render_images(prompts, out, **kw) -> None:
     """Render every row of PROMPTS (a prompts.jsonl) into OUT; re-run the same command to resume."""
-    from toolkit import distributed
-    from toolkit.render import RenderConfig, merge, parse_shard, render as render_run
+    import dataclasses
 
-    shard_t = parse_shard(shard)
-    state = distributed.state() if shard is None else None  # under `accelerate launch`: a shard per process
+    from toolkit.core import distributed
+    from toolkit.stages.render.stage import merge, render as render_run
+
+    cfg = from_cli(RenderConfig, kw)
+    state = distributed.state() if cfg.shard is None else None  # under `accelerate launch`: a shard per process
     if state is not None:
-        shard_t = (state.process_index, state.num_processes)
-    cfg = RenderConfig(shard=shard_t, progress=not quiet and (state is None or state.is_main_process), **kw)
-    result = render_run(prompts, out, cfg)
-    click.echo(result["line"])
+        cfg = dataclasses.replace(cfg, shard=f"{state.process_index}/{state.num_processes}",
+                                  quiet=cfg.quiet or not state.is_main_process)
+    click.echo(render_run(prompts, out, cfg)["line"])
     if state is not None:
         # Every process has finished its shard once all reach the barrier; one of them merges.
         state.wait_for_everyone()
@@ -233,127 +239,127 @@ def render_images(prompts, out, shard, quiet, **kw) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 def render_merge(out) -> None:
     """Merge the shard manifests of OUT into OUT/manifest.jsonl (and draw its contact sheet)."""
-    from toolkit.render import merge
+    from toolkit.stages.render.stage import merge
 
     click.echo(merge(out)["line"])
 
 
-# ---------------------------------------------------------------- pretrain and dg
-def _train_options(f):
-    options = [
-        click.option("--backbone", default="resnet18", show_default=True, help="resnet18, resnet50 or vit_small."),
-        click.option("--epochs", default=5, show_default=True, type=int),
-        click.option("--batch-size", default=64, show_default=True, type=int),
-        click.option("--lr", default=1e-3, show_default=True, type=float),
-        click.option("--image-size", default=32, show_default=True, type=int),
-        click.option("--lora/--full", default=False, show_default=True,
-                     help="Train LoRA adapters (peft) or fine-tune every weight."),
-        click.option("--lora-rank", default=8, show_default=True, type=int),
-        click.option("--precision", default="auto", show_default=True,
-                     help="fp32, bf16 or fp16 (mixed precision); auto: bf16/fp16 on CUDA, fp32 on CPU."),
-        click.option("--quiet", is_flag=True, help="No progress bar."),
-    ]
-    for opt in reversed(options):
-        f = opt(f)
-    return f
-
-
-def _train_config(epochs, batch_size, lr, image_size, lora, lora_rank, precision, quiet, seed=0):
-    from toolkit.train import TrainConfig
-
-    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, lora=lora,
-                       lora_rank=lora_rank, precision=precision, seed=seed, progress=not quiet)
+# ---------------------------------------------------------------- pretrain
+from toolkit.stages.pretrain.config import PretrainConfig  # noqa: E402
 
 
 @main.command("pretrain")
-@click.option("--data", "source", required=True, help="'digits', or a DomainBed-layout folder (e.g. a render output).")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--weights", type=click.Path(path_type=Path), help="Start from local weights (.safetensors).")
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--force", is_flag=True, help="Replace an existing backbone in --out.")
-@_train_options
-def pretrain_cmd(source, out, weights, seed, force, backbone, **kw):
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (the backbone).")
+@click_options(PretrainConfig)
+def pretrain_cmd(out, **kw):
     """Stage 3: train a backbone on synthetic images; keep the backbone, drop the head (Premonition)."""
-    from toolkit.pretrain import pretrain
-    from toolkit.distributed import is_main_process
+    from toolkit.core.distributed import is_main_process
+    from toolkit.stages.pretrain.stage import pretrain
 
-    card = pretrain(source, out, backbone=backbone, weights=weights, cfg=_train_config(seed=seed, **kw), force=force)
+    card = pretrain(from_cli(PretrainConfig, kw), out)
     if is_main_process():
         click.echo(card["line"])
 
 
-@main.command("dg")
-@click.option("--data", "source", default="digits", show_default=True,
-              help="'digits' (RotatedDigits) or a DomainBed-layout folder.")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--synthetic", type=click.Path(path_type=Path), help="Rendered domains to add to training.")
-@click.option("--single-source", help="Train on this one real domain (+ synthetic), test on the others.")
-@click.option("--data-free", is_flag=True, help="Train on --synthetic alone, test on every real domain.")
-@click.option("--test-domains", help="Comma-separated; default: every real domain in turn.")
-@click.option("--weights", type=click.Path(path_type=Path), help="A backbone from `augur pretrain` (folder or .safetensors).")
-@click.option("--algorithm", default="ERM", show_default=True)
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated trial seeds.")
-@click.option("--holdout", default=0.2, show_default=True, type=float, help="Validation share of each training domain.")
-@_train_options
-def dg_cmd(source, out, synthetic, single_source, data_free, test_domains, weights, algorithm, seeds, holdout,
-           backbone, **kw):
-    """Stage 4: leave-one-domain-out DG (DomainBed protocol); re-run the same command to resume."""
-    from toolkit.dg import DGConfig, run_dg
-    from toolkit.distributed import is_main_process
+# ---------------------------------------------------------------- dg
+from toolkit.stages.dg.config import DGConfig  # noqa: E402
 
-    try:
-        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
-    except ValueError:
-        raise AugurError(f"--seeds must be comma-separated integers, got '{seeds}'") from None
-    cfg = DGConfig(algorithm=algorithm, backbone=backbone, weights=weights, synthetic=synthetic,
-                   single_source=single_source, data_free=data_free,
-                   test_domains=[t.strip() for t in test_domains.split(",")] if test_domains else None,
-                   seeds=seed_list, holdout=holdout, train=_train_config(**kw))
-    res = run_dg(source, out, cfg)
+
+class TrainGroup(DefaultGroup):
+    default = "train"
+
+
+@main.group(cls=TrainGroup)
+def dg() -> None:
+    """Stage 4: domain generalization, DomainBed's protocol (augur dg --data DIR --out DIR; augur dg collect DIR...)."""
+
+
+@dg.command("train")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, runs/).")
+@click.option("--list", "list_", is_flag=True, help="Print the algorithms and their hyper-parameters, then exit.")
+@hp_option
+@click_options(DGConfig)
+def dg_cmd(out, list_, hp, **kw):
+    """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
+    if list_:
+        from toolkit.stages.dg.hparams import ALGORITHM_HPARAMS, declared
+
+        for name in ALGORITHM_HPARAMS:
+            own = ", ".join(f"{k}: {v.describe()}" for k, v in ALGORITHM_HPARAMS[name].items()) or "no own hyper-parameters"
+            click.echo(f"{name}: {own}")
+        shared = declared("ERM", "small")
+        click.echo("every algorithm: " + ", ".join(f"{k}: {v.describe()}" for k, v in shared.items())
+                   + " (lr, weight_decay, batch_size: large-image defaults differ; see README)")
+        return
+    if out is None:
+        raise UsageError("Missing option '--out'.")
+    from toolkit.core.distributed import is_main_process
+    from toolkit.core.settings import parse_hparams
+    from toolkit.stages.dg.hparams import declared
+    from toolkit.stages.dg.stage import run_dg
+
+    cfg = from_cli(DGConfig, kw)
+    size = "small" if cfg.data == "digits" else "large"
+    cfg.hp = parse_hparams(hp, declared(cfg.algorithm, size, cfg.weights != "none", cfg.swad), cfg.algorithm)
+    res = run_dg(cfg, out)
     if is_main_process():
         click.echo(res["table"])
         click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
 
 
-@main.command("cl")
-@click.option("--data", "source", default="digits", show_default=True,
-              help="'digits' (SplitDigits) or a DomainBed-layout folder (domains pooled).")
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--strategy", default="naive", show_default=True,
-              help="naive, replay, lwf, ewc, icarl or prototype.")
-@click.option("--backbone", "weights", default="none", show_default=True,
-              help="'none' (random init) or a backbone folder from `augur pretrain` (Premonition).")
-@click.option("--arch", default="resnet18", show_default=True, help="Backbone architecture.")
-@click.option("--initial-classes", default=2, show_default=True, type=int)
-@click.option("--increment", default=2, show_default=True, type=int)
-@click.option("--epochs", default=2, show_default=True, type=int)
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--lr", default=1e-3, show_default=True, type=float)
-@click.option("--image-size", default=16, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--hp", multiple=True, help="A strategy hyper-parameter, e.g. --hp memory=500 --hp selection=herding.")
-@click.option("--quiet", is_flag=True)
-def cl_cmd(source, out, strategy, weights, arch, hp, quiet, **kw):
-    """Stage 5: class-incremental learning; re-run the same command to resume at the task it was on."""
-    from toolkit.cl import CLConfig, run_cl, table
+@dg.command("collect")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--latex", is_flag=True, help="LaTeX tables (default: Markdown).")
+def dg_collect(dirs, latex):
+    """DomainBed's collect_results tables from one or more `augur dg` folders."""
+    from toolkit.stages.dg.collect import collect
 
-    hparams = {}
-    for item in hp:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise AugurError(f"--hp takes key=value, got '{item}'")
-        hparams[key.strip()] = yaml_scalar(value)
-    cfg = CLConfig(strategy=strategy, backbone=arch, weights=None if weights == "none" else Path(weights),
-                   hparams=hparams, progress=not quiet, **kw)
-    res = run_cl(source, out, cfg)
+    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
+
+
+# ---------------------------------------------------------------- cl
+from toolkit.stages.cl.config import CLConfig  # noqa: E402
+
+
+@main.group(cls=TrainGroup)
+def cl() -> None:
+    """Stage 5: class-incremental learning (augur cl --strategy NAME --out DIR; augur cl collect DIR...)."""
+
+
+@cl.command("train")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, accuracy_matrix.png).")
+@click.option("--list", "list_", is_flag=True, help="Print the strategies and their hyper-parameters, then exit.")
+@hp_option
+@click_options(CLConfig)
+def cl_cmd(out, list_, hp, **kw):
+    """Train through the tasks; re-run the same command to resume at the task it was on."""
+    from toolkit.stages.cl.strategies import STRATEGIES
+
+    if list_:
+        for name, cls in STRATEGIES.items():
+            params = ", ".join(f"{k}: {v.describe()}" for k, v in cls.hparams.items()) or "no hyper-parameters"
+            click.echo(f"{name}: {params} -- {cls.about}")
+        return
+    if out is None:
+        raise UsageError("Missing option '--out'.")
+    from toolkit.core.settings import parse_hparams
+    from toolkit.stages.cl.stage import run_cl, table
+
+    cfg = from_cli(CLConfig, kw)
+    cfg.hp = parse_hparams(hp, STRATEGIES.get(cfg.strategy).hparams, f"strategy '{cfg.strategy}'")
+    res = run_cl(cfg, out)
     click.echo(table([res]))
-    click.echo(f"cl: accuracy matrix → {Path(out) / 'accuracy_matrix.png'}, results → {Path(out) / 'results.jsonl'}")
+    click.echo(f"cl: {res['protocol']} → {Path(out) / 'results.jsonl'}, {Path(out) / 'accuracy_matrix.png'}")
 
 
-def yaml_scalar(text: str):
-    import yaml
+@cl.command("collect")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--latex", is_flag=True, help="A LaTeX table (default: Markdown).")
+def cl_collect(dirs, latex):
+    """One table from the final rows of every results.jsonl under DIRS: mean ± std over class orders."""
+    from toolkit.stages.cl.stage import collect
 
-    return yaml.safe_load(text)
+    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
 
 
 # ---------------------------------------------------------------- recipes and reports
@@ -361,42 +367,29 @@ def yaml_scalar(text: str):
 @click.argument("recipe", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (stage folders go inside).")
 @click.option("--dry-run", is_flag=True, help="Print the plan and what is already cached; run nothing.")
-@click.option("--quiet", is_flag=True)
-def run_cmd(recipe, out, dry_run, quiet):
+@click.option("--smoke", is_flag=True, help="Every model replaced by its tiny stand-in, every data path by a small "
+                                            "built-in dataset, counts cut down: the whole recipe in minutes on a CPU.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def run_cmd(recipe, out, dry_run, smoke, quiet):
     """Run a YAML RECIPE's stages in order; only what changed is redone, a killed run resumes."""
-    from toolkit.recipe import run_recipe
+    from toolkit.run.recipe import run_recipe
 
-    steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet)
+    steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet, smoke=smoke)
     for s in steps:
         state = "cached" if s["cached"] else ("to run" if dry_run else "done")
         click.echo(f"{s['stage']:<12} {state:<7} {s['folder']}")
 
 
 @main.command("report")
-@click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: RUN_DIR/report).")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: FOLDER/report).")
 @click.option("--title", default="Augur run", show_default=True)
-def report_cmd(run_dir, out, title):
-    """Write RUN_DIR's report as Markdown and self-contained HTML."""
-    from toolkit.report import write_report
+def report_cmd(folder, out, title):
+    """Write FOLDER's report (any stage output or run folder) as Markdown and self-contained HTML."""
+    from toolkit.run.report import write_report
 
-    paths = write_report(run_dir, out, title)
+    paths = write_report(folder, out, title)
     click.echo(f"report: {paths['markdown']} and {paths['html']}")
-
-
-@models.command("export-onnx")
-@click.argument("name")
-@click.option("--quantize", type=click.Choice(["int8", "int8-conv"]),
-              help="Also make a copy with a dynamically quantized UNet: int8 (attention and feed-forward "
-                   "weights; closest to fp32) or int8-conv (convolutions too; fastest on CPU).")
-@click.option("--parity-size", type=int, help="Image size for the parity check (default: the card's).")
-def models_export_onnx(name, quantize, parity_size) -> None:
-    """Export diffusers model NAME to ONNX with optimum, register it as NAME-onnx, report parity."""
-    from toolkit.onnx_export import export_onnx
-
-    for target, info in export_onnx(name, quantize, parity_size).items():
-        click.echo(f"{target}: {info['path']} (sha256 {info['sha256'][:12]}…), parity vs torch fp32: "
-                   f"max pixel difference {info['parity_max_pixel_diff']:.0f}/255")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,25 @@
-"""Extrapolation throughput against the model's raw decode speed, measured side by side in one run.
+"""Batched generation against llama.cpp's own single-stream decode, side by side in one run.
 
-Prints: raw unconstrained decode tok/s, the stage's effective tok/s (new tokens / whole stage wall
-time, model and embedder loading included), their ratio (goal >= 0.9), prompts/minute, and for
-reference llama-cpp-python's JSON-schema grammar path on the same model.
+Prints, on the same model and prompt:
+  1. raw single-stream decode tok/s: llama-cpp-python's Llama (its default, repacked weights), the
+     stage's few-shot prompt evaluated once, then one token per llama_decode, sampling as the stage does;
+  2. the stage's effective tok/s at each --parallel, each from an empty cache: the tokens of the requests
+     the stage used (what one-at-a-time generation produces; prefetched requests that turned out not to
+     be needed do not count) over the whole stage's wall time, model loading included; and whether every
+     run wrote the same prompts.jsonl bytes;
+  3. with CPU-bound neighbour processes (one per core) running: raw decode at each thread count, and the
+     stage at the best --parallel with the default thread count (toolkit.stages.extrapolate.llm);
+  4. last line: `batched/single-stream ratio: X.XX` (best --parallel, no neighbour).
 
-    python benchmarks/bench_extrapolate.py [--classes 8] [--per-class 8] [--no-grammar]
+    python benchmarks/bench_extrapolate.py [--classes 24] [--per-class 8] [--parallel 1,2,4,8,16]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,75 +27,107 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from toolkit.extrapolate import ExtrapolateConfig, extrapolate_domains, open_llm  # noqa: E402
-from toolkit.llm import Sampling  # noqa: E402
-from toolkit.templates import DOMAINS  # noqa: E402
+from toolkit.core.device import cpu_count  # noqa: E402
+from toolkit.models import store  # noqa: E402
+from toolkit.stages.extrapolate.config import DomainsConfig  # noqa: E402
+from toolkit.stages.extrapolate.llm import default_threads  # noqa: E402
+from toolkit.stages.extrapolate.stage import extrapolate_domains  # noqa: E402
+from toolkit.stages.extrapolate.templates import DOMAINS  # noqa: E402
 
 CLASSES = ["dog", "elephant", "giraffe", "guitar", "horse", "house", "person", "teapot", "bicycle", "lighthouse",
-           "heron", "violin"]
+           "heron", "violin", "kettle", "owl", "tractor", "cactus", "umbrella", "lobster", "piano", "castle",
+           "camel", "anchor", "bee", "canoe", "clock", "dragonfly", "fern", "harp", "jellyfish", "lantern"]
 
 
-def raw_decode(llm, n_tokens: int) -> float:
-    """Unconstrained sampling with no stop sequence, on a prompt like the stage's.
+def raw_decode(path: Path, threads: int, n_tokens: int) -> float:
+    """llama.cpp single-stream decode, the way llama-cpp-python's create_completion runs it."""
+    from llama_cpp import Llama
 
-    This also leaves the few-shot prefix KV state in the (fresh) cache, as any first run does, so the
-    stage below is measured in its steady state.
-    """
-    prefix, suffix = DOMAINS.prefix(), DOMAINS.suffix(cls="zebra", avoid="none")
-    llm.complete(prefix, suffix, seed=1, sampling=Sampling(max_tokens=4), stop=[])  # prime the prefix
-    g = llm.complete(prefix, suffix, seed=2, sampling=Sampling(max_tokens=n_tokens, temperature=0.8), stop=[])
-    return g.completion_tokens / g.seconds
-
-
-def grammar_decode(llm, n_tokens: int) -> float:
-    from llama_cpp import LlamaGrammar
-
-    schema = {"type": "object", "properties": {"domains": {"type": "array", "items": {
-        "type": "object", "properties": {"domain": {"type": "string"}, "prompt": {"type": "string"}},
-        "required": ["domain", "prompt"]}}}, "required": ["domains"]}
-    grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-    raw = llm._llm
-    raw.reset()
-    llm._prefix = None
+    llm = Llama(model_path=str(path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, seed=1,
+                verbose=False)
     prompt = DOMAINS.prefix() + DOMAINS.suffix(cls="zebra", avoid="none")
+    llm.eval(llm.tokenize(prompt.encode("utf-8")))
     t0 = time.perf_counter()
-    out = raw.create_completion(prompt, max_tokens=n_tokens, temperature=0.8, seed=3, grammar=grammar)
+    for _ in range(n_tokens):
+        tok = llm.sample(top_k=40, top_p=0.95, temp=0.8, repeat_penalty=1.1)
+        llm.eval([tok])
     dt = time.perf_counter() - t0
-    return out["usage"]["completion_tokens"] / dt
+    del llm
+    return n_tokens / dt
+
+
+def stage(classes: list[str], per_class: int, parallel: int, threads: int | None) -> tuple[float, bytes, dict]:
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["AUGUR_CACHE_DIR"] = str(Path(tmp) / "cache")  # every run from an empty cache
+        cfg = dataclasses.replace(DomainsConfig(), classes=classes, domains_per_class=per_class,
+                                  parallel=parallel, threads=threads, quiet=True)
+        run = extrapolate_domains(cfg, Path(tmp) / "out")
+        data = (Path(tmp) / "out" / "prompts.jsonl").read_bytes()
+    s = run["summary"]
+    return s["used_tokens"] / s["wall_seconds"], data, s
+
+
+class Neighbours:
+    """One CPU-bound process per core, as a training job beside the LLM would be."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        time.sleep(1.0)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.kill()
+            p.wait()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--classes", type=int, default=8)
+    ap.add_argument("--classes", type=int, default=24)
     ap.add_argument("--per-class", type=int, default=8)
-    ap.add_argument("--raw-tokens", type=int, default=256)
-    ap.add_argument("--no-grammar", action="store_true")
-    args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["AUGUR_CACHE_DIR"] = str(Path(tmp) / "cache")  # cold cache: every token is generated
-        cfg = ExtrapolateConfig(progress=False)
-        llm = open_llm(cfg)
-        raw = raw_decode(llm, args.raw_tokens)
-        del llm
-        t0 = time.perf_counter()
-        run = extrapolate_domains(CLASSES[: args.classes], args.per_class, Path(tmp) / "out",
-                                  exclude_domains=["photo", "sketch"], cfg=cfg)
-        wall = time.perf_counter() - t0
-        raw_after = raw_decode(open_llm(cfg), args.raw_tokens)  # bracket the stage: the machine drifts
-        s = run["summary"]
-        effective = s["new_tokens"] / wall
-        raw_mean = (raw + raw_after) / 2
-        print(f"model: {run['provenance']['model']} ({run['provenance']['model_sha256'][:12]}), "
-              f"threads {run['provenance']['threads']}")
-        print(f"raw decode (unconstrained):   {raw_mean:7.1f} tok/s  (before {raw:.1f}, after {raw_after:.1f})")
-        print(f"extrapolate stage effective:  {effective:7.1f} tok/s  ({s['new_tokens']} tokens, {wall:.1f} s wall, "
-              f"{s['requests']} requests, loading included; {s['generation_seconds']:.1f} s inside LLM calls)")
-        print(f"ratio stage / raw:            {effective / raw_mean:7.2f}  (goal >= 0.90)")
-        print(f"prompts per minute:           {s['prompts'] / wall * 60:7.1f}  ({s['prompts']} prompts, "
-              f"{s['status_counts']})")
-        if not args.no_grammar:
-            g = grammar_decode(open_llm(cfg), args.raw_tokens)
-            print(f"JSON-schema grammar decode:   {g:7.1f} tok/s  (ratio {g / raw_mean:.2f}, for reference)")
+    ap.add_argument("--parallel", default="1,2,4,8,16")
+    ap.add_argument("--raw-tokens", type=int, default=160)
+    ap.add_argument("--model", default="gemma3-270m-q4km")
+    ap.add_argument("--no-neighbour", action="store_true")
+    a = ap.parse_args()
+
+    card, path, _ = store.ensure(a.model)
+    cores = cpu_count()
+    t_default = default_threads()
+    classes = CLASSES[: a.classes]
+    print(f"model {card.name} ({path.name}); {cores} cores; default threads {t_default}; "
+          f"{len(classes)} classes x {a.per_class} domains")
+
+    raw = raw_decode(path, t_default, a.raw_tokens)
+    print(f"raw single-stream decode, {t_default} thread(s): {raw:.1f} tok/s")
+
+    results, outputs = {}, {}
+    for p in [int(x) for x in a.parallel.split(",")]:
+        tps, data, s = stage(classes, a.per_class, p, None)
+        results[p], outputs[p] = tps, data
+        print(f"stage --parallel {p:>2}: {tps:6.1f} tok/s effective ({s['used_tokens']} tokens used of "
+              f"{s['new_tokens']} generated, {s['requests']} requests, {s['wall_seconds']:.1f} s wall)   "
+              f"{tps / raw:.2f}x single-stream")
+    same = len(set(outputs.values())) == 1
+    print(f"identical prompts.jsonl bytes at every --parallel: {'yes' if same else 'NO'}")
+    best = max(results, key=results.get)
+
+    if not a.no_neighbour:
+        print(f"-- beside {cores} CPU-bound neighbour processes (fair share: {cores / (cores + cores):.2f} of the "
+              f"machine's compute)")
+        with Neighbours(cores):
+            for t in sorted({1, t_default, cores}):
+                print(f"raw single-stream decode, {t} thread(s): {raw_decode(path, t, a.raw_tokens // 2):.1f} tok/s")
+            tps, data, _ = stage(classes[: max(4, len(classes) // 3)], a.per_class, best, None)
+            print(f"stage --parallel {best}, default threads: {tps:.1f} tok/s effective")
+
+    print(f"best --parallel: {best}")
+    print(f"batched/single-stream ratio: {results[best] / raw:.2f}")
+    if not same:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

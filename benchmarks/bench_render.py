@@ -1,21 +1,21 @@
-"""Render speed and memory on full-size SD 1.5-architecture components with random weights.
+"""CPU render speed on full-size SD 1.5-architecture components with random weights, and what each
+speed lever does to the pixels.
 
-Speed does not depend on weight values, so random weights measure what real LCM weights would.
-Each configuration runs in its own process (peak memory per configuration), side by side in one run:
+Speed does not depend on weight values, so random weights measure what real weights would; the pixel
+error against torch fp32 on random weights is an indication only (real weights give other images, and
+may be more or less sensitive). Each configuration runs in its own process, side by side in one run:
 
-- seconds per image at 256 px and 512 px, 4 LCM steps, batch of 2, for torch fp32, torch bf16,
-  ONNX fp32, ONNX int8 (dynamically quantized UNet MatMuls) and ONNX int8-conv (convolutions too)
-  on CPU;
-- the whole `render` stage (PNG encoding, hashing, manifest) against the bare text-encoder + UNet +
-  VAE compute on the same batch, pipeline already loaded: goal overhead <= 5 %. The two alternate
-  (--repeats times, interleaved) and the best time of each is compared; the paired ratios show the noise;
+- seconds per image through the whole `render` stage at 256 and 512 px, 4 LCM steps, best of
+  --repeats, and the speed-up over torch fp32 with the default layout (channels-first);
+- the per-image error against those torch fp32 images: mean and max absolute difference in 1/255
+  steps, and PSNR;
 - peak resident memory of each process.
 
-    python benchmarks/bench_render.py [--sizes 256,512] [--repeats 4] [--workdir DIR]
-                                      [--configs torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int8-conv]
+Configurations (name = levers joined by '+'): fp32, bf16 (precision), cl (channels-last), compile
+(torch.compile, inductor), taesd (the tiny autoencoder decodes), onnx (optimum + onnxruntime, fp32).
 
-Takes ~60 minutes on a 2-core CPU with the default 4 repeats (the ONNX export of an 860M-parameter
-UNet alone takes minutes).
+    python benchmarks/bench_render.py [--sizes 256,512] [--repeats 2] [--workdir DIR]
+        [--configs fp32,fp32+cl,fp32+cl+compile,bf16,bf16+cl,bf16+cl+compile,bf16+cl+taesd]
 """
 
 from __future__ import annotations
@@ -34,17 +34,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 STEPS = 4
-BATCH = 2
+IMAGES = 2
+DEFAULT_CONFIGS = "fp32,fp32+cl,fp32+cl+compile,bf16,bf16+cl,bf16+cl+compile,bf16+cl+taesd"
 
 
-def build(folder: Path) -> None:
-    """SD 1.5 shapes (UNet 860M with LCM's guidance embedding, VAE, CLIP ViT-L text encoder), random init."""
+def build(work: Path) -> None:
+    """SD 1.5 shapes (UNet 860M with LCM's guidance embedding, VAE, CLIP ViT-L text encoder) and the
+    tiny autoencoder (TAESD's architecture), random init."""
     import torch
-    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from diffusers import (AutoencoderKL, AutoencoderTiny, LatentConsistencyModelPipeline, LCMScheduler,
+                           UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from toolkit.tiny import _write_tokenizer
+    from toolkit.models.tiny import _write_tokenizer
 
+    folder = work / "sd15-random"
     _write_tokenizer(folder / "tokenizer")
     tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     torch.manual_seed(0)
@@ -66,93 +70,65 @@ def build(folder: Path) -> None:
     LatentConsistencyModelPipeline(vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=sched,
                                    safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False).save_pretrained(str(folder))
+    AutoencoderTiny().save_pretrained(str(work / "taesd-random"))
 
 
-def model_dir(work: Path, config: str) -> Path:
-    backend, dtype = config.split("-", 1)
-    if backend == "torch":
-        return work / "sd15-random"
-    return work / ("sd15-random-onnx" if dtype == "fp32" else f"sd15-random-onnx-{dtype}")
+def export(work: Path) -> None:
+    from toolkit.models.onnx_export import _export
 
-
-def export(work: Path, configs: list[str]) -> None:
-    """optimum's export, then each quantized copy the configurations need, as `augur models export-onnx`."""
-    from toolkit.onnx_export import _export, _quantize_unet
-
-    onnx = model_dir(work, "onnx-fp32")
-    if not (onnx / "model_index.json").exists():
-        _export(model_dir(work, "torch-fp32"), onnx)
-    for c in configs:
-        if c.startswith("onnx-") and c != "onnx-fp32" and not (model_dir(work, c) / "model_index.json").exists():
-            _quantize_unet(onnx, model_dir(work, c), c.split("-", 1)[1])
+    _export(work / "sd15-random", work / "sd15-random-onnx")
 
 
 def measure(config: str, size: int, work: Path, repeats: int) -> dict:
     import numpy as np
-    import torch
+    from PIL import Image
 
-    from toolkit.fileio import write_jsonl
-    from toolkit.render import Renderer, RenderConfig, Resolved, Unit, render
+    from toolkit.core.files import write_jsonl
     from toolkit.models import ModelCard
+    from toolkit.stages.render.config import RenderConfig
+    from toolkit.stages.render.pipeline import Renderer, Resolved
+    from toolkit.stages.render.stage import render
 
-    backend, dtype = config.split("-", 1)
-    path = model_dir(work, config)
-    card = ModelCard(name=f"sd15-random-{config}", kind="onnx" if backend == "onnx" else "diffusers")
-    cfg = RenderConfig(backend=backend, device="cpu", dtype="fp32" if backend == "onnx" else dtype, size=size,
-                       steps=STEPS, guidance=8.0, batch_size=BATCH, progress=False)
+    levers = set(config.split("+"))
+    onnx = "onnx" in levers
+    path = work / ("sd15-random-onnx" if onnx else "sd15-random")
+    card = ModelCard(name=f"sd15-random-{config}", kind="onnx" if onnx else "diffusers")
+    cfg = RenderConfig(backend="onnx" if onnx else "torch", device="cpu",
+                       precision="bf16" if "bf16" in levers else "fp32", size=size, steps=STEPS, guidance=8.0,
+                       batch_size=IMAGES, channels_last="cl" in levers, compile="compile" in levers,
+                       tiny_vae=str(work / "taesd-random") if "taesd" in levers else None, quiet=True)
+    t0 = time.perf_counter()
     renderer = Renderer(Resolved(card, path, "random-weights", {"scheduler": "lcm"}), cfg)
-    rows = [{"id": f"r{i}", "class": "c", "domain": "d", "prompt": f"a photo of thing {i}"} for i in range(BATCH)]
-    units = [Unit(f"r{i}-0", r, 0, i) for i, r in enumerate(rows)]
-    # Warm-up: one-time allocations and kernel choices are not what a long run pays per image.
-    renderer.steps = 1
-    renderer(units)
-    renderer.steps = STEPS
-    pipe = renderer.pipe
-
-    def bare() -> None:
-        """The compute alone: encode prompts, STEPS UNet evaluations, VAE decode."""
-        with torch.inference_mode():
-            ids = pipe.tokenizer([r["prompt"] for r in rows], padding="max_length", max_length=77,
-                                 truncation=True, return_tensors="pt" if backend == "torch" else "np").input_ids
-            if backend == "torch":
-                dt = pipe.unet.dtype
-                emb = pipe.text_encoder(ids)[0]
-                lat = torch.randn(BATCH, 4, size // 8, size // 8, dtype=dt)
-                w = torch.randn(BATCH, 256, dtype=dt)
-                for t in range(STEPS):
-                    lat = pipe.unet(lat, 999 - 250 * t, encoder_hidden_states=emb, timestep_cond=w).sample
-                pipe.vae.decode(lat / pipe.vae.config.scaling_factor)
-            else:
-                emb = pipe.text_encoder(input_ids=torch.from_numpy(np.asarray(ids, dtype=np.int32)))[0]
-                lat = torch.randn(BATCH, 4, size // 8, size // 8)
-                w = torch.randn(BATCH, 256)
-                for t in range(STEPS):
-                    ts = torch.tensor(999 - 250 * t, dtype=torch.int64)  # a scalar, as the pipeline passes it
-                    lat = pipe.unet(sample=lat, timestep=ts, encoder_hidden_states=emb, timestep_cond=w)[0]
-                pipe.vae_decoder(latent_sample=lat)
-
-    # Interleaved repeats, alternating which goes first so a drift of the machine's speed hits both
-    # alike; the minimum of each is the estimate (noise on a shared CPU only ever adds time).
-    t_bare, t_stage = [], []
+    rows = [{"id": f"r{i}", "class": "c", "domain": "d", "prompt": f"a photo of thing {i}"} for i in range(IMAGES)]
+    times = []
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.jsonl"
         write_jsonl(prompts, rows)
-
-        runs = iter(range(2 * repeats))
-
-        def stage() -> None:
-            render(prompts, Path(tmp) / f"out{next(runs)}", cfg, renderer=renderer)  # a fresh run each time
-
+        # a first run pays one-time costs (allocations, oneDNN kernel choice, compiling): not per image
+        render(prompts, Path(tmp) / "warm", cfg, renderer=renderer)
+        warm = time.perf_counter() - t0
         for k in range(repeats):
-            for fn, times in ([(bare, t_bare), (stage, t_stage)][::1 if k % 2 == 0 else -1]):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-    return {"config": config, "size": size, "repeats": repeats,
-            "sec_per_image": min(t_stage) / BATCH, "bare_sec_per_image": min(t_bare) / BATCH,
-            "stage_over_bare": min(t_stage) / min(t_bare),
-            "paired_ratios": [s / b for s, b in zip(t_stage, t_bare)], "stage_s": t_stage, "bare_s": t_bare,
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            t = time.perf_counter()
+            render(prompts, Path(tmp) / f"out{k}", cfg, renderer=renderer)
+            times.append(time.perf_counter() - t)
+        images = np.stack([np.asarray(Image.open(p).convert("RGB"))
+                           for p in sorted((Path(tmp) / "out0").rglob("*.png")) if p.name != "contact_sheet.png"])
+    np.save(work / f"images-{config}-{size}.npy", images)
+    return {"config": config, "size": size, "sec_per_image": min(times) / IMAGES, "times": times,
+            "first_run_s": warm, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def errors(work: Path, config: str, size: int) -> tuple[float, int, float] | None:
+    import numpy as np
+
+    ref, got = work / f"images-fp32-{size}.npy", work / f"images-{config}-{size}.npy"
+    if not ref.exists() or not got.exists():
+        return None
+    a, b = np.load(ref).astype(np.float64), np.load(got).astype(np.float64)
+    d = np.abs(a - b)
+    mse = float(((a - b) ** 2).mean())
+    psnr = float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return float(d.mean()), int(d.max()), psnr
 
 
 def child(*args: str) -> dict | None:
@@ -160,16 +136,16 @@ def child(*args: str) -> dict | None:
     if res.returncode != 0:
         print(f"  {' '.join(args)} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
         return None
-    lines = [l for l in res.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("{")]
     return json.loads(lines[-1]) if lines else {}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="256,512")
-    ap.add_argument("--configs", default="torch-fp32,torch-bf16,onnx-fp32,onnx-int8,onnx-int8-conv")
-    ap.add_argument("--repeats", type=int, default=4, help="interleaved stage/bare repeats per configuration")
-    ap.add_argument("--workdir", help="keep the random model and exports here (default: a temp dir)")
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--workdir", help="keep the random models here (default: a temp dir)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -178,21 +154,22 @@ def main() -> None:
             build(Path(rest[0]))
             print("{}")
         elif kind == "export":
-            export(Path(rest[0]), rest[1:])
+            export(Path(rest[0]))
             print("{}")
         else:
             config, size, work, repeats = rest
             print(json.dumps(measure(config, int(size), Path(work), int(repeats))))
         return
     work = Path(args.workdir or tempfile.mkdtemp(prefix="augur-bench-render-"))
-    folder = model_dir(work, "torch-fp32")
     configs = args.configs.split(",")
-    if not (folder / "model_index.json").exists():
+    if "fp32" not in configs:
+        configs.insert(0, "fp32")  # the reference of every ratio and error
+    if not (work / "sd15-random" / "model_index.json").exists():
         print("building full-size SD 1.5-architecture pipeline with random weights ...", file=sys.stderr)
-        child("--child", "build", str(folder))
-    if any(c.startswith("onnx") and not (model_dir(work, c) / "model_index.json").exists() for c in configs):
-        print("exporting to ONNX and quantizing (minutes) ...", file=sys.stderr)
-        child("--child", "export", str(work), *configs)
+        child("--child", "build", str(work))
+    if any("onnx" in c for c in configs) and not (work / "sd15-random-onnx" / "model_index.json").exists():
+        print("exporting to ONNX (minutes) ...", file=sys.stderr)
+        child("--child", "export", str(work))
     results = []
     for size in (int(s) for s in args.sizes.split(",")):
         for config in configs:
@@ -200,16 +177,25 @@ def main() -> None:
             r = child("--child", "measure", config, str(size), str(work), str(args.repeats))
             if r:
                 results.append(r)
-    print(f"CPU, {os.cpu_count()} cores, random weights, {STEPS} LCM steps, batch {BATCH}, "
-          f"best of {args.repeats} interleaved repeats")
-    print(f"{'config':<14} {'size':>5} {'s/image':>8} {'vs fp32':>8} {'bare s/img':>10} {'stage/bare':>10} "
-          f"{'paired range':>13} {'peak GiB':>9}")
+    import platform
+
+    print(f"CPU ({platform.processor() or platform.machine()}), {os.cpu_count()} cores, torch threads "
+          f"{os.environ.get('OMP_NUM_THREADS', 'default')}; random weights, {STEPS} LCM steps, {IMAGES} images, "
+          f"best of {args.repeats} runs after a warm-up run")
+    print(f"{'config':<18} {'size':>5} {'s/image':>8} {'vs fp32':>8} {'mean err':>9} {'max err':>8} {'PSNR dB':>8} "
+          f"{'first run s':>11} {'peak GiB':>9}")
+    best = {}
     for r in results:
-        base = next((b for b in results if b["size"] == r["size"] and b["config"] == "torch-fp32"), None)
-        speed = f"{base['sec_per_image'] / r['sec_per_image']:.2f}x" if base else "-"
-        print(f"{r['config']:<14} {r['size']:>5} {r['sec_per_image']:>8.2f} {speed:>8} {r['bare_sec_per_image']:>10.2f} "
-              f"{r['stage_over_bare']:>10.3f} {min(r['paired_ratios']):>6.3f}-{max(r['paired_ratios']):.3f} "
-              f"{r['peak_rss_gib']:>9.2f}")
+        base = next((b for b in results if b["size"] == r["size"] and b["config"] == "fp32"), None)
+        speed = base["sec_per_image"] / r["sec_per_image"] if base else float("nan")
+        err = errors(work, r["config"], r["size"])
+        e = f"{err[0]:>9.3f} {err[1]:>8d} {err[2]:>8.1f}" if err else f"{'-':>9} {'-':>8} {'-':>8}"
+        print(f"{r['config']:<18} {r['size']:>5} {r['sec_per_image']:>8.2f} {speed:>7.2f}x {e} "
+              f"{r['first_run_s']:>11.1f} {r['peak_rss_gib']:>9.2f}")
+        if r["config"] != "fp32" and speed > best.get(r["size"], (0.0, ""))[0]:
+            best[r["size"]] = (speed, r["config"])
+    for size, (speed, config) in sorted(best.items()):
+        print(f"best at {size} px: {config}, {speed:.2f}x torch fp32")
 
 
 if __name__ == "__main__":

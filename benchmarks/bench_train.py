@@ -1,24 +1,24 @@
-"""Training throughput of `pretrain` and `dg` against a bare forward/backward loop, side by side.
+"""Training throughput of the shared loop (`pretrain`, `dg`) against a bare forward/backward loop, side by
+side, and the DataLoader-fed throughput on a folder of 224 px JPEGs.
 
-Same model (resnet18), same batch size, same images (RotatedDigits): the bare loop is a plain
-PyTorch loop over pre-built tensors with no data loading, checkpointing or evaluation. Goal: the
-stages reach >= 0.9 of the bare loop's images/s. Each mode runs in fp32 and with bf16 autocast (the
-stages' `--precision bf16`; the bare loop under the same torch.autocast). Also prints the peak
-resident memory.
+1. RotatedDigits, resnet18, 32 px, no augmentation on either side. The bare loop is plain PyTorch over
+   pre-built tensors (no data loading, checkpointing, evaluation or non-finite-step check), with the
+   step the stage takes: `pretrain` one batch of 64; `dg` DomainBed's step, one minibatch of 16 from each
+   of the 5 training environments, concatenated as ERM does (80 images). Goal: >= 0.90 of the bare loop.
+   Each repeat runs bare, pretrain and dg in a rotated order; the best repeat of each is compared (noise
+   only slows a run down) and the per-repeat ratios show the spread. The stage figure is its own
+   images/s over training steps after the first checkpoint interval (which pays one-time kernel choice).
+   DomainBed's augmentation (on by default in `dg`) is measured too, as its own line.
+2. A DomainBed-layout folder of 224 px JPEGs (the digits, upscaled): images/s of the DataLoader alone
+   (decode, augmentation, normalisation; the workers `dg` picks for a folder that does not fit in memory),
+   of a bare resnet18 step at 224 px, and of `dg` training on the folder.
 
-A shared 2-core machine drifts by +-15% between runs, so the three are interleaved: each repeat runs
-bare, pretrain and dg in a rotated order, each a fresh run, and each takes its epochs after the first
-(which pays one-time kernel selection and allocation). The best repeat of each is compared (noise only
-ever slows a run down); the per-repeat ratios show the spread.
-
-    python benchmarks/bench_train.py [--image-size 32] [--batch-size 64] [--epochs 3] [--repeats 3]
-                                     [--precisions fp32,bf16]
+    python benchmarks/bench_train.py [--repeats 3] [--precisions fp32,bf16] [--jpeg-images 600]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import sys
 import tempfile
@@ -30,110 +30,156 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from toolkit import backbones, data  # noqa: E402
-from toolkit.dg import DGConfig, run_dg  # noqa: E402
-from toolkit.pretrain import pretrain  # noqa: E402
-from toolkit.train import Classifier, TrainConfig  # noqa: E402
+from toolkit.core.files import read_json  # noqa: E402
+from toolkit.learn import backbones, data  # noqa: E402
+from toolkit.stages.dg.config import DGConfig  # noqa: E402
+from toolkit.stages.dg.stage import run_dg  # noqa: E402
+from toolkit.stages.pretrain.config import PretrainConfig  # noqa: E402
+from toolkit.stages.pretrain.stage import pretrain  # noqa: E402
+
+SIZE, PT_BATCH, DG_BATCH, ENVS = 32, 64, 16, 5
 
 
-def bare_loop(image_size: int, batch_size: int, epochs: int, lora: bool, precision: str) -> float:
-    ds = data.rotated_digits()
-    n = sum(len(d.labels) for d in ds.domains)
-    items = data.ImageSet([(d, np.arange(len(d.labels))) for d in ds.domains], image_size)
-    x = torch.stack([items[i][0] for i in range(n)])
-    y = torch.tensor([items[i][1] for i in range(n)])
+def bare_loop(image_size: int, batch: int, steps: int, lora: bool, precision: str,
+              x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> float:
+    """images/s of a plain AdamW loop on random batches of pre-built tensors (after 5 warm-up steps)."""
+    if x is None:
+        x = torch.randn(1024, 3, image_size, image_size)
+        y = torch.randint(0, 10, (1024,))
     torch.manual_seed(0)
-    bb = backbones.create("resnet18", image_size)
+    model = backbones.create("resnet18", image_size)
     if lora:
-        bb = backbones.add_lora(bb, "resnet18")
-    model = Classifier.build(bb, 10)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        model = backbones.add_lora(model, "resnet18", 8)
+    head = torch.nn.Linear(backbones.num_features(model), 10)
+    net = torch.nn.Sequential(model, head)
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     loss_fn = torch.nn.CrossEntropyLoss()
-    model.train()
+    net.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    per_epoch = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n)
-        for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
-            opt.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(model(x[idx]), y[idx])
-            loss.backward()
-            opt.step()
-        per_epoch.append(n / (time.perf_counter() - t0))
-    return steady(per_epoch)
+    g = torch.Generator().manual_seed(0)
+    t0 = None
+    for step in range(steps + 5):
+        if step == 5:
+            t0 = time.perf_counter()
+        idx = torch.randint(0, len(x), (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = loss_fn(net(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
 
 
-def steady(rates: list[float]) -> float:
-    """Images/s after the first epoch, which pays one-time kernel selection and allocation."""
+def steady(records: list[dict]) -> float:
+    rates = [r["images_per_second"] for r in records]
     return float(np.mean(rates[1:] if len(rates) > 1 else rates))
 
 
-def rates(history: list[dict], wall: float) -> tuple[float, float]:
-    """(training images/s, whole-stage images/s: loading, evaluation and checkpoints included)."""
-    return steady([h["images_per_second"] for h in history]), sum(h["images"] for h in history) / wall
+def pretrain_rate(tmp: Path, lora: bool, precision: str, k: int) -> float:
+    cfg = PretrainConfig(data="digits", backbone="resnet18", image_size=SIZE, batch_size=PT_BATCH, epochs=4,
+                         lora=lora, precision=precision, quiet=True)
+    card = pretrain(cfg, tmp / f"pt-{lora}-{precision}-{k}")
+    return steady(card["history"])
 
 
-def pretrain_rate(tmp: Path, cfg: dict, lora: bool, k: int) -> tuple[float, float]:
+def dg_rate(tmp: Path, lora: bool, precision: str, k: int, augment: bool = False, data_dir: str = "digits",
+            size: int = SIZE, batch: int = DG_BATCH, steps: int = 80, freq: int = 20) -> float:
+    out = tmp / f"dg-{lora}-{precision}-{augment}-{size}-{k}"
+    cfg = DGConfig(data=data_dir, test_domains=[data.load(data_dir, report=False).domains[-1].name]
+                   if data_dir != "digits" else ["75"], steps=steps, checkpoint_freq=freq, batch_size=batch,
+                   image_size=size, backbone="resnet18", lora=lora, precision=precision, augment=augment,
+                   selection=["training-domain"], quiet=True)
+    run_dg(cfg, out)
+    (records,) = [read_json(p)["records"] for p in out.glob("runs/*/records.json")]
+    return steady(records)
+
+
+def jpeg_folder(root: Path, n: int) -> Path:
+    """Two domains of the digits as 224 px JPEGs (DomainBed layout)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    for i in range(n):
+        img = Image.fromarray((255 - d.images[i] * 16).clip(0, 255).astype(np.uint8)).convert("RGB")
+        img = img.resize((224, 224), Image.BICUBIC)
+        folder = root / ("a" if i % 2 else "b") / str(d.target[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        img.save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+def loader_rate(folder: Path) -> tuple[float, int]:
+    from toolkit.learn.loaders import EpochBatches, ImageSet, default_workers, loader
+    from toolkit.learn.transforms import data_config
+
+    ds = data.load(str(folder), report=False)
+    items = ds.pooled()
+    dc = data_config(backbones.create("resnet18", 224), 224)
+    workers = default_workers(False, len(items), 224)
+    images = ImageSet(items, dc, augment=True)
+    batches = EpochBatches(len(items), 32, 0, "bench")
     t0 = time.perf_counter()
-    card = pretrain("digits", tmp / f"pt-{lora}-{cfg['precision']}-{k}", cfg=TrainConfig(lora=lora, **cfg))
-    return rates(card["history"], time.perf_counter() - t0)
-
-
-def dg_rate(tmp: Path, cfg: dict, lora: bool, k: int) -> tuple[float, float]:
-    out = tmp / f"dg-{lora}-{cfg['precision']}-{k}"
-    t0 = time.perf_counter()
-    run_dg("digits", out, DGConfig(test_domains=["75"], train=TrainConfig(lora=lora, **cfg)))
-    wall = time.perf_counter() - t0
-    (progress,) = out.glob("trials/*/progress.json")
-    return rates(json.loads(progress.read_text())["history"], wall)
+    n = 0
+    for x, _ in loader(images, batches, 0, batches.steps_per_epoch, workers):
+        n += len(x)
+    return n / (time.perf_counter() - t0), workers
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--image-size", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--jpeg-images", type=int, default=600)
+    ap.add_argument("--no-jpeg", action="store_true")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for precision in args.precisions.split(","):
-            cfg = dict(image_size=args.image_size, batch_size=args.batch_size, epochs=args.epochs,
-                       precision=precision, progress=False)
             for lora in (False, True):
                 mode = f"{'LoRA' if lora else 'full'} {precision}"
-                runs = {"bare": lambda k: (bare_loop(args.image_size, args.batch_size, args.epochs, lora, precision),
-                                           None),
-                        "pretrain": lambda k: pretrain_rate(tmp, cfg, lora, k),
-                        "dg": lambda k: dg_rate(tmp, cfg, lora, k)}
-                got: dict[str, list] = {name: [] for name in runs}
+                runs = {
+                    "bare-pt": lambda k: bare_loop(SIZE, PT_BATCH, 60, lora, precision),
+                    "pretrain": lambda k: pretrain_rate(tmp, lora, precision, k),
+                    "bare-dg": lambda k: bare_loop(SIZE, DG_BATCH * ENVS, 60, lora, precision),
+                    "dg": lambda k: dg_rate(tmp, lora, precision, k),
+                    "dg+augment": lambda k: dg_rate(tmp, lora, precision, k, augment=True),
+                }
+                got: dict[str, list[float]] = {name: [] for name in runs}
                 for k in range(args.repeats):
                     names = list(runs)
-                    for name in names[k % 3:] + names[:k % 3]:  # rotate who goes first
+                    for name in names[k % len(names):] + names[:k % len(names)]:  # rotate who goes first
                         print(f"{mode} repeat {k + 1}/{args.repeats}: {name}", file=sys.stderr)
                         got[name].append(runs[name](k))
                 rows.append((mode, got))
-    print(f"resnet18, RotatedDigits, {args.image_size}px, batch {args.batch_size}, CPU {torch.get_num_threads()} "
-          f"threads, best of {args.repeats} interleaved repeats (training images/s after epoch 1)")
-    print(f"{'mode':<10} {'bare img/s':>10} {'pretrain':>9} {'ratio':>6} {'per repeat':>16} {'dg':>7} {'ratio':>6} "
-          f"{'per repeat':>16}   (goal >= 0.90)")
+        jpeg = None
+        if not args.no_jpeg:
+            print("224 px JPEG folder ...", file=sys.stderr)
+            folder = jpeg_folder(tmp / "jpegs", args.jpeg_images)
+            lr, workers = loader_rate(folder)
+            bare224 = bare_loop(224, 32, 8, False, "fp32")
+            dg224 = dg_rate(tmp, False, "fp32", 0, augment=True, data_dir=str(folder), size=224, batch=16,
+                            steps=12, freq=4)
+            jpeg = (lr, workers, bare224, dg224)
+
+    print(f"resnet18, RotatedDigits, {SIZE}px, CPU {torch.get_num_threads()} threads, best of {args.repeats} "
+          f"interleaved repeats (training images/s); goal >= 0.90 of the bare loop")
+    print(f"{'mode':<10} {'bare 64':>8} {'pretrain':>9} {'ratio':>6} {'per repeat':>16} {'bare 5x16':>9} {'dg':>7} "
+          f"{'ratio':>6} {'per repeat':>16} {'dg+augment':>10}")
     for mode, got in rows:
-        bare = [r for r, _ in got["bare"]]
-        line = f"{mode:<10} {max(bare):>10.0f}"
-        for name in ("pretrain", "dg"):
-            ips = [r for r, _ in got[name]]
-            paired = [r / b for r, b in zip(ips, bare)]
-            line += f" {max(ips):>{9 if name == 'pretrain' else 7}.0f} {max(ips) / max(bare):>6.2f} " \
-                    f"{' '.join(f'{x:.2f}' for x in paired):>16}"
+        line = f"{mode:<10}"
+        for bare, stage, w in (("bare-pt", "pretrain", 9), ("bare-dg", "dg", 7)):
+            b, s = got[bare], got[stage]
+            paired = " ".join(f"{x / y:.2f}" for x, y in zip(s, b))
+            line += f" {max(b):>{8 if bare == 'bare-pt' else 9}.0f} {max(s):>{w}.0f} {max(s) / max(b):>6.2f} {paired:>16}"
+        line += f" {max(got['dg+augment']):>10.0f}"
         print(line)
-    for mode, got in rows:
-        print(f"{mode}: whole-stage images/s (loading, evaluation, checkpoints included): "
-              f"pretrain {max(w for _, w in got['pretrain']):.0f}, dg {max(w for _, w in got['dg']):.0f}")
+    if jpeg:
+        lr, workers, bare224, dg224 = jpeg
+        print(f"224 px JPEG folder ({args.jpeg_images} images): DataLoader alone (decode + DomainBed augmentation, "
+              f"{workers} worker(s)) {lr:.0f} img/s; bare resnet18 step at 224 px {bare224:.1f} img/s; "
+              f"dg on the folder {dg224:.1f} img/s ({dg224 / bare224:.2f} of the bare step)")
     print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

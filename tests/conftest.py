@@ -16,6 +16,9 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="augur-test-home-"))
 os.environ["AUGUR_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AUGUR_CACHE_DIR", None)
+# Offline as users run it: the hub libraries must never try the network, and say so when they would.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 class NetworkBlocked(ConnectionError):
@@ -60,14 +63,15 @@ def isolated_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def llm():
-    from toolkit.extrapolate import ExtrapolateConfig, open_llm
+    from toolkit.stages.extrapolate.config import DomainsConfig
+    from toolkit.stages.extrapolate.stage import open_llm
 
-    return open_llm(ExtrapolateConfig())
+    return open_llm(DomainsConfig())
 
 
 @pytest.fixture(scope="session")
 def embedder():
-    from toolkit.extrapolate import open_embedder
+    from toolkit.stages.extrapolate.stage import open_embedder
 
     return open_embedder()
 

@@ -8,15 +8,15 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from toolkit.fileio import read_jsonl
+from toolkit.core.files import read_jsonl
 
 
 def run(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
-def assert_one_line_error(res, *fragments: str):
-    assert res.exit_code != 0
+def assert_one_line_error(res, *fragments: str, code: int | None = None):
+    assert res.exit_code != 0 and (code is None or res.exit_code == code), (res.exit_code, res.output)
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     assert "Traceback" not in res.output
@@ -35,18 +35,18 @@ def test_domains_command_writes_outputs(tmp_path):
     assert (out / "run.json").exists()
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["--classes", " , "], ["class list is empty"]),
-    (["--classes-file", "/nonexistent/classes.txt"], ["cannot read the class list"]),
-    (["--classes", "dog", "--model", "/nonexistent/model.gguf"], ["no such GGUF file"]),
-    (["--classes", "dog", "--model", "no-such-model"], ["unknown model 'no-such-model'"]),
-    (["--classes", "dog", "-n", "0"], ["at least 1"]),
-    ([], ["give the classes once"]),
+@pytest.mark.parametrize("args, fragments, code", [
+    (["--classes", " , "], ["expected a comma-separated list"], 2),
+    (["--classes-file", "/nonexistent/classes.txt"], ["cannot read the class list"], 1),
+    (["--classes", "dog", "--model", "/nonexistent/model.gguf"], ["no such GGUF file"], 1),
+    (["--classes", "dog", "--model", "no-such-model"], ["unknown model 'no-such-model'"], 1),
+    (["--classes", "dog", "-n", "0"], ["must be >= 1"], 2),
+    ([], ["give the classes once"], 2),
 ])
-def test_bad_inputs(tmp_path, args, fragments):
+def test_bad_inputs(tmp_path, args, fragments, code):
     out = tmp_path / "out"
     res = run("extrapolate", "domains", *args, "--out", str(out))
-    assert_one_line_error(res, *fragments)
+    assert_one_line_error(res, *fragments, code=code)
     assert not (out / "prompts.jsonl").exists()
 
 
@@ -75,7 +75,9 @@ def test_existing_output_is_not_overwritten(tmp_path):
     out.mkdir()
     (out / "prompts.jsonl").write_text("precious\n")
     res = run("extrapolate", "domains", "--classes", "dog", "--out", str(out))
-    assert_one_line_error(res, "already exists", "--force")
+    assert_one_line_error(res, "not empty and holds no extrapolate run")
+    res = run("extrapolate", "domains", "--classes", "dog", "--out", str(out), "--force")
+    assert_one_line_error(res, "not empty and holds no extrapolate run")  # --force replaces our runs only
     assert (out / "prompts.jsonl").read_text() == "precious\n"
 
 

@@ -11,18 +11,23 @@ import pytest
 from conftest import run_then_kill
 
 from toolkit import __version__
-from toolkit.extrapolate import ExtrapolateConfig, extrapolate_domains, extrapolate_realm
-from toolkit.fileio import read_jsonl
-from toolkit.quality import check_domain, norm_key
-from toolkit import classnames
+from toolkit.core.files import read_jsonl
+from toolkit.stages.extrapolate import classnames
+from toolkit.stages.extrapolate.config import DomainsConfig, RealmConfig
+from toolkit.stages.extrapolate.stage import LIMITS, extrapolate_domains, extrapolate_realm
+from toolkit.stages.extrapolate.quality import check_domain, norm_key
 
 GEMMA_SHA = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
 CLASSES = ["heron", "guitar"]
 EXCLUDE = ["photo", "sketch"]
 
 
-def cfg(**kw) -> ExtrapolateConfig:
-    return ExtrapolateConfig(progress=False, **kw)
+def cfg(classes=CLASSES, n=3, exclude=EXCLUDE, **kw) -> DomainsConfig:
+    return DomainsConfig(classes=list(classes), domains_per_class=n, exclude_domains=list(exclude), quiet=True, **kw)
+
+
+def realm(name="birds", groups=2, per_group=3, **kw) -> RealmConfig:
+    return RealmConfig(realm=name, groups=groups, classes_per_group=per_group, quiet=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def reference(tmp_path_factory, llm, embedder):
     out = tmp_path_factory.mktemp("ref")
     os.environ["AUGUR_CACHE_DIR"] = str(out / "cache")
     try:
-        run = extrapolate_domains(CLASSES, 3, out, exclude_domains=EXCLUDE, cfg=cfg(), llm=llm, embedder=embedder)
+        run = extrapolate_domains(cfg(), out, llm=llm, embedder=embedder)
     finally:
         os.environ.pop("AUGUR_CACHE_DIR")
     return out, run
@@ -54,7 +59,7 @@ def test_domains_rows_filters_and_provenance(reference):
     assert len(ids) == len(set(ids))
     for r in rows:
         cn = classnames.resolve(r["class"])
-        assert check_domain(r["domain_text"], r["prompt"], cn.content_words, EXCLUDE, ExtrapolateConfig().limits) is None
+        assert check_domain(r["domain_text"], r["prompt"], cn.content_words, EXCLUDE, LIMITS) is None
         assert r["prompt"].strip() and len(r["prompt"]) <= 240
         assert r["provenance"] == {"model": "gemma3-270m-q4km", "model_sha256": GEMMA_SHA,
                                    "template": run["provenance"]["templates"][0], "seed": 0,
@@ -67,58 +72,83 @@ def test_domains_rows_filters_and_provenance(reference):
 def test_same_seed_is_byte_identical_and_seed_matters(reference, tmp_path, llm, embedder):
     out, _ = reference
     again = tmp_path / "again"  # fresh cache (isolated_cache fixture): everything is recomputed
-    run = extrapolate_domains(CLASSES, 3, again, exclude_domains=EXCLUDE, cfg=cfg(), llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(), again, llm=llm, embedder=embedder)
     assert run["summary"]["cached_requests"] == 0
     assert (again / "prompts.jsonl").read_bytes() == (out / "prompts.jsonl").read_bytes()
     other = tmp_path / "other"
-    extrapolate_domains(CLASSES, 3, other, exclude_domains=EXCLUDE, cfg=cfg(seed=1), llm=llm, embedder=embedder)
+    extrapolate_domains(cfg(seed=1), other, llm=llm, embedder=embedder)
     assert (other / "prompts.jsonl").read_bytes() != (out / "prompts.jsonl").read_bytes()
 
 
+def test_batched_and_sequential_generation_give_the_same_bytes(tmp_path, monkeypatch, llm, embedder):
+    """--parallel 1 (one request at a time) and the default batched decoder (several requests in one
+    llama.cpp batch, the shared few-shot prefix computed once): the same prompts.jsonl bytes."""
+    import dataclasses
+
+    from toolkit.stages.extrapolate.stage import open_llm
+
+    classes = ["heron", "guitar", "teapot", "lighthouse", "violin"]
+    assert llm.parallel >= len(classes)  # the default really decodes these requests together
+    sequential = open_llm(dataclasses.replace(DomainsConfig(), parallel=1))
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache1"))
+    one = extrapolate_domains(cfg(classes, 4, []), tmp_path / "one", llm=sequential, embedder=embedder)
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache8"))
+    many = extrapolate_domains(cfg(classes, 4, []), tmp_path / "many", llm=llm, embedder=embedder)
+    assert one["summary"]["cached_requests"] == many["summary"]["cached_requests"] == 0
+    assert one["summary"]["requests"] == many["summary"]["requests"] >= len(classes)
+    assert (tmp_path / "one" / "prompts.jsonl").read_bytes() == (tmp_path / "many" / "prompts.jsonl").read_bytes()
+    assert len(read_jsonl(tmp_path / "one" / "prompts.jsonl")) >= 10
+
+
 def test_rerun_is_served_from_cache(tmp_path, llm, embedder):
-    first = extrapolate_domains(["lighthouse"], 2, tmp_path / "a", cfg=cfg(), llm=llm, embedder=embedder)
-    second = extrapolate_domains(["lighthouse"], 2, tmp_path / "b", cfg=cfg(), llm=llm, embedder=embedder)
+    first = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "a", llm=llm, embedder=embedder)
+    second = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "b", llm=llm, embedder=embedder)
     assert first["summary"]["new_tokens"] > 0
     assert second["summary"]["new_tokens"] == 0
     assert second["summary"]["cached_requests"] == second["summary"]["requests"] > 0
     assert (tmp_path / "a" / "prompts.jsonl").read_bytes() == (tmp_path / "b" / "prompts.jsonl").read_bytes()
 
 
-def test_resume_after_kill_matches_uninterrupted_run(reference, tmp_path):
-    """Kill a real `augur extrapolate` process mid-run, run it again: same bytes as a clean run."""
+@pytest.mark.parametrize("parallel", ["1", "8"])
+def test_resume_after_kill_matches_uninterrupted_run(reference, tmp_path, parallel):
+    """Kill a real `augur extrapolate` process mid-run, run it again: same bytes as a clean run, and the
+    requests the killed run finished are served from the cache."""
     ref_out, _ = reference
     out = tmp_path / "killed"
     env = {**os.environ, "AUGUR_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "cli", "extrapolate", "domains", "--classes", ",".join(CLASSES), "-n", "3",
-           "--exclude-domains", ",".join(EXCLUDE), "--out", str(out), "--quiet"]
+           "--exclude-domains", ",".join(EXCLUDE), "--out", str(out), "--quiet", "--parallel", parallel]
     cwd = Path(__file__).resolve().parent.parent
     cache = tmp_path / "cache" / "extrapolate"
     run_then_kill(cmd, lambda: bool(list(cache.rglob("*.json"))), env=env)
-    done = len(list(cache.rglob("*.json")))
-    assert done >= 1
+    before = {p: p.read_bytes() for p in cache.rglob("*.json")}
+    assert before
     assert not (out / "prompts.jsonl").exists()  # nothing looks complete
     res = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert f"({done}/" in res.stdout  # the finished requests came from the cache
+    assert all(p.read_bytes() == b for p, b in before.items())
+    if parallel == "1":
+        # one slot: nothing is speculative, so every finished request is one the run consumes
+        assert f"({len(before)}/" in res.stdout
     assert (out / "prompts.jsonl").read_bytes() == (ref_out / "prompts.jsonl").read_bytes()
 
 
 def test_unservable_class_is_recorded_not_dropped(tmp_path, llm, embedder):
     # More domains than one request can hold and a single attempt: the class cannot be fully served.
-    run = extrapolate_domains(["teacup"], 40, tmp_path, cfg=cfg(max_attempts=1), llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(["teacup"], 40, [], max_attempts=1), tmp_path, llm=llm, embedder=embedder)
     (c,) = run["classes"]
     assert c["class"] == "teacup" and c["status"] in ("partial", "failed") and c["attempts"] == 1
     assert c["kept"] == len(read_jsonl(tmp_path / "prompts.jsonl")) < 40
 
 
 def test_without_semantic_dedup(tmp_path, llm):
-    run = extrapolate_domains(["lighthouse"], 2, tmp_path, cfg=cfg(semantic_dedup=False), llm=llm)
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], semantic_dedup=False), tmp_path, llm=llm)
     assert run["provenance"]["semantic_dedup"] is None
     assert run["classes"][0]["kept"] >= 1
 
 
 def test_realm_mode(tmp_path, llm, embedder):
-    run = extrapolate_realm("birds", tmp_path, groups=2, classes_per_group=3, cfg=cfg(), llm=llm, embedder=embedder)
+    run = extrapolate_realm(realm(), tmp_path, llm=llm, embedder=embedder)
     classes = read_jsonl(tmp_path / "classes.jsonl")
     prompts = read_jsonl(tmp_path / "prompts.jsonl")
     assert run["groups"]["kept"] >= 1 and classes, run
@@ -133,12 +163,29 @@ def test_realm_mode(tmp_path, llm, embedder):
     assert len(run["provenance"]["templates"]) == 2
 
 
-def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
-    """A base model forced through its chat template: output may be poor, but it parses and is recorded."""
-    from toolkit.llm import LLM
+# Gemma's chat template (the instruct GGUFs carry it; the embedded base model has none)
+GEMMA_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<start_of_turn>"
+                  "{{ 'model' if message['role'] == 'assistant' else 'user' }}\n{{ message['content'] | trim }}"
+                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
-    chat = LLM(llm.path, name=llm.name, sha256=llm.sha256, prompting="chat")
-    run = extrapolate_domains(["lighthouse"], 2, tmp_path, cfg=cfg(max_attempts=1), llm=chat, embedder=embedder)
+
+def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
+    """The chat path with a template (given here: the base model's GGUF has none): the prompt is the
+    template's rendering, output may be poor, but it parses and is recorded."""
+    from toolkit.core.errors import AugurError
+    from toolkit.stages.extrapolate.llm import LLM
+
+    with pytest.raises(AugurError, match="no chat template"):
+        LLM(llm.path, name=llm.name, sha256=llm.sha256, prompting="chat")
+    chat = LLM(llm.path, name=llm.name, sha256=llm.sha256, prompting="base")
+    chat.metadata["tokenizer.chat_template"] = GEMMA_TEMPLATE
+    chat.prompting = "chat"
+    pre, tokens, stops = chat.chat_prompt([{"role": "system", "content": "Be brief."},
+                                           {"role": "user", "content": "Name a bird."}])
+    assert tokens[:len(pre)] == pre and len(tokens) > len(pre)
+    text = chat._llm.detokenize(tokens, special=True).decode()
+    assert text.endswith("<start_of_turn>model\n") and "Name a bird." in text
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder)
     assert run["provenance"]["prompting"] == "chat"
     assert run["classes"][0]["status"] in ("ok", "partial", "failed")
     assert len(read_jsonl(tmp_path / "prompts.jsonl")) == run["classes"][0]["kept"]

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit import classnames
-from toolkit.embed import SemanticFilter
-from toolkit.errors import AugurError
-from toolkit.quality import Limits, check_domain, compose_prompt, norm_key, parse_lines
+from toolkit.core.errors import AugurError
+from toolkit.stages.extrapolate import classnames
+from toolkit.stages.extrapolate.embed import SemanticFilter
+from toolkit.stages.extrapolate.quality import Limits, check_domain, compose_prompt, norm_key, parse_lines
 
 
 def test_parse_lines_tolerates_format_drift():
@@ -87,7 +87,7 @@ def test_class_sources(tmp_path: Path):
 
 
 def test_near_duplicates_and_leaked_example_subjects():
-    from toolkit.quality import near_duplicate
+    from toolkit.stages.extrapolate.quality import near_duplicate
 
     assert near_duplicate("3d printed plastic", ["watercolor", "3d printing"])
     assert near_duplicate("neon", ["neon sign"])
@@ -100,7 +100,7 @@ def test_near_duplicates_and_leaked_example_subjects():
 
 
 def test_non_words_are_rejected_everywhere():
-    from toolkit.quality import check_class, check_group
+    from toolkit.stages.extrapolate.quality import check_class, check_group
 
     lim = Limits()
     assert check_domain("3D", None, set(), [], lim) == "not a word"

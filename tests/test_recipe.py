@@ -1,9 +1,13 @@
-"""Recipes end to end: quickstart.yaml with the network blocked, cache, resume, validation, report."""
+"""Recipes: checked as a whole before any work, cached and resumed stage by stage, every shipped recipe
+smoke-run end to end; reports of any folder; the package installed non-editable."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+import venv
 from pathlib import Path
 
 import pytest
@@ -11,60 +15,134 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import run_then_kill
-from toolkit.errors import AugurError
-from toolkit.recipe import load_recipe, run_recipe
-from toolkit.report import SECTIONS
+from toolkit.core.errors import AugurError
+from toolkit.core.files import read_json
+from toolkit.run.recipe import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
+SMALL = ("name: small\nseed: 3\nstages:\n"
+         "  extrapolate: {mode: domains, classes: [lighthouse, teapot], domains_per_class: 2}\n"
+         "  render: {model: tiny-lcm, images_per_prompt: 3, batch_size: 2}\n"
+         "  pretrain: {epochs: 1, image_size: 16, batch_size: 8}\n"
+         "  report: {}\n")
+
+
+def test_shipped_recipes_validate():
+    assert {"quickstart.yaml", "pacs-extrapolation.yaml", "pacs-single-source.yaml", "vlcs-data-free.yaml",
+            "premonition-birds.yaml", "premonition-cars.yaml", "splitdigits.yaml"} <= set(SHIPPED)
+    for n in SHIPPED:
+        load_recipe(ROOT / "recipes" / n)
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: x\nstages:\n  paint: {}\n", "stages.paint: unknown stage"),
+    ("name: x\n", "missing key 'stages'"),
+    ("name: x\nstages:\n  dg: {steps: three}\n", "stages.dg.steps: expected an integer, got 'three'"),
+    ("name: x\nstages:\n  dg: {epochs: 3}\n", "stages.dg.epochs: unknown key"),
+    ("name: x\nstages:\n  render: {}\n", "stages.render needs stages.extrapolate"),
+    ("name: x\nstages: [1\n", "invalid YAML"),
+    ("name: x\nseed: zero\nstages:\n  report: {}\n", "seed: expected an integer"),
+    ("name: x\nseed: -1\nstages:\n  report: {}\n", "seed: must be >= 0"),
+    ("name: ../up\nstages:\n  report: {}\n", "not a valid name"),
+    ("name: x\nstages:\n  dg: {precision: bf61}\n", "stages.dg.precision: 'bf61' is not one of"),
+    ("name: x\nstages:\n  cl: {strategies: [naive, replya]}\n", "stages.cl.strategies: unknown value 'replya'"),
+    ("name: x\nstages:\n  extrapolate: {mode: domains, classes: [a]}\n  render: {images_per_prompt: 0}\n",
+     "stages.render.images_per_prompt: must be >= 1"),
+    ("name: x\nstages:\n  extrapolate: {mode: realm}\n  render: {model: no-such-model}\n",
+     "stages.render.model: 'no-such-model' is not a diffusers"),
+    ("name: x\nstages:\n  extrapolate: {mode: realm, model: tiny-lcm}\n", "stages.extrapolate.model: 'tiny-lcm' is not a gguf"),
+    ("name: x\nstages:\n  dg: {algorithm: CORAL, hp: {irm_lambda: 1}}\n", "stages.dg.hp: CORAL has no hyper-parameter 'irm_lambda'"),
+    ("name: x\nstages:\n  cl: {strategies: [ewc], hp: {ewc: {lambda: high}}}\n", "stages.cl.hp: strategy 'ewc': lambda takes a number"),
+    ("name: x\nstages:\n  dg: {weights: pretrain}\n", "stages.dg needs stages.pretrain"),
+])
+def test_invalid_recipes_fail_before_any_work(tmp_path, text, fragment):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(AugurError, match=fragment.replace("(", "\\(").replace("[", "\\[")):
+        load_recipe(recipe)
+    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and str(recipe) in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_stages_that_do_not_fit_together_are_caught(tmp_path):
+    """The Premonition case: pretrain makes a resnet50, the cl section asks for another architecture."""
+    text = (ROOT / "recipes" / "premonition-birds.yaml").read_text().replace("    image_size: 224\n",
+                                                                              "    image_size: 224\n    backbone: resnet18\n")
+    bad = tmp_path / "mismatch.yaml"
+    bad.write_text(text)
+    with pytest.raises(AugurError, match=r"mismatch.yaml: stages.cl.backbone: resnet18 does not match the pretrained "
+                                         r"backbone's architecture resnet50"):
+        load_recipe(bad)
+    vit = tmp_path / "vit.yaml"
+    vit.write_text("name: v\nstages:\n  extrapolate: {}\n  render: {}\n  pretrain: {backbone: vit_small, image_size: 32}\n"
+                   "  cl: {weights: [pretrain], image_size: 64}\n")
+    with pytest.raises(AugurError, match="stages.cl.image_size: 64 differs from stages.pretrain.image_size 32"):
+        load_recipe(vit)
+    # without a backbone in the cl section, the pretrained backbone's architecture is used
+    rec = load_recipe(ROOT / "recipes" / "premonition-birds.yaml")
+    assert rec.stages["cl"].base.backbone is None and rec.stages["pretrain"].backbone == "resnet50"
+
+
+def test_missing_data_or_models_are_found_before_any_stage_runs(tmp_path):
+    for name in ("pacs-extrapolation.yaml", "premonition-cars.yaml"):
+        res = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / name), "--out", str(tmp_path / name)])
+        assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
+        assert ("is not a folder here" in res.output) or ("not present locally" in res.output)
+        assert not (tmp_path / name).exists()
 
 
 @pytest.fixture(scope="module")
-def quickstart(tmp_path_factory):
-    out = tmp_path_factory.mktemp("qs")
-    steps = run_recipe(ROOT / "recipes" / "quickstart.yaml", out, progress=False)
-    return out, steps
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small")
+    recipe = root / "small.yaml"
+    recipe.write_text(SMALL)
+    out = root / "run"
+    return recipe, out, run_recipe(recipe, out, progress=False)
 
 
-def test_quickstart_end_to_end_and_report(quickstart):
-    out, steps = quickstart
-    assert [s["stage"] for s in steps] == ["extrapolate", "render", "pretrain", "dg", "cl", "report"]
-    assert all((s["folder"] / "DONE.json").exists() for s in steps)
+def test_run_caches_and_redoes_only_downstream(small_run, tmp_path):
+    recipe, out, steps = small_run
+    assert [s["stage"] for s in steps] == ["extrapolate", "render", "pretrain", "report"]
+    again = run_recipe(recipe, out, progress=False)
+    assert all(s["cached"] for s in again) and [s["folder"] for s in again] == [s["folder"] for s in steps]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(SMALL.replace("epochs: 1", "epochs: 2"))
+    plan = {s["stage"]: s["cached"] for s in run_recipe(changed, out, dry_run=True)}
+    assert plan == {"extrapolate": True, "render": True, "pretrain": False, "report": False}
+    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(out), "--dry-run"])
+    assert res.exit_code == 0 and res.output.count("cached") == 4
+    other = tmp_path / "other.yaml"
+    other.write_text(SMALL.replace("name: small", "name: other"))
+    with pytest.raises(AugurError, match="holds a run run with other settings"):
+        run_recipe(other, out, progress=False)
+
+
+def test_report_of_any_folder(small_run, tmp_path):
+    recipe, out, steps = small_run
     report = next(s["folder"] for s in steps if s["stage"] == "report")
     md = (report / "report.md").read_text()
-    for name in SECTIONS:
-        assert f"## {name}" in md
-    assert "drawn by `tiny-lcm`" in md and "they are noise" in md
-    assert "a5fd3b62230aa5ec" in md  # the LLM's sha256 is in the provenance table
-    assert "Algorithm" in md and "avg inc acc" in md
+    assert md.index("## Generated images") < md.index("## Provenance") < md.index("## Recipe")  # results first
+    assert "drawn by `tiny-lcm`" in md and "they are noise" in md and "a5fd3b62230aa5ec" in md
     html = (report / "report.html").read_text()
-    assert html.count("data:image/png;base64,") >= 4  # contact sheet, DG bars, CL curves, heat-maps
-    assert "<table>" in html
-
-
-def test_second_run_is_served_from_cache(quickstart):
-    out, first = quickstart
-    again = run_recipe(ROOT / "recipes" / "quickstart.yaml", out, progress=False)
-    assert all(s["cached"] for s in again)
-    assert [s["folder"] for s in again] == [s["folder"] for s in first]
-    res = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / "quickstart.yaml"), "--out", str(out), "--dry-run"])
-    assert res.exit_code == 0 and res.output.count("cached") == 6
-
-
-def test_changed_parameter_redoes_only_downstream(quickstart, tmp_path):
-    out, first = quickstart
-    text = (ROOT / "recipes" / "quickstart.yaml").read_text().replace("epochs: 3, image_size: 16", "epochs: 2, image_size: 16")
-    changed = tmp_path / "changed.yaml"
-    changed.write_text(text)
-    plan = {s["stage"]: s["cached"] for s in run_recipe(changed, out, dry_run=True)}
-    assert plan == {"extrapolate": True, "render": True, "pretrain": True, "dg": False, "cl": True, "report": False}
+    assert html.count("data:image/png;base64,") >= 1 and "<table>" in html
+    # a stage's own output folder works too
+    render_dir = next(s["folder"] for s in steps if s["stage"] == "render") / "images"
+    res = CliRunner().invoke(main, ["report", str(render_dir), "--out", str(tmp_path / "r1")])
+    assert res.exit_code == 0, res.output
+    assert "## Generated images" in (tmp_path / "r1" / "report.md").read_text()
+    pt = next(s["folder"] for s in steps if s["stage"] == "pretrain")
+    assert CliRunner().invoke(main, ["report", str(pt), "--out", str(tmp_path / "r2")]).exit_code == 0
+    assert "## Pretrained backbone" in (tmp_path / "r2" / "report.md").read_text()
+    res = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert res.exit_code == 1 and "no Augur output here" in res.output
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     recipe = tmp_path / "small.yaml"
-    recipe.write_text("name: small\nseed: 3\nstages:\n"
-                      "  extrapolate: {mode: domains, classes: [lighthouse, teapot], domains_per_class: 2}\n"
-                      "  render: {model: tiny-lcm, images_per_prompt: 6, batch_size: 1}\n"
-                      "  report: {}\n")
+    recipe.write_text(SMALL.replace("images_per_prompt: 3, batch_size: 2", "images_per_prompt: 6, batch_size: 1"))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cli", "run", str(recipe), "--out", str(out), "--quiet"]
     run_then_kill(cmd, lambda: bool(list(out.glob("extrapolate-*/DONE.json"))))
@@ -73,38 +151,66 @@ def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "extrapolate: cached" in res.stderr and "render: running" in res.stderr
     assert len(list(out.glob("render-*/images/manifest.jsonl"))) == 1
+    assert not list(out.rglob("*.part")) and not list(out.rglob(".*.tmp"))
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("name: x\nstages:\n  paint: {}\n", "stages.paint: unknown stage"),
-    ("name: x\n", "missing key 'stages'"),
-    ("name: x\nstages:\n  dg: {epochs: three}\n", "stages.dg.epochs: expected int, got str"),
-    ("name: x\nstages:\n  dg: {epoch: 3}\n", "stages.dg.epoch: unknown key"),
-    ("name: x\nstages:\n  render: {}\n", "stages.render needs stages.extrapolate"),
-    ("name: x\nstages: [1\n", "invalid YAML"),
-    ("name: x\nseed: zero\nstages:\n  report: {}\n", "seed: expected int"),
-    ("name: x\nstages:\n  dg: {precision: bf61}\n", "stages.dg.precision: unknown value 'bf61'"),
-    ("name: x\nstages:\n  cl: {strategies: [naive, replya]}\n", "stages.cl.strategies: unknown value 'replya'"),
-])
-def test_invalid_recipes_fail_before_any_work(tmp_path, text, fragment):
-    recipe = tmp_path / "bad.yaml"
-    recipe.write_text(text)
-    with pytest.raises(AugurError, match=fragment):
-        load_recipe(recipe)
-    res = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")])
-    assert res.exit_code == 1 and res.output.startswith("Error: ") and str(recipe) in res.output
-    assert len(res.output.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_runs_end_to_end_in_smoke_mode(tmp_path, name):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", str(ROOT / "recipes" / name), "--smoke", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    (report,) = out.glob("report*/report.html")
+    md = report.with_name("report.md").read_text()
+    plan = read_json(out / "plan.json")
+    assert plan["smoke"] and "smoke run" in md
+    stages = set(plan["stages"])
+    if "dg" in stages:
+        assert "## Domain generalization" in md
+    if "cl" in stages:
+        assert "## Continual learning" in md
+    if "render" in stages:
+        assert "random-weight model: they are noise" in md
 
 
-def test_shipped_recipes_validate():
-    names = sorted(p.name for p in (ROOT / "recipes").glob("*.yaml"))
-    assert {"quickstart.yaml", "pacs-extrapolation.yaml", "pacs-single-source.yaml", "vlcs-data-free.yaml",
-            "premonition-birds.yaml", "premonition-cars.yaml", "splitdigits.yaml"} <= set(names)
-    for n in names:
-        load_recipe(ROOT / "recipes" / n)
-
-
-def test_report_command_errors_on_non_run_folder(tmp_path):
-    res = CliRunner().invoke(main, ["report", str(tmp_path)])
-    assert res.exit_code == 1 and "not a run folder" in res.output
+@pytest.mark.slow
+def test_installed_non_editable_works_from_anywhere(tmp_path):
+    """`pip install --no-deps .` into a fresh venv that reuses the built environment's packages; the
+    shipped cards and recipes come from the installed package data, not from this checkout."""
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=False)
+    py = env_dir / "bin" / "python"
+    site = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    ours = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "augur_deps.pth").write_text(ours + "\n")
+    build = tmp_path / "src"
+    shutil.copytree(ROOT, build, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.egg-info",
+                                                             "build"))
+    res = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), "install", "--no-deps", "--no-index",
+                          "--no-build-isolation", "--no-cache-dir", "-q", str(build)],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    shutil.rmtree(build)  # nothing may be read from a checkout from now on
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "AUGUR_HOME": os.environ["AUGUR_HOME"], "PYTHONPATH": ""}
+    augur = env_dir / "bin" / "augur"
+    where = subprocess.run([str(py), "-c", "import toolkit, cli; from toolkit.core import paths; "
+                                           "print(toolkit.__file__); print(paths.shipped_cards_dir())"],
+                           cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert str(env_dir) in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
+    out = elsewhere / "ex"
+    run = subprocess.run([str(augur), "extrapolate", "domains", "--classes", "lighthouse", "-n", "1", "--quiet",
+                          "--out", str(out)], cwd=elsewhere, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (out / "prompts.jsonl").is_file() and "gemma3-270m-q4km" in (out / "run.json").read_text()
+    listing = subprocess.run([str(augur), "models", "list"], cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert listing.returncode == 0, listing.stderr
+    gemma = next(line for line in listing.stdout.splitlines() if line.startswith("gemma3-270m-q4km"))
+    assert "verified" in gemma and "minisd" in listing.stdout  # a card shipped as package data
+    recipes = subprocess.run([str(py), "-c", "from toolkit.core import paths; "
+                                             "print(sorted(p.name for p in paths.shipped_recipes_dir().glob('*.yaml')))"],
+                             cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert "quickstart.yaml" in recipes.stdout

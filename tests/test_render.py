@@ -15,8 +15,10 @@ from PIL import Image
 from cli import main
 from conftest import accelerate_launch, run_then_kill
 from toolkit import models
-from toolkit.fileio import read_jsonl, sha256_file, write_jsonl
-from toolkit.render import RenderConfig, Renderer, merge, render, resolve_model
+from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
+from toolkit.stages.render.config import RenderConfig
+from toolkit.stages.render.pipeline import Renderer, resolve_model
+from toolkit.stages.render.stage import merge, render
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"}
@@ -31,14 +33,14 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def onnx_export(tiny):
-    from toolkit.onnx_export import export_onnx
+    from toolkit.models.onnx_export import export_onnx
 
     return export_onnx("tiny-lcm", quantize="int8")
 
 
 @pytest.fixture(scope="session")
 def torch_renderer(tiny):
-    cfg = RenderConfig(progress=False)
+    cfg = RenderConfig(model="tiny-lcm", quiet=True)
     return Renderer(resolve_model("tiny-lcm", "torch"), cfg)
 
 
@@ -50,7 +52,7 @@ def prompts(tmp_path) -> Path:
 
 
 def cfg(**kw) -> RenderConfig:
-    return RenderConfig(progress=False, **kw)
+    return RenderConfig(**{"model": "tiny-lcm", "quiet": True, **kw})
 
 
 def images(out: Path) -> dict[str, bytes]:
@@ -91,7 +93,7 @@ def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_re
         assert images(out) == images(ref)
         assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
     sharded = tmp_path / "sharded"
-    counts = [render(prompts, sharded, cfg(batch_size=2, shard=(i, 2)), renderer=torch_renderer)["images"]
+    counts = [render(prompts, sharded, cfg(batch_size=2, shard=f"{i}/2"), renderer=torch_renderer)["images"]
               for i in range(2)]
     assert sum(counts) == len(ROWS) and all(counts)
     merge(sharded)
@@ -129,7 +131,7 @@ def test_accelerate_launch_shards_then_merges(prompts, tmp_path, tiny, torch_ren
 
 def test_merge_refuses_missing_shard(prompts, tmp_path, torch_renderer):
     out = tmp_path / "out"
-    render(prompts, out, cfg(shard=(0, 3)), renderer=torch_renderer)
+    render(prompts, out, cfg(shard="0/3"), renderer=torch_renderer)
     with pytest.raises(Exception, match="shard\\(s\\) 1, 2 of 3 are missing"):
         merge(out)
 
@@ -164,7 +166,7 @@ def test_onnx_export_parity_and_backend(prompts, tmp_path, onnx_export, torch_re
     assert onnx_export["tiny-lcm-onnx"]["parity_max_pixel_diff"] <= 2
     # Measured 1/255 and 2/255 on the tiny model; a broken quantization would be far off.
     assert onnx_export["tiny-lcm-onnx-int8"]["parity_max_pixel_diff"] <= 8
-    from toolkit.onnx_export import export_onnx
+    from toolkit.models.onnx_export import export_onnx
 
     again = export_onnx("tiny-lcm", quantize="int8-conv")
     assert again["tiny-lcm-onnx"] == onnx_export["tiny-lcm-onnx"]  # the fp32 export and its record are reused
@@ -225,8 +227,8 @@ def cli(*args):
     return CliRunner().invoke(main, list(args))
 
 
-def one_line_error(res, *fragments):
-    assert res.exit_code != 0
+def one_line_error(res, *fragments, code=None):
+    assert res.exit_code != 0 and (code is None or res.exit_code == code), (res.exit_code, res.output)
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     for f in fragments:
@@ -248,11 +250,13 @@ def test_bad_prompt_rows_name_their_line(tmp_path, tiny):
 def test_bad_model_backend_dtype(prompts, tmp_path, tiny):
     out = str(tmp_path / "o")
     one_line_error(cli("render", str(prompts), "--out", out, "--model", "no-such-model"), "unknown model")
-    one_line_error(cli("render", str(prompts), "--out", out, "--backend", "tensorrt"), "unknown backend")
-    one_line_error(cli("render", str(prompts), "--out", out, "--dtype", "fp16", "--device", "cpu"),
-                   "fp16 is not supported on CPU")
-    one_line_error(cli("render", str(prompts), "--out", out, "--dtype", "fp8"), "unknown dtype")
-    one_line_error(cli("render", str(prompts), "--out", out, "--shard", "2/2"), "--shard")
+    one_line_error(cli("render", str(prompts), "--out", out, "--backend", "tensorrt"),
+                   "'tensorrt' is not one of torch, onnx", code=2)
+    one_line_error(cli("render", str(prompts), "--out", out, "--precision", "fp16", "--device", "cpu"),
+                   "fp16 needs a CUDA GPU", code=1)
+    one_line_error(cli("render", str(prompts), "--out", out, "--dtype", "fp8"), "'fp8' is not one of", code=2)
+    one_line_error(cli("render", str(prompts), "--out", out, "--shard", "2/2"), "--shard: must be i/n", code=2)
+    one_line_error(cli("render", str(prompts), "--out", out, "--guidance", "-3"), "--guidance", ">= 0", code=2)
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
     shutil.rmtree(broken / "unet")
@@ -281,8 +285,10 @@ def test_output_of_a_different_run_is_refused(prompts, tmp_path, tiny):
     out = tmp_path / "o"
     assert cli("render", str(prompts), "--out", str(out), "--quiet").exit_code == 0
     before = images(out)
-    one_line_error(cli("render", str(prompts), "--out", str(out), "--seed", "7"), "render run with other settings", "seed")
-    one_line_error(cli("render", str(prompts), "--out", str(out), "--steps", "2"), "render run with other settings", "steps")
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--model", "tiny-lcm", "--seed", "7"),
+                   "render run with other settings", "seed")
+    one_line_error(cli("render", str(prompts), "--out", str(out), "--model", "tiny-lcm", "--steps", "2"),
+                   "render run with other settings", "steps")
     assert images(out) == before
     other = tmp_path / "other"
     other.mkdir()

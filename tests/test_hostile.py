@@ -1,0 +1,339 @@
+"""Hostile input and hard stops, as a new user's mistakes and a cluster's pre-emptions hit them.
+
+Every case is a real `augur` call: its exit code (1 user error, 2 usage error), its one line, and a check
+that nothing was written outside the folder it was given. Kill points (toolkit/core/faults.py) SIGKILL a
+real process at the named moments; the same command then resumes to the bytes of an uninterrupted run
+and leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"}
+        for c in ("heron", "guitar") for d in ("neon", "origami")]
+
+
+def tree(root: Path, skip: Path | None = None) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*")
+            if skip is None or not (p == skip or skip in p.parents)}
+
+
+def one_line(res, code: int, *fragments: str) -> str:
+    assert res.exit_code == code, (res.exit_code, res.output)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output, res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+def augur(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """A working folder and a snapshot of everything in it, to prove nothing is written outside --out."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from toolkit import models
+
+    return models.ensure("tiny-lcm")[1]
+
+
+# ----------------------------------------------------------------------------- names that become paths
+def test_a_model_name_cannot_escape_the_card_store(sandbox, tmp_path):
+    from toolkit.core import paths
+
+    gguf = sandbox / "m.gguf"
+    gguf.write_bytes(b"GGUF" + b"\0" * 64)
+    before = tree(paths.home()), tree(sandbox)
+    for name in ("../../../ESCAPED", "a/b", ".hidden", "x" * 200):
+        one_line(augur("models", "import", name, str(gguf), "--kind", "gguf"), 1, "not a valid name")
+    assert (tree(paths.home()), tree(sandbox)) == before
+    assert not list(Path("/").glob("ESCAPED*")) and not list(paths.home().parent.parent.glob("ESCAPED*"))
+
+
+def test_labels_never_share_a_folder_and_hidden_classes_are_trained(sandbox, tiny):
+    rows = [{"id": f"r{i}", "class": c, "domain": "neon", "prompt": f"a {c}"}
+            for i, c in enumerate(["AC/DC", "AC_DC", "AC DC", ".hidden", "x" * 300])]
+    rows.append({"id": "y" * 300, "class": "dog", "domain": "d" * 300, "prompt": "a dog"})
+    write_jsonl(sandbox / "labels.jsonl", rows)
+    res = augur("render", str(sandbox / "labels.jsonl"), "--model", "tiny-lcm", "--out", str(sandbox / "r"), "--quiet")
+    assert res.exit_code == 0, res.output
+    manifest = read_jsonl(sandbox / "r" / "manifest.jsonl")
+    assert [m["class"] for m in manifest] == [r["class"] for r in rows]  # exact labels kept
+    folders = {str(Path(m["path"]).parent) for m in manifest}
+    assert len(folders) == len(rows)  # six labels, six folders
+    assert all(len(part) <= 84 and not part.startswith(".") for m in manifest for part in Path(m["path"]).parts)
+    res = augur("pretrain", "--data", str(sandbox / "r"), "--epochs", "1", "--image-size", "16", "--quiet",
+                "--out", str(sandbox / "bb"))
+    assert res.exit_code == 0, res.output
+    card = json.loads((sandbox / "bb" / "card.json").read_text())
+    assert sorted(card["classes"]) == sorted({r["class"] for r in rows}) and card["images"] == len(rows)
+
+
+@pytest.mark.parametrize("args, code, fragment", [
+    (["extrapolate", "domains", "--classes", "a\nb"], 1, "control character"),
+    (["extrapolate", "domains", "--classes", "dog", "--seed", "-1"], 2, "--seed"),
+    (["render", "prompts.jsonl", "--seed", "-1"], 2, "--seed"),
+    (["render", "prompts.jsonl", "--guidance", "-3"], 2, "--guidance"),
+    (["render", "prompts.jsonl", "--size", "30"], 2, "multiple of 8"),
+    (["pretrain", "--data", "digits", "--lr", "nan"], 2, "finite"),
+    (["pretrain", "--data", "digits", "--epochs", "0"], 2, ">= 1"),
+    (["dg", "--seeds", "-1"], 2, "--seeds"),
+    (["dg", "--seeds", "4294967296"], 2, "--seeds"),
+    (["dg", "--lr", "nan"], 2, "finite"),
+    (["dg", "--batch-size", "1"], 2, ">= 2"),
+    (["dg", "--algorithm", "CORAL", "--hp", "mmd_gamma=-1"], 2, "mmd_gamma must be >= 0"),
+    (["dg", "--test-domains", "90", "--steps", "2"], 1, "no domain '90'"),
+    (["cl", "--seed", "-1"], 2, "--seed"),
+    (["cl", "--image-size", "4"], 2, "--image-size"),
+    (["cl", "--strategy", "lwf", "--hp", "alpha=high"], 2, "alpha takes a number"),
+    (["cl", "--strategy", "ewc", "--hp", "lambda=[1,2]"], 2, "lambda takes a number"),
+    (["cl", "--strategy", "gem"], 2, "'gem' is not one of"),
+    (["cl", "--increment", "3"], 1, "does not divide"),
+    (["cl", "--initial-classes", "10"], 1, "not class-incremental"),
+    (["run", "no-such-recipe.yaml"], 1, "no such recipe"),
+    (["report", "no-such-folder"], 1, "no such folder"),
+])
+def test_user_mistakes_give_one_line(sandbox, args, code, fragment):
+    before = tree(sandbox)
+    one_line(augur(*args, "--out", str(sandbox / "o")) if args[0] not in ("report",) else augur(*args), code, fragment)
+    assert tree(sandbox) == before  # nothing written, not even the output folder
+
+
+def test_nul_bytes_and_one_class_scenarios(sandbox):
+    (sandbox / "classes.txt").write_bytes(b"dog\ncat\x00\n")
+    one_line(augur("extrapolate", "domains", "--classes-file", "classes.txt", "--out", "o"), 1, "NUL")
+    one_class = sandbox / "one"
+    (one_class / "photo" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(one_class / "photo" / "cat" / f"{i}.png")
+    one_line(augur("cl", "--data", str(one_class), "--out", "o"), 1, "at least 2 classes")
+    assert not (sandbox / "o").exists()
+    (one_class / "photo" / "dog").mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(one_class / "photo" / "dog" / f"{i}.png")
+    # one domain, trained on: nothing would be tested, and an empty table must not look like a result
+    one_line(augur("dg", "--data", str(one_class), "--single-source", "photo", "--out", "o"), 1,
+             "leaves no domain to test on")
+    assert not (sandbox / "o").exists()
+
+
+@pytest.mark.parametrize("stage", ["extrapolate", "render", "pretrain", "dg", "cl", "run"])
+def test_out_that_is_a_file_is_refused(sandbox, stage):
+    (sandbox / "taken").write_text("mine")
+    args = {"extrapolate": ["extrapolate", "domains", "--classes", "dog"], "render": ["render", "prompts.jsonl"],
+            "pretrain": ["pretrain", "--data", "digits"], "dg": ["dg"], "cl": ["cl"],
+            "run": ["run", str(ROOT / "recipes" / "quickstart.yaml")]}[stage]
+    one_line(augur(*args, "--out", "taken"), 1, "is a file, not a folder")
+    assert (sandbox / "taken").read_text() == "mine"
+
+
+def test_foreign_folders_are_never_overwritten(sandbox):
+    (sandbox / "users").mkdir()
+    (sandbox / "users" / "run.json").write_text("{\"mine\": true}")
+    one_line(augur("extrapolate", "domains", "--classes", "dog", "--out", "users", "--force"), 1, "holds no extrapolate run")
+    (sandbox / "card").mkdir()
+    (sandbox / "card" / "card.json").write_text("{}")
+    one_line(augur("pretrain", "--data", "digits", "--out", "card", "--force"), 1, "holds no pretrain run")
+    (sandbox / "dgrun").mkdir()
+    (sandbox / "dgrun" / "dg.json").write_text('{"stage": "dg", "identity": {}}')
+    one_line(augur("pretrain", "--data", "digits", "--out", "dgrun"), 1, "holds a dg run, not a pretrain run")
+    assert (sandbox / "users" / "run.json").read_text() == "{\"mine\": true}"
+    assert sorted(p.name for p in (sandbox / "card").iterdir()) == ["card.json"]
+    assert sorted(p.name for p in (sandbox / "dgrun").iterdir()) == ["dg.json"]
+
+
+# ----------------------------------------------------------------------------- kill points
+def cli(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def killed_then_resumed(args: list[str], point: str, out: Path, ref: Path) -> subprocess.CompletedProcess:
+    first = cli(*args, "--out", str(out), env={"AUGUR_KILL_AT": point})
+    assert first.returncode == -9, (point, first.returncode, first.stderr[-2000:])
+    again = cli(*args, "--out", str(out))
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert tree(out) == tree(ref), (point, sorted(tree(out) ^ tree(ref)))  # nothing extra left behind
+    return again
+
+
+@pytest.fixture(scope="module")
+def render_ref(tmp_path_factory, tiny):
+    root = tmp_path_factory.mktemp("render-ref")
+    write_jsonl(root / "p.jsonl", ROWS)
+    args = ["render", str(root / "p.jsonl"), "--model", "tiny-lcm", "--images-per-prompt", "2", "--batch-size", "2",
+            "--quiet"]
+    assert cli(*args, "--out", str(root / "ref")).returncode == 0
+    return args, root / "ref"
+
+
+@pytest.mark.parametrize("point", ["render.after_png:3", "render.after_batch:2", "append@manifest:2",
+                                   "rename@manifest.jsonl", "rename@contact_sheet", "rename@.png:4"])
+def test_render_resumes_to_the_same_bytes_from_every_kill_point(tmp_path, render_ref, point):
+    args, ref = render_ref
+    out = tmp_path / "out"
+    killed_then_resumed(args, point, out, ref)
+    for rel in tree(ref):
+        if (ref / rel).is_file() and rel != ".augur.lock":
+            assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
+
+
+def test_extrapolate_resumes_from_its_kill_points(tmp_path):
+    args = ["extrapolate", "domains", "--classes", "heron,guitar", "-n", "2", "--quiet"]
+    env_cache = {"AUGUR_CACHE_DIR": str(tmp_path / "ref-cache")}
+    ref = tmp_path / "ref"
+    assert cli(*args, "--out", str(ref), env=env_cache).returncode == 0
+    for point in ("extrapolate.request:2", "extrapolate.before_prompts", "rename@prompts.jsonl"):
+        out = tmp_path / point.replace(":", "_").replace("@", "_")
+        cache = {"AUGUR_CACHE_DIR": str(tmp_path / f"cache-{out.name}")}
+        first = cli(*args, "--out", str(out), env={**cache, "AUGUR_KILL_AT": point})
+        assert first.returncode == -9, (point, first.stderr[-1500:])
+        assert not (out / "prompts.jsonl").exists()  # nothing looks complete
+        again = cli(*args, "--out", str(out), env=cache)
+        assert again.returncode == 0, again.stderr[-1500:]
+        assert (out / "prompts.jsonl").read_bytes() == (ref / "prompts.jsonl").read_bytes()
+        assert tree(out) == tree(ref)
+
+
+@pytest.mark.parametrize("point", ["loop.step:3", "loop.after_checkpoint:1", "rename@progress", "pretrain.after_save"])
+def test_pretrain_resumes_from_its_kill_points(tmp_path, point):
+    args = ["pretrain", "--data", "digits", "--epochs", "2", "--image-size", "16", "--batch-size", "256", "--quiet"]
+    ref = tmp_path / "ref"
+    assert cli(*args, "--out", str(ref)).returncode == 0
+    out = tmp_path / "out"
+    first = cli(*args, "--out", str(out), env={"AUGUR_KILL_AT": point})
+    assert first.returncode == -9 or point == "rename@progress", first.stderr[-1500:]
+    assert cli(*args, "--out", str(out)).returncode == 0
+    a, b = json.loads((ref / "card.json").read_text()), json.loads((out / "card.json").read_text())
+    assert a["files"] == b["files"] and [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    assert tree(out) == tree(ref)
+
+
+@pytest.mark.parametrize("point", ["loop.step:5", "loop.after_checkpoint:2", "dg.after_run", "dg.before_results"])
+def test_dg_resumes_from_its_kill_points(tmp_path, point):
+    args = ["dg", "--test-domains", "0", "--steps", "12", "--checkpoint-freq", "4", "--image-size", "16",
+            "--batch-size", "8", "--selection", "training-domain,oracle", "--quiet"]
+    ref = tmp_path / "ref"
+    assert cli(*args, "--out", str(ref)).returncode == 0
+    killed_then_resumed(args, point, tmp_path / "out", ref)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_second"} for r in rows]  # noqa: E731
+    assert strip(read_jsonl(ref / "results.jsonl")) == strip(read_jsonl(tmp_path / "out" / "results.jsonl"))
+
+
+@pytest.mark.parametrize("point", ["loop.step:7", "cl.after_task:2", "cl.after_task:5"])
+def test_cl_resumes_from_its_kill_points(tmp_path, point):
+    args = ["cl", "--strategy", "replay", "--epochs", "1", "--image-size", "16", "--quiet"]
+    ref = tmp_path / "ref"
+    assert cli(*args, "--out", str(ref)).returncode == 0
+    killed_then_resumed(args, point, tmp_path / "out", ref)
+    strip = lambda r: {k: v for k, v in r.items() if k != "wall_seconds"}  # noqa: E731
+    assert [strip(r) for r in read_jsonl(ref / "results.jsonl")] == [strip(r) for r in read_jsonl(tmp_path / "out" / "results.jsonl")]
+
+
+def test_run_resumes_between_stages(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: r\nstages:\n  extrapolate: {mode: domains, classes: [heron], domains_per_class: 1}\n"
+                      "  render: {model: tiny-lcm}\n  report: {}\n")
+    args = ["run", str(recipe), "--quiet"]
+    ref = tmp_path / "ref"
+    assert cli(*args, "--out", str(ref)).returncode == 0
+    killed_then_resumed(args, "run.after_stage:2", tmp_path / "out", ref)
+
+
+# ----------------------------------------------------------------------------- two writers
+def test_two_renders_of_one_run_never_corrupt_it(tmp_path, render_ref):
+    args, ref = render_ref
+    out = tmp_path / "out"
+    slow = {"AUGUR_DELAY_AT": "render.after_batch=1.5"}  # the first writer is still at work when the second comes
+    first = subprocess.Popen([sys.executable, "-m", "cli", *args, "--batch-size", "1", "--out", str(out)], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **slow})
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "manifest.jsonl").exists():
+        time.sleep(0.05)
+    second = cli(*args, "--batch-size", "1", "--out", str(out))
+    assert second.returncode == 1 and "another process is writing to" in second.stderr, second.stderr
+    assert first.wait(timeout=300) == 0
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == len({r["image_id"] for r in rows}) == 8
+    assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+
+
+def test_two_shards_write_side_by_side_then_merge(tmp_path, render_ref):
+    args, ref = render_ref
+    out = tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", *args, "--shard", f"{i}/2", "--out", str(out)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
+    res = cli("render", "merge", str(out))
+    assert res.returncode == 0, res.stderr
+    rows = read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == len({r["image_id"] for r in rows}) == 8
+    assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    assert not list(out.rglob("*.part"))
+
+
+# ----------------------------------------------------------------------------- full disk, read-only folders
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): the disk-full cases need one")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_stops_with_one_line_and_resumes_when_space_is_back(small_disk, render_ref):
+    args, ref = render_ref
+    out = small_disk / "out"
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (540 * 1024))
+    res = cli(*args, "--out", str(out))
+    assert res.returncode == 1, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and "no space left" in line and "Traceback" not in res.stderr
+    assert not (out / "contact_sheet.png").exists()  # nothing looks complete
+    for p in out.rglob("*.png"):  # whatever was written is whole
+        assert any(r["path"] == p.relative_to(out).as_posix() and r["sha256"] == sha256_file(p)
+                   for r in read_jsonl(out / "manifest.jsonl", tolerate_torn_tail=True)) or p.name.startswith(".")
+    ballast.unlink()
+    res = cli(*args, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (out / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
+    assert not list(out.rglob("*.part"))
+
+
+def test_read_only_folders_give_one_line_for_every_stage(small_disk, sandbox, tiny):
+    ro = small_disk / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    for args in (["extrapolate", "domains", "--classes", "dog"], ["render", "prompts.jsonl", "--model", "tiny-lcm"],
+                 ["pretrain", "--data", "digits"], ["dg", "--steps", "2"], ["cl", "--epochs", "1"],
+                 ["run", str(ROOT / "recipes" / "quickstart.yaml")]):
+        res = augur(*args, "--out", str(ro / args[0]))
+        one_line(res, 1, "read-only")

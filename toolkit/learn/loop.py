@@ -1,0 +1,324 @@
+"""The one training loop, used by pretrain, dg and cl.
+
+A `Learner` (an nn.Module: a DomainBed algorithm, a supervised classifier, a CL strategy's network)
+implements `update(minibatches) -> dict of floats` as DomainBed's algorithms do, and calls
+`self.optimize(loss, optimizer)` where DomainBed writes `zero_grad(); backward(); step()`. The loop:
+
+- runs steps [start, total) through accelerate: the process group under `accelerate launch`, the
+  device, autocast for bf16/fp16, and the fp16 gradient scaler. Gradients are averaged across processes
+  inside `optimize` (all-reduce) rather than by wrapping the model in DDP, because DomainBed-style
+  algorithms call their sub-networks directly; buffers (BatchNorm statistics) follow process 0, as
+  DDP's broadcast_buffers does. Only the main process writes.
+- makes every random draw a function of (seed, step): the global torch / numpy / random generators are
+  re-seeded at each step (dropout, Mixup's Beta draws, random pairings), and batches come from
+  `loaders` by step. So a resumed run computes what the uninterrupted one computes (same device and
+  thread count), without saving RNG states.
+- guards against non-finite steps: a step whose loss or gradients are not finite is skipped and the
+  buffers its forward pass touched (BatchNorm statistics) are put back; fp16 leaves this to its
+  gradient scaler. Most of a checkpoint interval skipped stops the run ("training diverged").
+- at each checkpoint step, evaluates (the caller's function), then writes weights, optimizer states
+  and progress (step, records) into one folder that is renamed into place: checkpoint and progress
+  are one atomic step, so a kill at any point resumes from a consistent state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..core.cache import derive_seed
+from ..core.device import resolve_precision
+from ..core.errors import AugurError
+from ..core.faults import kill_point
+from ..core.files import fsync_dir, publish_dir, write_json
+
+CKPT_PREFIX = "step-"
+
+
+class Learner:
+    """Mixin for nn.Modules trained by `run` (see the module docstring)."""
+
+    _trainer: "Trainer | None" = None
+    current_step: int = 0  # set by the loop before each update
+    stop_training: bool = False  # a learner may end training early (SWAD's dead valley)
+
+    def optimizers(self) -> dict[str, Any]:
+        """Named optimizers (their states are checkpointed)."""
+        return {"optimizer": self.optimizer}  # type: ignore[attr-defined]
+
+    def optimize(self, loss, *optimizers, retain_graph: bool = False) -> bool:
+        """zero_grad, backward, (all-reduce), step; False when the step was skipped as non-finite."""
+        return self._trainer.optimize(loss, optimizers, retain_graph=retain_graph)
+
+    def update(self, minibatches: list[tuple[Any, Any]]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def predict(self, x):
+        raise NotImplementedError
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """JSON-able state beyond tensors and optimizers (e.g. a CL memory's item references)."""
+        return {}
+
+    def load_extra(self, extra: dict[str, Any]) -> None:
+        pass
+
+
+class Trainer:
+    def __init__(self, precision: str, accelerator):
+        self.precision = precision
+        self.acc = accelerator
+        self.skipped_in_step = False
+        self.guard = precision != "fp16"  # fp16: the gradient scaler skips non-finite steps itself
+        self.check_grads = precision == "bf16" or accelerator.num_processes > 1
+
+    def optimize(self, loss, optimizers: Sequence[Any], retain_graph: bool = False) -> bool:
+        import torch
+
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.guard and not torch.isfinite(loss.detach()).all():
+            self.skipped_in_step = True
+            return False
+        scaler = self.acc.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward(retain_graph=retain_graph)
+        params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if self.acc.num_processes > 1 and params:
+            _all_reduce_mean([p.grad for p in params], self.acc.num_processes)
+        if self.guard and self.check_grads and not _grads_finite(params):
+            self.skipped_in_step = True
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return False
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.step(opt)
+            else:
+                opt.step()
+        return True
+
+
+def _all_reduce_mean(grads: list, world: int) -> None:
+    import torch
+    import torch.distributed as dist
+
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        n = g.numel()
+        g.copy_(flat[offset: offset + n].view_as(g))
+        offset += n
+
+
+def _grads_finite(params) -> bool:
+    import torch
+
+    # A NaN or inf anywhere makes its tensor's sum non-finite; unlike a norm's squares, a sum of sane
+    # gradients cannot overflow into a false alarm.
+    sums = [p.grad.sum() for p in params if p.grad is not None]
+    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+
+
+def seed_step(seed: int, step: int) -> None:
+    """Every global generator re-seeded from (seed, step): see the module docstring."""
+    import torch
+
+    s = derive_seed(seed, "step-rng", step)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def accelerator_for(precision: str):
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one process-wide state and refuses a second precision in the same process (a
+    # recipe's stages, a library caller): each run is its own. The process group is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="no" if precision == "fp32" else precision)
+
+
+def latest_checkpoint(ckpt: Path) -> Path | None:
+    done = sorted(p for p in ckpt.glob(f"{CKPT_PREFIX}*") if p.is_dir() and (p / "progress.json").is_file())
+    return done[-1] if done else None
+
+
+def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    final = ckpt / f"{CKPT_PREFIX}{step:09d}"
+    tmp = ckpt / f".{final.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
+    save_file(dedupe(state), str(tmp / "model.safetensors"))
+    optim = {name: opt.state_dict() for name, opt in learner.optimizers().items()}
+    if acc.scaler is not None:
+        optim["_scaler"] = acc.scaler.state_dict()
+    torch.save(optim, tmp / "optimizers.pt")
+    (tmp / "progress.json").write_text(json.dumps({**progress, "extra": learner.checkpoint_extra()}),
+                                       encoding="utf-8")
+    publish_dir(tmp, final)
+    kill_point("loop.after_checkpoint")
+    for old in ckpt.glob(f"{CKPT_PREFIX}*"):
+        if old != final and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(ckpt)
+
+
+def dedupe(state: dict) -> dict:
+    """safetensors refuses tensors sharing memory; keep one copy of each."""
+    seen: dict[int, str] = {}
+    out = {}
+    for k, v in state.items():
+        ptr = v.data_ptr() if v.numel() else -1
+        if ptr != -1 and ptr in seen:
+            v = v.clone()
+        seen.setdefault(ptr, k)
+        out[k] = v
+    return out
+
+
+def _load(path: Path, learner, acc) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "model.safetensors"), device=str(acc.device))
+    missing, unexpected = learner.load_state_dict(state, strict=False)
+    if unexpected:
+        raise AugurError(f"{path}: the checkpoint does not fit this model ({len(unexpected)} unexpected keys)")
+    optim = torch.load(path / "optimizers.pt", map_location=acc.device, weights_only=True)
+    for name, opt in learner.optimizers().items():
+        if name in optim:
+            opt.load_state_dict(optim[name])
+    if acc.scaler is not None and "_scaler" in optim:
+        acc.scaler.load_state_dict(optim["_scaler"])
+    progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+    learner.load_extra(progress.get("extra", {}))
+    return progress
+
+
+def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: int,
+        is_checkpoint: Callable[[int], bool], ckpt: Path, seed: int, precision: str = "auto",
+        evaluate: Callable[[Any], dict[str, Any]] | None = None, progress: bool = True, desc: str = "train",
+        on_checkpoint: Callable[[Any, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Train `learner` for steps [0, total_steps), resuming from the last checkpoint under `ckpt`.
+
+    `batches(start, stop)` yields, for each step in [start, stop), the step's minibatches (a list of
+    (x, y) tensors, one per environment). Returns the records written at checkpoint steps: the step,
+    the mean of each value `update` returned since the last checkpoint, skipped steps, images/s, and
+    whatever `evaluate(learner)` measured.
+    """
+    import torch
+    from tqdm import tqdm
+
+    precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", "train")
+    acc = accelerator_for(precision)
+    trainer = Trainer(precision, acc)
+    for m in learner.modules():  # a wrapper (SWAD) and the algorithm it wraps share the trainer
+        if isinstance(m, Learner):
+            m._trainer = trainer
+    learner.to(acc.device)
+    ckpt = Path(ckpt)
+    main = acc.is_main_process
+    records: list[dict[str, Any]] = []
+    start = 0
+    last = latest_checkpoint(ckpt) if ckpt.is_dir() else None
+    if last is not None:
+        state = _load(last, learner, acc)
+        start, records = state["step"] + 1, state["records"]
+        if state.get("stopped"):
+            start = total_steps
+    acc.wait_for_everyone()
+    # What a skipped step must put back, and what processes must agree on: the statistics a forward
+    # pass in training mode changes (BatchNorm's). Memories and accumulators are the learner's own business.
+    buffers = [b for m in learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+               for b in m.buffers() if b.is_floating_point()]
+    vals: dict[str, list[float]] = {}
+    skipped = seen = 0
+    t0 = time.perf_counter()
+    interval_steps = 0
+    bar = tqdm(total=total_steps, initial=start, desc=desc, unit="step", leave=False, file=sys.stderr,
+               disable=not progress or not main)
+    for step, minibatches in zip(range(start, total_steps), batches(start, total_steps)):
+        seed_step(seed, step)
+        learner.current_step = step
+        minibatches = [(x.to(acc.device), y.to(acc.device)) for x, y in minibatches]
+        learner.train()
+        saved = [b.clone() for b in buffers] if trainer.guard else []
+        trainer.skipped_in_step = False
+        with acc.autocast():
+            info = learner.update(minibatches)
+        kill_point("loop.step")
+        if acc.scaler is not None:
+            acc.scaler.update()
+        if trainer.skipped_in_step:
+            skipped += 1
+            for b, s in zip(buffers, saved):
+                b.copy_(s)
+            if main:
+                tqdm.write(f"warning: step {step}: non-finite loss or gradient ({precision}); step skipped",
+                           file=sys.stderr)
+        else:
+            for k, v in info.items():
+                if v is not None and math.isfinite(float(v)):
+                    vals.setdefault(k, []).append(float(v))
+        if acc.num_processes > 1:
+            import torch.distributed as dist
+
+            for b in buffers:
+                dist.broadcast(b, 0)
+        n = sum(len(y) for _, y in minibatches) * acc.num_processes
+        seen += n
+        interval_steps += 1
+        bar.update(1)
+        bar.set_postfix(img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}",
+                        **{k: f"{v[-1]:.3f}" for k, v in list(vals.items())[:2] if v})
+        if is_checkpoint(step) or step == total_steps - 1:
+            if skipped > interval_steps // 2:
+                bar.close()
+                raise AugurError(f"training diverged: {skipped} of {interval_steps} steps before step {step} had "
+                                 f"a non-finite loss or gradient ({precision}); try a lower learning rate, or "
+                                 "--precision fp32 (see the README on bf16 on CPU). The last checkpoint is kept")
+            record = {"step": step, **{k: float(np.mean(v)) for k, v in vals.items()}, "skipped_steps": skipped,
+                      "images": seen, "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
+            if evaluate is not None:
+                learner.eval()
+                with torch.inference_mode(), acc.autocast():
+                    record.update(evaluate(learner))
+            if on_checkpoint is not None:
+                on_checkpoint(learner, step, record)
+            records.append(record)
+            stop = bool(getattr(learner, "stop_training", False))
+            if main:
+                _save(ckpt, step, learner, acc, {"step": step, "records": records, "stopped": stop})
+            acc.wait_for_everyone()
+            vals, skipped, seen, interval_steps = {}, 0, 0, 0
+            t0 = time.perf_counter()
+            if stop:
+                break
+    bar.close()
+    learner.eval()
+    return records
+
+
+def clear(ckpt: Path) -> None:
+    """Drop a finished run's checkpoints (what it produced is saved elsewhere)."""
+    shutil.rmtree(ckpt, ignore_errors=True)
+
+
+def write_records(path: Path, records: list[dict[str, Any]]) -> None:
+    write_json(path, records)

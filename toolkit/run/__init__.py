@@ -1,0 +1,1 @@
+"""Recipes (`augur run`) and reports (`augur report`)."""

@@ -1,0 +1,1 @@
+"""The pipeline, one sub-package per stage: extrapolate -> render -> pretrain -> dg | cl."""

@@ -1,0 +1,293 @@
+"""The `cl` stage: class-incremental learning, B{initial}-Inc{increment}, on the shared training loop.
+
+The classes, in an order drawn as PyCIL draws it (np.random.seed(order_seed); permutation) or read
+from a file, are split into tasks: `initial_classes`, then `increment` per task. After each task every
+seen task's test samples are scored ([correct, total] counts), and metrics.py turns the counts into the
+standard metrics. A finished task is checkpointed (the strategy's whole state), a task in progress
+per epoch by the training loop: a killed run resumes where it stopped and computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import __version__
+from ...core import distributed, outdir
+from ...core.cache import derive_seed
+from ...core.device import pick_device, resolve_precision, threads
+from ...core.errors import AugurError
+from ...core.faults import kill_point
+from ...core.files import atomic_write, publish_dir, write_jsonl
+from ...core.settings import as_dict, check_hparams
+from ...core.tables import format_table
+from ...learn import backbones, data, loop
+from ...learn.loaders import EpochBatches, ImageSet, default_workers, eval_batches, loader
+from ...learn.transforms import data_config
+from .config import CLConfig
+from .metrics import matrix, metrics
+from .strategies import STRATEGIES, Context
+
+SPLIT_SEED = "cl-test-split"  # one test split for every strategy, seed and class order
+
+
+def load_scenario(cfg: CLConfig) -> tuple[list[str], list, list, str]:
+    """(classes, train items, test items, how they were split)."""
+    ds = data.load(cfg.data, rotated=False)
+    names = {d.name for d in ds.domains}
+    if {"train", "test"} <= names:
+        train = [(img, int(y)) for img, y in zip(ds.domain("train").images, ds.domain("train").labels)]
+        test = [(img, int(y)) for img, y in zip(ds.domain("test").images, ds.domain("test").labels)]
+        return ds.classes, train, test, "the data's train and test domains"
+    items = ds.pooled()
+    rng = np.random.RandomState(derive_seed(SPLIT_SEED, cfg.test_share))
+    train, test = [], []
+    for c in range(len(ds.classes)):
+        idx = [i for i, (_, y) in enumerate(items) if y == c]
+        k = int(round(len(idx) * cfg.test_share))
+        picked = set(rng.permutation(idx)[:k].tolist()) if idx else set()
+        for i in idx:
+            (test if i in picked else train).append(items[i])
+    return ds.classes, train, test, f"stratified {1 - cfg.test_share:.0%}/{cfg.test_share:.0%} (fixed seed)"
+
+
+def class_order(cfg: CLConfig, classes: list[str]) -> list[int]:
+    text = cfg.class_order.strip()
+    if text.isdigit():
+        return np.random.RandomState(int(text) % 2**32).permutation(len(classes)).tolist()
+    p = Path(text).expanduser()
+    if not p.is_file():
+        raise AugurError(f"--class-order {text}: neither a seed nor an order file")
+    listed = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    missing = sorted(set(classes) - set(listed))
+    extra = sorted(set(listed) - set(classes))
+    if missing or extra or len(listed) != len(set(listed)):
+        raise AugurError(f"{p}: the order must list every class once (missing: {', '.join(missing) or 'none'}; "
+                         f"unknown: {', '.join(extra) or 'none'})")
+    return [classes.index(c) for c in listed]
+
+
+def make_tasks(order: list[int], initial: int, increment: int) -> list[list[int]]:
+    n = len(order)
+    if n < 2:
+        raise AugurError(f"class-incremental learning needs at least 2 classes; the data has {n}")
+    if initial > n:
+        raise AugurError(f"--initial-classes {initial} exceeds the {n} classes")
+    if initial == n:
+        raise AugurError(f"--initial-classes {initial} takes every class: one task is not class-incremental")
+    if (n - initial) % increment:
+        raise AugurError(f"--increment {increment} does not divide the {n - initial} classes after the first {initial}")
+    return [order[:initial]] + [order[i: i + increment] for i in range(initial, n, increment)]
+
+
+def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
+
+    out = Path(out)
+    t0 = time.perf_counter()
+    name = STRATEGIES.canonical(cfg.strategy)
+    strategy_cls = STRATEGIES.get(name)
+    hp = {**{k: v.default for k, v in strategy_cls.hparams.items()},
+          **check_hparams(dict(cfg.hp), strategy_cls.hparams, f"strategy '{name}'", where="--hp: ")}
+    classes, train_items, test_items, split_note = load_scenario(cfg)
+    order = class_order(cfg, classes)
+    tasks = make_tasks(order, cfg.initial_classes, cfg.increment)
+    arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
+    ds_print = data.fingerprint(data.load(cfg.data, report=False, rotated=False))
+    identity = {**{k: v for k, v in as_dict(cfg).items() if k not in ("workers", "hp", "strategy")},
+                "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
+                "class_order_resolved": order}
+    resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
+    main = distributed.is_main_process()
+    claim = outdir.claim(out, "cl", identity) if main else None
+    distributed.wait_for_everyone()
+    try:
+        result = _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks,
+                      arch, w, t0)
+        if claim is not None:
+            claim.finish()
+        return result
+    finally:
+        if claim is not None:
+            claim.release()
+
+
+def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks, arch, w, t0):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    device = pick_device()
+    torch.manual_seed(cfg.seed)
+    backbone = backbones.build(arch, w, cfg.image_size)
+    dc = data_config(backbone, cfg.image_size)
+    ctx = Context(dc, cfg.seed, len(classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
+    strategy = strategy_cls(backbone, hp, ctx).to(device)
+    state = distributed.state()
+    world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    workers = cfg.workers if cfg.workers is not None else default_workers(
+        isinstance(train_items[0][0], np.ndarray), len(train_items), cfg.image_size)
+    counts: list[list[list[int]]] = []
+    start = 0
+    done = sorted(p for p in (out / "tasks").glob("task-*") if (p / "state.json").is_file()) if (out / "tasks").is_dir() else []
+    if done:
+        import json
+
+        last = done[-1]
+        strategy.load_state_dict(load_file(str(last / "strategy.safetensors"), device=str(device)), strict=False)
+        meta = json.loads((last / "state.json").read_text(encoding="utf-8"))
+        strategy.load_extra(meta["extra"])
+        counts, start = meta["counts"], meta["task"] + 1
+    main = distributed.is_main_process()
+    for t in range(start, len(tasks)):
+        task_classes = tasks[t]
+        items = [it for it in train_items if it[1] in task_classes]
+        strategy.begin_task(t, task_classes, items)
+        if strategy.trains_on(t) and cfg.epochs:
+            train = strategy.training_items(items)
+            if len(train) < 2:
+                raise AugurError(f"task {t + 1} has {len(train)} training image(s); training needs at least 2")
+            train_set = ImageSet(train, dc)
+            batches = EpochBatches(len(train), cfg.batch_size, cfg.seed, ("task", t), world)
+            spe = batches.steps_per_epoch
+
+            def stream(a: int, b: int, train_set=train_set, batches=batches):
+                for x, y in loader(train_set, batches, a, b, workers):
+                    yield [(x, y)]
+
+            loop.run(strategy, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s, spe=spe: (s + 1) % spe == 0,
+                     ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
+                     precision=cfg.precision, progress=cfg.progress, desc=f"cl {name} task {t + 1}/{len(tasks)}")
+        strategy.to(device)
+        strategy.end_task(t, task_classes, items)
+        counts.append([_score(strategy, [it for it in test_items if it[1] in tasks[j]], dc, device)
+                       for j in range(t + 1)])
+        if main:
+            _save_task(out, t, strategy, counts, save_file)
+            kill_point("cl.after_task")
+            _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0)
+            loop.clear(out / "checkpoint" / f"task-{t:03d}")
+        distributed.wait_for_everyone()
+        if cfg.progress and main:
+            print(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
+                  f"classes {metrics(counts)['last_accuracy']:.3f}", file=sys.stderr)
+    if main:
+        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0)
+        heatmap(result["accuracy_matrix"], out / "accuracy_matrix.png",
+                f"{name}, {cfg.protocol()} ({w.describe()})")
+        loop.clear(out / "checkpoint")
+    distributed.wait_for_everyone()
+    from ...core.files import read_jsonl
+
+    return read_jsonl(out / "results.jsonl")[-1]
+
+
+def _score(strategy, items, dc, device) -> list[int]:
+    import torch
+
+    strategy.eval()
+    correct = 0
+    with torch.inference_mode():
+        for x, y in eval_batches(ImageSet(items, dc), 256):
+            correct += int((strategy.predict(x.to(device)).argmax(1).cpu() == y).sum())
+    return [correct, len(items)]
+
+
+def _save_task(out: Path, t: int, strategy, counts, save_file) -> None:
+    import json
+    import shutil
+
+    final = out / "tasks" / f"task-{t:03d}"
+    tmp = out / "tasks" / f".task-{t:03d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in strategy.state_dict().items()}
+    save_file(loop.dedupe(state), str(tmp / "strategy.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"task": t, "counts": counts, "extra": strategy.checkpoint_extra()}),
+                                    encoding="utf-8")
+    publish_dir(tmp, final)
+    for old in (out / "tasks").glob("task-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0) -> dict[str, Any]:
+    """One row per finished step; the last line is the run's final row once every task is done."""
+    device = pick_device()
+    base = {"strategy": name, "hparams": hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
+            "order": [classes[c] for c in order], "tasks": [[classes[c] for c in task] for task in tasks],
+            "backbone": arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
+            "split": split_note, "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "seed": cfg.seed, "device": device, "threads": threads(),
+            "precision": resolve_precision(cfg.precision, device, "train"), "toolkit_version": __version__}
+    rows = []
+    for t in range(len(counts)):
+        sub = counts[: t + 1]
+        m = metrics(sub)
+        rows.append({**base, "step": t, "final": t == len(tasks) - 1, "counts": sub,
+                     "accuracy_matrix": matrix(sub, len(tasks)), **m})
+    rows[-1]["wall_seconds"] = time.perf_counter() - t0
+    write_jsonl(out / "results.jsonl", rows)
+    return rows[-1]
+
+
+def heatmap(A, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = len(A)
+    a = np.array([[np.nan if v is None else v for v in row] for row in A], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * T, 1.2 + 0.6 * T))
+    ax.imshow(a, vmin=0, vmax=1, cmap="viridis")
+    for i in range(T):
+        for j in range(a.shape[1]):
+            if not np.isnan(a[i, j]):
+                ax.text(j, i, f"{100 * a[i, j]:.0f}", ha="center", va="center",
+                        color="white" if a[i, j] < 0.6 else "black", fontsize=8)
+    ax.set_xlabel("evaluated on task")
+    ax.set_ylabel("after training task")
+    ax.set_xticks(range(a.shape[1]), [str(i + 1) for i in range(a.shape[1])])
+    ax.set_yticks(range(T), [str(i + 1) for i in range(T)])
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def table(results: list[dict[str, Any]], style: str = "plain") -> str:
+    """One line per run (mean ± std over class orders when several rows share everything else)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in results:
+        groups.setdefault((r["strategy"], r["weights"], r["backbone"], r["protocol"]), []).append(r)
+    header = ["strategy", "backbone", "weights", "protocol", "orders", "avg inc acc", "last acc", "forgetting"]
+    body = []
+    for (strategy, weights, backbone, protocol), rs in groups.items():
+        def cell(key: str) -> str:
+            v = [100 * r[key] for r in rs]
+            return f"{np.mean(v):.1f}" + (f" ± {np.std(v):.1f}" if len(v) > 1 else "")
+
+        shown = Path(weights).name if "/" in weights else weights  # a pretrained folder: its name
+        body.append([strategy, backbone, shown, protocol, str(len(rs)), cell("average_incremental_accuracy"),
+                     cell("last_accuracy"), cell("average_forgetting")])
+    return format_table(header, body, style)
+
+
+def collect(dirs: list[Path], style: str = "markdown") -> str:
+    """table() over the final row of every `augur cl` run found under `dirs`."""
+    from ...core.files import read_jsonl
+
+    rows = []
+    for d in dirs:
+        d = Path(d)
+        if not d.exists():
+            raise AugurError(f"{d}: no such folder")
+        for f in sorted(d.rglob("results.jsonl")):
+            rows += [r for r in read_jsonl(f) if r.get("final")]
+    if not rows:
+        raise AugurError(f"no finished `augur cl` run (results.jsonl with a final row) under {', '.join(map(str, dirs))}")
+    return table(rows, style)

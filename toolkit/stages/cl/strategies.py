@@ -1,0 +1,621 @@
+"""Class-incremental strategies, a registry: one class each, its typed hyper-parameters beside it.
+
+Single head over every class, predictions restricted to the classes seen so far (the class-incremental
+setting). A strategy is an nn.Module trained by the shared loop (`update`), with hooks around each
+task; everything it must remember (memories, Fisher information, prototypes, ridge statistics, old
+models) is a buffer, a sub-module or JSON in its checkpoint, so a run resumes exactly.
+
+References, followed formula for formula:
+- ncm: nearest class mean with cosine similarity to prototypes = means of raw features (SimpleCIL,
+  Zhou et al. 2023; RanPAC's NCM head).
+- ranpac: RanPAC (McDonnell et al., NeurIPS 2023; RanPAC/RanPAC RanPAC.py): a frozen random projection
+  W ~ N(0, 1) of size d x M with ReLU, Gram matrix G += H^T H and Q += H^T Y accumulated over tasks, the
+  ridge lambda chosen from 10^-8 ... 10^8 by MSE on the last 20% of the current task's (shuffled)
+  training features, head W_o = solve(G + lambda I, Q)^T.
+- fsa: first-session adaptation (RanPAC's first-task training): the backbone trains on the first task
+  only, then is frozen under an NCM or RanPAC head.
+- icarl: Rebuffi et al. 2017: herding memory, sigmoid binary cross-entropy with the old model's sigmoid
+  outputs as old-class targets, nearest-mean-of-exemplars classification; `loss=ce` is the
+  cross-entropy + distillation variant (as PyCIL implements it).
+- ewc: Kirkpatrick et al. 2017: the diagonal Fisher from per-sample squared gradients of log p(y|x) over
+  shuffled training samples of every class of the task, summed over tasks (online EWC: F <- gamma F +
+  F_task, Schwarz et al. 2018), penalty lambda / 2 * sum F (theta - theta*)^2.
+- der / derpp: Buzzega et al. 2020 (Mammoth der.py, derpp.py): a reservoir buffer of inputs and
+  logits, alpha * MSE on the logits (+ beta * CE on buffer labels for DER++).
+- gdumb: Prabhu et al. 2020: a greedy class-balanced memory; at every task a model trained from its
+  initial weights on the memory alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...core.cache import derive_seed
+from ...core.registry import Registry
+from ...core.settings import HP
+from ...learn.backbones import num_features
+from ...learn.loaders import ImageSet, eval_batches
+from ...learn.loop import Learner
+
+STRATEGIES = Registry("strategy")
+
+
+@dataclass
+class Context:
+    """What strategies need besides their network: data transforms, the device, seeds, sizes."""
+
+    dc: Any
+    seed: int
+    n_classes: int
+    image_size: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+
+    @property
+    def device(self):
+        return self._device if hasattr(self, "_device") else torch.device("cpu")
+
+
+class Net(nn.Module):
+    def __init__(self, backbone: nn.Module, n_classes: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(num_features(backbone), n_classes)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def ref(x):
+    """Memory items are image paths, or pixel arrays for the built-in digits (JSON in checkpoints)."""
+    return str(x) if not isinstance(x, np.ndarray) else {"array": x.tolist()}
+
+
+def deref(x):
+    from pathlib import Path
+
+    return np.asarray(x["array"], dtype=np.uint8) if isinstance(x, dict) else Path(x)
+
+
+class Strategy(nn.Module, Learner):
+    """Fine-tuning on each task's data; subclasses change the data, the loss or the classifier."""
+
+    hparams: dict[str, HP] = {}
+    trains = True
+    about = ""
+
+    def __init__(self, backbone: nn.Module, hp: dict[str, Any], ctx: Context):
+        super().__init__()
+        self.net = Net(backbone, ctx.n_classes)
+        self.hp, self.ctx = hp, ctx
+        self.register_buffer("seen", torch.zeros(ctx.n_classes, dtype=torch.bool))
+        self.optimizer = None
+        if not self.trains:
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+
+    # -- lifecycle
+    def trains_on(self, task: int) -> bool:
+        return self.trains
+
+    def begin_task(self, task: int, classes: list[int], items: list) -> None:
+        self.seen[classes] = True
+        if self.trains_on(task):
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.AdamW(params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay)
+
+    def training_items(self, items: list) -> list:
+        return items
+
+    def end_task(self, task: int, classes: list[int], items: list) -> None:
+        pass
+
+    def optimizers(self):
+        return {"optimizer": self.optimizer} if self.optimizer is not None else {}
+
+    # -- training and prediction
+    def masked(self, logits):
+        return logits.masked_fill(~self.seen.to(logits.device), float("-inf"))
+
+    def loss(self, outputs, y, x):
+        return F.cross_entropy(self.masked(outputs), y)
+
+    def update(self, minibatches):
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        loss = self.loss(self.net(x), y, x)
+        self.optimize(loss, self.optimizer)
+        return {"loss": loss.item()}
+
+    def predict(self, x):
+        return self.masked(self.net(x))
+
+    # -- helpers
+    def features(self, items: list, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw backbone features and labels of `items` (no augmentation, eval mode)."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        feats, labels = [], []
+        with torch.no_grad():
+            for x, y in eval_batches(ImageSet(items, self.ctx.dc), batch):
+                feats.append(self.net.backbone(x.to(device)).float().cpu())
+                labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
+
+
+@STRATEGIES.register("naive")
+class Naive(Strategy):
+    about = "fine-tuning on each task's data alone: the lower bound"
+
+
+# ----------------------------------------------------------------------------- exemplar memories
+class _Memory(Strategy):
+    """A fixed-size exemplar memory shared by the seen classes, rebalanced after each task."""
+
+    hparams = {"memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
+               "selection": HP("random", "How exemplars of a new class are chosen.", choices=("random", "herding"))}
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.memory: list[tuple[Any, int]] = []
+
+    def training_items(self, items):
+        return list(items) + list(self.memory)
+
+    def end_task(self, task, classes, items):
+        super().end_task(task, classes, items)
+        seen = int(self.seen.sum())
+        per_class = max(1, self.hp["memory"] // seen)
+        kept: dict[int, list] = {}
+        for x, y in self.memory:
+            kept.setdefault(y, []).append((x, y))
+        for c in classes:
+            kept[c] = self.select([(x, y) for x, y in items if y == c], per_class, c)
+        self.memory = [it for c in sorted(kept) for it in kept[c][:per_class]]
+
+    def select(self, items, k: int, c: int):
+        if self.hp["selection"] == "herding":
+            return herding(self, items, k)
+        rng = np.random.RandomState(derive_seed(self.ctx.seed, "memory", c))
+        return [items[i] for i in sorted(rng.choice(len(items), size=min(k, len(items)), replace=False))]
+
+    def checkpoint_extra(self):
+        return {"memory": [[ref(x), y] for x, y in self.memory]}
+
+    def load_extra(self, extra):
+        self.memory = [(deref(x), y) for x, y in extra.get("memory", [])]
+
+
+def herding(strategy: Strategy, items, k: int):
+    """iCaRL's herding on L2-normalised features: greedily pick samples whose running mean tracks the class mean."""
+    f, _ = strategy.features(items)
+    f = F.normalize(f, dim=1)
+    mu = f.mean(0)
+    chosen: list[int] = []
+    acc = torch.zeros_like(mu)
+    for i in range(min(k, len(items))):
+        scores = ((mu - (acc + f) / (i + 1)) ** 2).sum(1)
+        if chosen:
+            scores[chosen] = float("inf")
+        j = int(scores.argmin())
+        chosen.append(j)
+        acc += f[j]
+    return [items[j] for j in chosen]
+
+
+@STRATEGIES.register("replay")
+class Replay(_Memory):
+    about = "experience replay: each task trains on its data plus the exemplar memory"
+
+
+# ----------------------------------------------------------------------------- distillation
+class _OldModel(Strategy):
+    """Keeps a frozen copy of the network from the end of the last task."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.old = copy.deepcopy(self.net)
+        for p in self.old.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("old_seen", torch.zeros_like(self.seen))
+
+    @property
+    def has_old(self) -> bool:
+        return bool(self.old_seen.any())
+
+    def end_task(self, task, classes, items):
+        super().end_task(task, classes, items)
+        self.old.load_state_dict(self.net.state_dict())
+        self.old.eval()
+        self.old_seen.copy_(self.seen)
+
+    def old_logits(self, x):
+        self.old.eval()
+        with torch.no_grad():
+            return self.old(x)
+
+
+def _kd(outputs, targets, cols, T):
+    return F.kl_div(F.log_softmax(outputs[:, cols] / T, 1), F.softmax(targets[:, cols] / T, 1),
+                    reduction="batchmean") * T * T
+
+
+@STRATEGIES.register("lwf")
+class LwF(_OldModel):
+    about = "Learning without Forgetting: distil the previous model's outputs on the old classes"
+    hparams = {"alpha": HP(1.0, "Weight of the distillation loss.", min=0.0),
+               "temperature": HP(2.0, "Distillation temperature.", min=0.0, min_open=True)}
+
+    def loss(self, outputs, y, x):
+        ce = F.cross_entropy(self.masked(outputs), y)
+        if not self.has_old:
+            return ce
+        cols = self.old_seen.nonzero().squeeze(1)
+        return ce + self.hp["alpha"] * _kd(outputs, self.old_logits(x), cols, self.hp["temperature"])
+
+
+@STRATEGIES.register("icarl")
+class ICaRL(_Memory, _OldModel):
+    about = ("iCaRL: herding memory, sigmoid BCE with the old model's outputs as old-class targets, "
+             "nearest-mean-of-exemplars classification (loss=ce: cross-entropy + distillation)")
+    hparams = {"memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
+               "loss": HP("bce", "bce: the original binary cross-entropy; ce: cross-entropy + distillation.",
+                          choices=("bce", "ce")),
+               "alpha": HP(1.0, "Distillation weight (loss=ce).", min=0.0),
+               "temperature": HP(2.0, "Distillation temperature (loss=ce).", min=0.0, min_open=True)}
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.hp = {**self.hp, "selection": "herding"}
+        d = num_features(self.net.backbone)
+        self.register_buffer("means", torch.zeros(self.ctx.n_classes, d))
+
+    def loss(self, outputs, y, x):
+        cols = self.seen.nonzero().squeeze(1)
+        if self.hp["loss"] == "ce":
+            ce = F.cross_entropy(self.masked(outputs), y)
+            if not self.has_old:
+                return ce
+            old = self.old_seen.nonzero().squeeze(1)
+            return ce + self.hp["alpha"] * _kd(outputs, self.old_logits(x), old, self.hp["temperature"])
+        targets = F.one_hot(y, self.ctx.n_classes).float()
+        if self.has_old:
+            old = self.old_seen
+            targets[:, old] = torch.sigmoid(self.old_logits(x)[:, old]).to(targets.dtype)
+        return F.binary_cross_entropy_with_logits(outputs[:, cols].float(), targets[:, cols])
+
+    def end_task(self, task, classes, items):
+        super().end_task(task, classes, items)
+        f, y = self.features(self.memory)
+        f = F.normalize(f, dim=1)
+        means = torch.zeros_like(self.means)
+        for c in y.unique().tolist():
+            means[c] = F.normalize(f[y == c].mean(0), dim=0)
+        self.means.copy_(means)
+
+    def predict(self, x):
+        f = F.normalize(self.net.backbone(x).float(), dim=1)
+        return self.masked(f @ self.means.T.to(f.device))
+
+
+# ----------------------------------------------------------------------------- regularisation
+def _buffer_name(kind: str, param: str) -> str:
+    return f"{kind}__{param.replace('.', '__')}"
+
+
+@STRATEGIES.register("ewc")
+class EWC(Strategy):
+    about = ("Elastic Weight Consolidation: a quadratic penalty weighted by the diagonal Fisher from per-sample "
+             "gradients, summed over tasks (gamma < 1: online EWC)")
+    hparams = {"lambda": HP(100.0, "Penalty weight.", min=0.0),
+               "gamma": HP(1.0, "Decay of the old Fisher at each task (1: classic EWC, summed).", min=0.0, max=1.0),
+               "fisher_samples": HP(1000, "Training samples (shuffled, every class) the Fisher is estimated on.",
+                                    min=1)}
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.names = [n for n, p in self.net.named_parameters() if p.requires_grad]
+        for n, p in self.net.named_parameters():
+            if p.requires_grad:
+                self.register_buffer(_buffer_name("fisher", n), torch.zeros_like(p))
+                self.register_buffer(_buffer_name("anchor", n), torch.zeros_like(p))
+        self.register_buffer("has_fisher", torch.zeros((), dtype=torch.bool))
+
+    def fisher(self, n):
+        return getattr(self, _buffer_name("fisher", n))
+
+    def anchor(self, n):
+        return getattr(self, _buffer_name("anchor", n))
+
+    def penalty(self):
+        params = dict(self.net.named_parameters())
+        return sum((self.fisher(n) * (params[n] - self.anchor(n)) ** 2).sum() for n in self.names)
+
+    def loss(self, outputs, y, x):
+        ce = F.cross_entropy(self.masked(outputs), y)
+        if not bool(self.has_fisher):
+            return ce
+        return ce + self.hp["lambda"] / 2 * self.penalty()
+
+    def end_task(self, task, classes, items):
+        super().end_task(task, classes, items)
+        task_fisher = self.estimate_fisher(items, task)
+        with torch.no_grad():
+            for n, p in self.net.named_parameters():
+                if n in task_fisher:
+                    f = self.fisher(n)
+                    f.mul_(self.hp["gamma"] if bool(self.has_fisher) else 0.0).add_(task_fisher[n])
+                    self.anchor(n).copy_(p.detach())
+        self.has_fisher.fill_(True)
+
+    def estimate_fisher(self, items, task: int) -> dict[str, torch.Tensor]:
+        """Mean over sampled training items of the squared per-sample gradient of -log p(y|x)."""
+        from torch.func import functional_call, grad, vmap
+
+        order = np.random.RandomState(derive_seed(self.ctx.seed, "fisher", task)).permutation(len(items))
+        sample = [items[i] for i in order[: self.hp["fisher_samples"]]]
+        net = self.net.eval()
+        device = next(net.parameters()).device
+        params = {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
+        buffers = dict(net.named_buffers())
+        seen = self.seen.to(device)
+
+        def nll(p, x, y):
+            out = functional_call(net, (p, buffers), (x.unsqueeze(0),))
+            return F.cross_entropy(out.masked_fill(~seen, float("-inf")), y.unsqueeze(0))
+
+        per_sample = vmap(grad(nll), in_dims=(None, 0, 0))
+        total = {n: torch.zeros_like(p) for n, p in params.items()}
+        size = sum(p.numel() for p in params.values())
+        chunk = max(1, int(2e8 // (4 * size)))  # per-sample gradients of ~200 MB at a time
+        for x, y in eval_batches(ImageSet(sample, self.ctx.dc), chunk):
+            g = per_sample(params, x.to(device), y.to(device))
+            for n in total:
+                total[n] += (g[n].float() ** 2).sum(0)
+        return {n: t / max(len(sample), 1) for n, t in total.items()}
+
+
+# ----------------------------------------------------------------------------- frozen-backbone heads
+class NCMHead(nn.Module):
+    """Prototypes = means of raw features; prediction = cosine similarity to them."""
+
+    def __init__(self, d: int, n_classes: int):
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(n_classes, d))
+
+    def add(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        with torch.no_grad():
+            for c in labels.unique().tolist():
+                self.prototypes[c] = feats[labels == c].mean(0)
+        return {}
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f, dim=1) @ F.normalize(self.prototypes.to(f.device), dim=1).T
+
+
+RIDGES = 10.0 ** np.arange(-8, 9)
+
+
+class RidgeHead(nn.Module):
+    """RanPAC's random-projection ridge head (see the module docstring)."""
+
+    def __init__(self, d: int, n_classes: int, M: int, seed: int):
+        super().__init__()
+        size = M if M > 0 else d
+        g = torch.Generator().manual_seed(derive_seed(seed, "ranpac-W"))
+        self.register_buffer("W_rand", torch.randn(d, M, generator=g) if M > 0 else torch.zeros(0))
+        self.register_buffer("G", torch.zeros(size, size))
+        self.register_buffer("Q", torch.zeros(size, n_classes))
+        self.register_buffer("Wo", torch.zeros(n_classes, size))
+        self.n_classes = n_classes
+
+    def project(self, f: torch.Tensor) -> torch.Tensor:
+        return F.relu(f @ self.W_rand.to(f.device)) if self.W_rand.numel() else f
+
+    @staticmethod
+    def optimise_ridge_parameter(features: torch.Tensor, Y: torch.Tensor) -> float:
+        num_val_samples = int(features.shape[0] * 0.8)
+        losses = []
+        Q_val = features[0:num_val_samples, :].T @ Y[0:num_val_samples, :]
+        G_val = features[0:num_val_samples, :].T @ features[0:num_val_samples, :]
+        for ridge in RIDGES:
+            Wo = torch.linalg.solve(G_val + ridge * torch.eye(G_val.size(dim=0)), Q_val).T
+            Y_train_pred = features[num_val_samples::, :] @ Wo.T
+            losses.append(F.mse_loss(Y_train_pred, Y[num_val_samples::, :]))
+        return float(RIDGES[np.argmin(np.array(losses))])
+
+    def add(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        H = self.project(feats)
+        Y = F.one_hot(labels, self.n_classes).float()
+        with torch.no_grad():
+            self.Q += H.T @ Y
+            self.G += H.T @ H
+            ridge = self.optimise_ridge_parameter(H, Y)
+            self.Wo.copy_(torch.linalg.solve(self.G + ridge * torch.eye(self.G.size(dim=0)), self.Q).T)
+        return {"ridge": ridge}
+
+    def logits(self, f: torch.Tensor) -> torch.Tensor:
+        return self.project(f) @ self.Wo.to(f.device).T
+
+
+class _FrozenHead(Strategy):
+    """A backbone that stops training (at once, or after the first task) under an NCM or ridge head."""
+
+    head_kind = "ncm"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        d = num_features(self.net.backbone)
+        kind = self.hp.get("head", self.head_kind)
+        self.head = (RidgeHead(d, self.ctx.n_classes, int(self.hp.get("M", 10000)), self.ctx.seed) if kind == "ranpac"
+                     else NCMHead(d, self.ctx.n_classes))
+        self.ridges: list[float] = []
+
+    def end_task(self, task, classes, items):
+        super().end_task(task, classes, items)
+        if task == 0:
+            for p in self.net.parameters():
+                p.requires_grad_(False)
+        # RanPAC shuffles the training features (its loader has shuffle=True): the ridge split is random.
+        order = np.random.RandomState(derive_seed(self.ctx.seed, "head-order", task)).permutation(len(items))
+        feats, labels = self.features([items[i] for i in order])
+        info = self.head.add(feats, labels)
+        if "ridge" in info:
+            self.ridges.append(info["ridge"])
+
+    def predict(self, x):
+        return self.masked(self.head.logits(self.net.backbone(x).float()))
+
+    def checkpoint_extra(self):
+        return {"ridges": self.ridges}
+
+    def load_extra(self, extra):
+        self.ridges = list(extra.get("ridges", []))
+
+
+@STRATEGIES.register("ncm", "prototype")
+class NCM(_FrozenHead):
+    about = "frozen backbone, nearest class mean by cosine similarity (SimpleCIL; was 'prototype')"
+    trains = False
+    head_kind = "ncm"
+
+
+@STRATEGIES.register("ranpac")
+class RanPAC(_FrozenHead):
+    about = "frozen backbone, random projection + ReLU, ridge-regression head with lambda chosen on held-out data"
+    trains = False
+    head_kind = "ranpac"
+    hparams = {"M": HP(10000, "Random projection size (0: no projection, ridge on the features).", min=0)}
+
+
+@STRATEGIES.register("fsa")
+class FSA(_FrozenHead):
+    about = "first-session adaptation: the backbone trains on the first task only, then an NCM or RanPAC head"
+    hparams = {"head": HP("ranpac", "The head after the first session.", choices=("ranpac", "ncm")),
+               "M": HP(10000, "Random projection size of the ranpac head.", min=0)}
+
+    def trains_on(self, task: int) -> bool:
+        return task == 0
+
+
+# ----------------------------------------------------------------------------- dark experience replay
+def reservoir(num_seen_examples: int, buffer_size: int) -> int:
+    """Mammoth's reservoir sampling: the slot for the next example, or -1."""
+    if num_seen_examples < buffer_size:
+        return num_seen_examples
+    rand = np.random.randint(0, num_seen_examples + 1)
+    return rand if rand < buffer_size else -1
+
+
+@STRATEGIES.register("der")
+class DER(Strategy):
+    about = "Dark Experience Replay: a reservoir of inputs and their logits, alpha * MSE to those logits"
+    hparams = {"memory": HP(200, "Buffer size.", min=1), "alpha": HP(0.3, "Weight of the logit MSE.", min=0.0)}
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        m, s = self.hp["memory"], self.ctx.image_size
+        self.register_buffer("buf_x", torch.zeros(m, 3, s, s))
+        self.register_buffer("buf_y", torch.zeros(m, dtype=torch.long))
+        self.register_buffer("buf_logits", torch.zeros(m, self.ctx.n_classes))
+        self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
+
+    def sample(self, size: int):
+        n = min(int(self.num_seen), self.buf_x.shape[0])
+        size = min(size, n)
+        choice = np.random.choice(n, size=size, replace=False)
+        return self.buf_x[choice], self.buf_y[choice], self.buf_logits[choice]
+
+    def add(self, x, y, logits) -> None:
+        with torch.no_grad():
+            for i in range(len(x)):
+                slot = reservoir(int(self.num_seen), self.buf_x.shape[0])
+                self.num_seen += 1
+                if slot >= 0:
+                    self.buf_x[slot] = x[i]
+                    self.buf_y[slot] = y[i]
+                    self.buf_logits[slot] = logits[i]
+
+    def extra_loss(self, bs: int):
+        bx, _, blogits = self.sample(bs)
+        return self.hp["alpha"] * F.mse_loss(self.net(bx), blogits)
+
+    def update(self, minibatches):
+        x = torch.cat([x for x, _ in minibatches])
+        y = torch.cat([y for _, y in minibatches])
+        outputs = self.net(x)
+        loss = F.cross_entropy(self.masked(outputs), y)
+        if int(self.num_seen) > 0:
+            loss = loss + self.extra_loss(len(x))
+        if self.optimize(loss, self.optimizer):
+            self.add(x, y, outputs.detach().float())
+        return {"loss": loss.item()}
+
+
+@STRATEGIES.register("derpp")
+class DERpp(DER):
+    about = "DER++: DER plus beta * cross-entropy on a second sample of buffered labels"
+    hparams = {"memory": HP(200, "Buffer size.", min=1), "alpha": HP(0.1, "Weight of the logit MSE.", min=0.0),
+               "beta": HP(0.5, "Weight of the buffered-label cross-entropy.", min=0.0)}
+
+    def extra_loss(self, bs: int):
+        loss = super().extra_loss(bs)
+        bx, by, _ = self.sample(bs)
+        return loss + self.hp["beta"] * F.cross_entropy(self.masked(self.net(bx)), by)
+
+
+# ----------------------------------------------------------------------------- GDumb
+@STRATEGIES.register("gdumb")
+class GDumb(Strategy):
+    about = "GDumb: a greedy class-balanced memory; each task trains from the initial weights on the memory alone"
+    hparams = {"memory": HP(200, "Memory size.", min=1)}
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.initial = copy.deepcopy(self.net)
+        for p in self.initial.parameters():
+            p.requires_grad_(False)
+        self.memory: list[tuple[Any, int]] = []
+
+    def begin_task(self, task, classes, items):
+        # The greedy sampler sees the task's stream, then the model restarts from its initial weights.
+        order = np.random.RandomState(derive_seed(self.ctx.seed, "gdumb", task)).permutation(len(items))
+        for i in order:
+            self.offer(items[i])
+        self.net.load_state_dict(self.initial.state_dict())
+        super().begin_task(task, classes, items)
+
+    def offer(self, item) -> None:
+        """Prabhu et al.'s sampler: add while there is room; then admit a sample of an under-represented
+        class by evicting a random sample of the largest class."""
+        k = self.hp["memory"]
+        if len(self.memory) < k:
+            self.memory.append(item)
+            return
+        counts: dict[int, int] = {}
+        for _, y in self.memory:
+            counts[y] = counts.get(y, 0) + 1
+        classes = set(counts) | {item[1]}
+        if counts.get(item[1], 0) < k / len(classes):
+            largest = max(counts, key=lambda c: (counts[c], -c))
+            idx = [i for i, (_, y) in enumerate(self.memory) if y == largest]
+            self.memory.pop(idx[np.random.RandomState(derive_seed(self.ctx.seed, "evict", len(self.memory),
+                                                                   item[1])).randint(len(idx))])
+            self.memory.append(item)
+
+    def training_items(self, items):
+        return list(self.memory)
+
+    def checkpoint_extra(self):
+        return {"memory": [[ref(x), y] for x, y in self.memory]}
+
+    def load_extra(self, extra):
+        self.memory = [(deref(x), y) for x, y in extra.get("memory", [])]

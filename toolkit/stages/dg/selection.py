@@ -1,0 +1,68 @@
+"""DomainBed's three model-selection methods (domainbed/model_selection.py), on one run's checkpoint records.
+
+A record holds, for every environment and split, [correct, total] counts: `acc[env]["in"]`,
+`acc[env]["out"]`. Each method picks one checkpoint and reports its validation accuracy (what it
+selected on) and the test domain's accuracy there:
+- training-domain: the step maximising the mean, over training environments, of their out-split
+  accuracy (environments averaged, not pooled by size), and the test domain's accuracy at that step;
+- leave-one-out: with one more run per other real domain v (test environments {t, v}), the step
+  maximising the mean over v of v's in-split accuracy in its run; the test accuracy is read from the
+  run that held out t alone, at the same step;
+- oracle (test-domain validation): the last checkpoint (no early stopping); its val_acc is the test
+  domain's out-split accuracy, which collect uses to choose among hyper-parameters.
+Test accuracy is reported twice: `test_acc` on the whole test domain (in + out splits) and
+`test_in_acc` on its in-split, the number DomainBed's tables print.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def acc(record: dict[str, Any], env: str, split: str) -> float:
+    c, n = record["acc"][env][split]
+    return c / n if n else float("nan")
+
+
+def whole(record: dict[str, Any], env: str) -> float:
+    (ci, ni), (co, no) = record["acc"][env]["in"], record["acc"][env]["out"]
+    return (ci + co) / (ni + no) if ni + no else float("nan")
+
+
+def _argmax(candidates: list[tuple[float, dict[str, Any]]]):
+    """The first maximum (earliest step among ties), as DomainBed's Q.argmax."""
+    best = None
+    for val, rec in candidates:
+        if not np.isnan(val) and (best is None or val > best[0]):
+            best = (val, rec)
+    return best
+
+
+def training_domain(records: list[dict[str, Any]], train_envs: list[str], test_env: str):
+    picked = _argmax([(float(np.mean([acc(r, e, "out") for e in train_envs])), r) for r in records])
+    return None if picked is None else _row(picked[0], picked[1], test_env)
+
+
+def oracle(records: list[dict[str, Any]], test_env: str):
+    last = max(records, key=lambda r: r["step"])
+    return _row(acc(last, test_env, "out"), last, test_env)
+
+
+def leave_one_out(records: list[dict[str, Any]], pair_records: dict[str, list[dict[str, Any]]], test_env: str):
+    """pair_records[v]: the records of the run whose test environments were {test_env, v}."""
+    by_step = {v: {r["step"]: r for r in recs} for v, recs in pair_records.items()}
+    candidates = []
+    for r in records:
+        if not all(r["step"] in steps for steps in by_step.values()):
+            continue
+        val = float(np.mean([acc(by_step[v][r["step"]], v, "in") for v in pair_records]))
+        candidates.append((val, r))
+    picked = _argmax(candidates)
+    return None if picked is None else _row(picked[0], picked[1], test_env)
+
+
+def _row(val: float, record: dict[str, Any], test_env: str) -> dict[str, Any]:
+    return {"val_acc": val, "test_acc": whole(record, test_env), "test_in_acc": acc(record, test_env, "in"),
+            "selected_step": record["step"]}

@@ -1,0 +1,67 @@
+"""The settings of `augur extrapolate` (one source: CLI options, recipe keys, validation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...core.settings import SettingError, seed_setting, setting
+
+PROMPTING = ("auto", "base", "chat")
+MODES = ("domains", "realm")
+
+
+@dataclass
+class LLMSettings:
+    """What every extrapolation mode shares: the model, sampling, retries, filters, compute."""
+
+    model: str = setting("gemma3-270m-q4km", "A model card name (augur models list) or a path to a .gguf file.",
+                         metavar="CARD|FILE")
+    seed: int = seed_setting()
+    prompting: str = setting("auto", "Few-shot completion (base models) or chat template (instruct models); "
+                                     "auto: from the card, else from the GGUF metadata.", choices=PROMPTING)
+    temperature: float = setting(0.8, "Sampling temperature.", min=0.0, max=2.0)
+    max_attempts: int = setting(4, "LLM requests per item before it is recorded as partial or failed.", min=1,
+                                max=100)
+    semantic_dedup: bool = setting(True, "Drop near-duplicates by all-MiniLM-L6-v2 similarity.")
+    semantic_threshold: float = setting(0.8, "Cosine similarity at or above which a new item is a duplicate.",
+                                        min=0.0, min_open=True, max=1.0)
+    threads: int | None = setting(None, "CPU threads for llama.cpp (default: one on a 2-core machine, else all cores but one; see the README).",
+                                  min=1, max=1024, none_word="auto")
+    parallel: int | None = setting(None, "Independent requests decoded together in one llama.cpp context "
+                                         "(default: what benchmarks/bench_extrapolate.py found best here).",
+                                   min=1, max=64, none_word="auto")
+    gpu_layers: int = setting(-1, "Layers offloaded to the GPU in a CUDA build of llama.cpp (-1: all).", min=-1)
+    force: bool = setting(False, "Replace an earlier extrapolation in --out.", is_flag=True, recipe=False)
+    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+
+@dataclass
+class DomainsConfig(LLMSettings):
+    """Beyond Finite Data: novel domains per class."""
+
+    classes: list[str] | None = setting(None, "Comma-separated class names; 'crane (bird)' picks a sense.")
+    classes_file: str | None = setting(None, "A file of class names, one per line (or commas).", metavar="FILE")
+    dataset: str | None = setting(None, "A DomainBed-layout folder ROOT/<domain>/<class>/: its classes, and "
+                                        "its domains as --exclude-domains.", metavar="DIR")
+    domains_per_class: int = setting(8, "Domains to imagine per class.", min=1, max=1000, flags=("-n",))
+    exclude_domains: list[str] | None = setting(None, "Domains to avoid, e.g. art_painting,cartoon,photo,sketch "
+                                                      "(default: the dataset's own, with --dataset).")
+
+    def check(self) -> None:
+        given = [n for n in ("classes", "classes_file", "dataset") if getattr(self, n)]
+        if len(given) != 1:
+            raise SettingError("classes", "give the classes once: --classes a,b,c or --classes-file FILE or "
+                                          "--dataset DIR")
+
+
+@dataclass
+class RealmConfig(LLMSettings):
+    """Premonition: a realm's sub-groups and their classes, with visual descriptions."""
+
+    realm: str = setting("birds", "The realm, e.g. birds or cars.", cli=False)
+    groups: int = setting(6, "Sub-groups to predict.", min=1, max=200)
+    classes_per_group: int = setting(8, "Classes to predict per group.", min=1, max=200)

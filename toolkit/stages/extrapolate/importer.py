@@ -1,0 +1,113 @@
+"""`augur extrapolate import FILE.csv`: the prompt CSVs published with Premonition, as stage-1 output.
+
+The paper's repository ships, per realm, a CSV of predicted classes with their Stable Diffusion prompts,
+in one of two layouts:
+    subtype, species_latin_name, species_common_name, species_description, SD_prompt   (biological realms)
+    subtype, item_name, item_description, SD_prompt                                   (other realms)
+Each row becomes a class (its group is `subtype`) in classes.jsonl and a prompt row, with the paper's
+prompt verbatim, in prompts.jsonl: the same files `extrapolate realm` writes, so `render` and the rest
+of the pipeline replicate the paper's exact class set with a local generator. Provenance records the
+file's sha256 and each row's line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+from ... import __version__
+from ...core import outdir
+from ...core.errors import AugurError
+from ...core.files import sha256_file, write_json, write_jsonl
+from ...core.names import check_label
+from .stage import class_slugs
+
+LAYOUTS = {
+    "biological": ("subtype", "species_latin_name", "species_common_name", "species_description", "SD_prompt"),
+    "items": ("subtype", "item_name", "item_description", "SD_prompt"),
+}
+
+
+def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise AugurError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise AugurError(f"{path}: cannot read it as UTF-8 text ({e.__class__.__name__})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    layout = next((name for name, cols in LAYOUTS.items() if set(cols) <= set(header)), None)
+    if layout is None:
+        raise AugurError(f"{path}: columns {', '.join(header) or 'none'}; expected "
+                         + " or ".join(", ".join(cols) for cols in LAYOUTS.values()))
+    rows = []
+    try:
+        for lineno, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            if not any(row.values()):
+                continue
+            missing = [c for c in LAYOUTS[layout] if not row.get(c)]
+            if missing:
+                raise AugurError(f"{path}:{lineno}: empty {', '.join(missing)}")
+            rows.append((lineno, row))
+    except csv.Error as e:
+        raise AugurError(f"{path}: not valid CSV ({e})") from None
+    if not rows:
+        raise AugurError(f"{path}: no class rows")
+    return layout, rows
+
+
+def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = False) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    path, out = Path(path), Path(out)
+    layout, rows = read_rows(path)
+    name_col = "species_common_name" if layout == "biological" else "item_name"
+    desc_col = "species_description" if layout == "biological" else "item_description"
+    realm = (realm or path.stem).strip()
+    check_label(realm, "realm")
+    for lineno, row in rows:
+        for col in ("subtype", name_col):
+            check_label(row[col], f"{path}:{lineno}: {col}")
+    digest = sha256_file(path)
+    claim = outdir.claim(out, "extrapolate", {"import": str(path.resolve()), "sha256": digest, "realm": realm},
+                         force=force)
+    try:
+        classes: dict[str, dict[str, Any]] = {}
+        slugs = class_slugs(list(dict.fromkeys(row[name_col] for _, row in rows)))
+        prompt_rows, counts = [], {}
+        for lineno, row in rows:
+            name = row[name_col]
+            prov = {"source": "premonition-csv", "file": path.name, "sha256": digest, "line": lineno,
+                    "toolkit_version": __version__}
+            if name not in classes:
+                classes[name] = {"class": name, "group": row["subtype"], "realm": realm, "description": row[desc_col],
+                                 "provenance": prov}
+                if layout == "biological":
+                    classes[name]["latin_name"] = row["species_latin_name"]
+            k = counts[name] = counts.get(name, 0) + 1
+            prompt_rows.append({"id": slugs[name] + (f"-{k}" if k > 1 else ""), "class": name, "class_phrase": name,
+                                "domain": "photo", "group": row["subtype"], "prompt": row["SD_prompt"],
+                                "provenance": prov})
+        wall = time.perf_counter() - t0
+        groups = sorted({c["group"] for c in classes.values()})
+        line = (f"extrapolate import: {len(classes)} classes in {len(groups)} groups, {len(prompt_rows)} prompts "
+                f"from {path.name} ({layout} layout); {wall:.1f} s → {out / 'prompts.jsonl'}")
+        run = {"provenance": {"stage": "extrapolate", "mode": "import", "file": str(path.resolve()), "sha256": digest,
+                              "layout": layout, "realm": realm, "model": "Premonition paper (imported)",
+                              "model_sha256": digest, "seed": None, "templates": ["premonition-csv"],
+                              "toolkit_version": __version__},
+               "per_group": [{"group": g, "status": "ok", "kept": sum(c["group"] == g for c in classes.values()),
+                              "wanted": sum(c["group"] == g for c in classes.values()), "attempts": 0, "rejected": {}}
+                             for g in groups],
+               "summary": {"line": line, "prompts": len(prompt_rows), "classes": len(classes)}}
+        write_json(out / "run.json", run)
+        write_jsonl(out / "classes.jsonl", list(classes.values()))
+        write_jsonl(out / "prompts.jsonl", prompt_rows)  # last: its presence means the import finished
+        claim.finish()
+        return run
+    finally:
+        claim.release()

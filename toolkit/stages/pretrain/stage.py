@@ -1,0 +1,96 @@
+"""The `pretrain` stage (Premonition): supervised training on synthetic images, head thrown away.
+
+Saves OUT/backbone.safetensors (merged), with LoRA also the adapter, and OUT/card.json (written last)
+recording the architecture, data, steps, seed and provenance. The folder records the run's identity
+(settings, data fingerprint, initial weights): a re-run with other settings is refused, `--force`
+retrains from scratch, and a killed run resumes at its last epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ... import __version__
+from ...core import distributed, outdir
+from ...core.device import pick_device, resolve_precision
+from ...core.errors import AugurError
+from ...core.faults import kill_point
+from ...core.files import read_json
+from ...core.settings import as_dict
+from ...learn import backbones, data, loop
+from ...learn.classifier import Classifier
+from ...learn.loaders import EpochBatches, ImageSet, default_workers, loader
+from ...learn.transforms import data_config
+from .config import PretrainConfig
+
+
+def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
+    import torch
+
+    out = Path(out)
+    arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
+    ds = data.load(cfg.data)
+    items = ds.pooled()
+    if len(items) < 2:
+        raise AugurError(f"{cfg.data}: {len(items)} training image(s); pretraining needs at least 2")
+    identity = {**as_dict(cfg), "backbone": arch, "weights_sha256": w.sha256, "data": data.fingerprint(ds)}
+    resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
+    main = distributed.is_main_process()
+    claim = outdir.claim(out, "pretrain", identity, force=cfg.force,
+                         hint="use another --out, or --force to retrain") if main else None
+    distributed.wait_for_everyone()
+    try:
+        if claim is not None and claim.resumed and (out / "card.json").is_file():
+            loop.clear(out / "checkpoint")
+            card = read_json(out / "card.json")
+            card["line"] = f"pretrain: already done → {out / 'backbone.safetensors'}"
+            return card
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        model = backbones.build(arch, w, cfg.image_size)
+        dc = data_config(model, cfg.image_size)
+        base_state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()} if cfg.lora else None
+        if cfg.lora:
+            model = backbones.add_lora(model, arch, cfg.lora_rank)
+        net = Classifier(model, len(ds.classes), cfg.lr, cfg.weight_decay)
+        train_set = ImageSet(items, dc)
+        state = distributed.state()
+        world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+        batches = EpochBatches(len(items), cfg.batch_size, cfg.seed, "pretrain", world)
+        spe = batches.steps_per_epoch
+        workers = cfg.workers if cfg.workers is not None else default_workers(ds.in_memory, len(items), cfg.image_size)
+
+        def stream(start: int, stop: int):
+            for x, y in loader(train_set, batches, start, stop, workers):
+                yield [(x, y)]
+
+        records = loop.run(net, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s: (s + 1) % spe == 0,
+                           ckpt=out / "checkpoint", seed=cfg.seed, precision=cfg.precision, progress=cfg.progress,
+                           desc="pretrain")
+        history = [{"epoch": (r["step"] + 1) // spe, **{k: v for k, v in r.items() if k != "step"}} for r in records]
+        card = {"stage": "pretrain", "toolkit_version": __version__, "data": str(cfg.data), "classes": ds.classes,
+                "domains": ds.names, "images": len(items), "steps": cfg.epochs * spe, "data_config": dc.as_dict(),
+                "train": {**as_dict(cfg), "backbone": arch,
+                          "precision": resolve_precision(cfg.precision, pick_device(), "train")},
+                "image_size": cfg.image_size, "seed": cfg.seed, "history": history, **w.provenance(),
+                "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)"}
+        if main:  # under `accelerate launch` the others only trained
+            backbones.save_pretrained(net.backbone, out, name=arch, lora=cfg.lora, base_state=base_state, card=card)
+            kill_point("pretrain.after_save")
+            loop.clear(out / "checkpoint")
+            claim.finish()
+        distributed.wait_for_everyone()
+        card = read_json(out / "card.json")
+        wall = time.perf_counter() - t0
+        ips = float(np.mean([h["images_per_second"] for h in history])) if history else 0.0
+        card["line"] = (f"pretrain: {arch}{' + LoRA' if cfg.lora else ''} from {w.describe()} on {len(items)} images "
+                        f"of {len(ds.classes)} classes, {cfg.epochs} epochs ({ips:.0f} img/s), final loss "
+                        f"{history[-1]['loss']:.3f}; {wall:.1f} s → {out / 'backbone.safetensors'}")
+        return card
+    finally:
+        if claim is not None:
+            claim.release()

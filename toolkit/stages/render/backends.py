@@ -1,0 +1,133 @@
+"""Render backends, a registry: each loads a pipeline from a resolved model folder for a device and
+precision. Adding one (TensorRT, OpenVINO, ...) is one decorated class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ...core.errors import AugurError
+from ...core.registry import Registry
+
+BACKENDS = Registry("backend", instantiate=True)
+
+# Scheduler names a card's render defaults may give (diffusers class names are accepted as well).
+SCHEDULERS = {"lcm": "LCMScheduler", "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
+              "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+
+
+def set_scheduler(pipe, name: str | None) -> None:
+    """Replace the folder's scheduler by the card's (its config kept), e.g. LCM for an LCM-LoRA."""
+    if not name:
+        return
+    import diffusers
+
+    cls_name = SCHEDULERS.get(name, name)
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None:
+        raise AugurError(f"unknown scheduler '{name}'; use one of {', '.join(SCHEDULERS)} or a diffusers class name")
+    if type(pipe.scheduler).__name__ != cls_name:
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+
+
+def detect_variant(folder: Path) -> str | None:
+    """A folder holding only `*.fp16.safetensors` weights must be loaded with variant='fp16'."""
+    weights = [p.name for p in folder.glob("*/*.safetensors")]
+    if not weights or any(n.count(".") == 1 for n in weights):
+        return None
+    variants = {n.split(".")[-2] for n in weights if n.count(".") >= 2}
+    return sorted(variants)[0] if len(variants) == 1 else None
+
+
+def load_lora(pipe, path: Path) -> None:
+    """Fuse a LoRA file. `weight_name` is given: without it diffusers refuses offline (HF_HUB_OFFLINE=1)."""
+    pipe.load_lora_weights(str(path.parent), weight_name=path.name, local_files_only=True)
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+
+
+class Backend:
+    def load(self, path: Path, defaults: dict[str, Any], cfg, device: str, precision: str, variant: str | None,
+             lora: Path | None, tiny_vae: Path | None):
+        raise NotImplementedError
+
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return ("fp32", "fp16", "bf16")
+
+
+@BACKENDS.register("torch")
+class TorchBackend(Backend):
+    def load(self, path, defaults, cfg, device, precision, variant, lora, tiny_vae):
+        from diffusers import AutoencoderTiny, DiffusionPipeline
+
+        from ...core.device import torch_dtype
+
+        from ...core.noise import quiet_libraries
+
+        dtype = torch_dtype(precision)
+        with quiet_libraries():
+            pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
+                                                     use_safetensors=True, variant=variant, safety_checker=None,
+                                                     requires_safety_checker=False)
+        set_scheduler(pipe, defaults.get("scheduler"))
+        if lora is not None:
+            load_lora(pipe, lora)
+        if tiny_vae is not None:
+            pipe.vae = AutoencoderTiny.from_pretrained(str(tiny_vae), torch_dtype=dtype, local_files_only=True)
+        if cfg.attention_slicing:
+            pipe.enable_attention_slicing()
+        if cfg.vae_slicing:
+            pipe.vae.enable_slicing()
+        if cfg.vae_tiling:
+            pipe.vae.enable_tiling()
+        if cfg.cpu_offload and device == "cuda":
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe = pipe.to(device)
+        speed_up(pipe, cfg)
+        return pipe
+
+
+def speed_up(pipe, cfg) -> None:
+    """The torch levers benchmarks/bench_render.py measures: channels-last convolutions, torch.compile."""
+    import torch
+
+    parts = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None)) if isinstance(m, torch.nn.Module)]
+    if cfg.channels_last:
+        for m in parts:
+            m.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        import torch._inductor.config as inductor
+
+        # inference only: constant-fold the weights into the graph (oneDNN prepacks them on a CPU)
+        inductor.freezing = True
+        if getattr(pipe, "unet", None) is not None:
+            pipe.unet = torch.compile(pipe.unet)
+        if getattr(pipe, "vae", None) is not None:
+            pipe.vae.decoder = torch.compile(pipe.vae.decoder)
+
+
+@BACKENDS.register("onnx")
+class OnnxBackend(Backend):
+    def precisions(self, device: str) -> tuple[str, ...]:
+        return ("fp32",)
+
+    def load(self, path, defaults, cfg, device, precision, variant, lora, tiny_vae):
+        import onnxruntime as ort
+        from optimum.onnxruntime import ORTDiffusionPipeline
+
+        provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise AugurError("onnxruntime here has no CUDA execution provider: uninstall `onnxruntime`, then install "
+                             "`onnxruntime-gpu` built for your CUDA (see the README), or use --device cpu")
+        options = None
+        if provider == "CUDAExecutionProvider":
+            import torch
+
+            # Under `accelerate launch` each process has set its own current GPU; the EP would take GPU 0.
+            options = {"device_id": torch.cuda.current_device()}
+        pipe = ORTDiffusionPipeline.from_pretrained(str(path), provider=provider, provider_options=options)
+        # The export already holds the card's scheduler and fused LoRA (see models/onnx_export.py); a
+        # folder exported elsewhere still gets the card's scheduler here.
+        set_scheduler(pipe, defaults.get("scheduler"))
+        return pipe

@@ -1,0 +1,71 @@
+"""The settings of `augur render` (one source: CLI options, recipe keys, validation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...core.device import DEVICES, PRECISIONS
+from ...core.settings import SettingError, seed_setting, setting
+
+
+def _backends():
+    from .backends import BACKENDS
+
+    return BACKENDS.names()
+
+
+@dataclass
+class RenderConfig:
+    model: str = setting("auto", "A diffusers/onnx card or a pipeline folder; auto: a real diffusion model you "
+                                 "imported, else the built-in tiny-lcm (which draws noise).", metavar="CARD|DIR")
+    backend: str = setting("torch", "Inference backend.", choices=_backends)
+    device: str = setting("auto", "auto (CUDA when a GPU is visible), cpu or cuda.", choices=DEVICES)
+    precision: str = setting("auto", "auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.", choices=PRECISIONS,
+                             hidden_flags=("--dtype",))
+    steps: int | None = setting(None, "Denoising steps (default: the card's).", min=1, max=1000)
+    guidance: float | None = setting(None, "Guidance scale (default: the card's).", min=0.0, max=100.0)
+    size: int | None = setting(None, "Image side in pixels (default: the card's).", min=8, max=4096, multiple_of=8)
+    batch_size: int = setting(4, "Images per pipeline call (does not change the images).", min=1, max=1024)
+    images_per_prompt: int = setting(1, "Images per prompt row, each with its own seed.", min=1, max=100000)
+    seed: int = seed_setting()
+    shard: str | None = setting(None, "i/n: render only this shard of the images (merge with `augur render "
+                                      "merge`).", recipe=False, metavar="I/N")
+    negative_prompt: str | None = setting(None, "For pipelines that take one (not LCM).")
+    attention_slicing: bool = setting(False, "Less memory, a little slower (torch).", is_flag=True)
+    vae_slicing: bool = setting(False, "Decode images one by one (torch).", is_flag=True)
+    vae_tiling: bool = setting(False, "Decode large images tile by tile (torch).", is_flag=True)
+    cpu_offload: bool = setting(False, "Keep only the running component on the GPU "
+                                       "(enable_model_cpu_offload; torch, CUDA).", is_flag=True)
+    tiny_vae: str | None = setting(None, "An AutoencoderTiny card or folder (e.g. taesd) for faster decoding "
+                                         "(torch).", metavar="CARD|DIR")
+    channels_last: bool = setting(False, "Convolutions in channels-last memory layout (torch; measured on a CPU: "
+                                         "10% faster with bf16, no gain in fp32; see the README).")
+    compile: bool = setting(False, "torch.compile the UNet and the VAE decoder (inductor; minutes of compiling "
+                                   "at start, then faster; needs a C++ compiler on a CPU).")
+    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def shard_tuple(self) -> tuple[int, int]:
+        return parse_shard(self.shard)
+
+    def check(self) -> None:
+        parse_shard(self.shard)
+        if self.backend != "torch" and (self.tiny_vae or self.attention_slicing or self.vae_slicing
+                                        or self.vae_tiling or self.cpu_offload or self.compile):
+            raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile and --cpu-offload "
+                                          "apply to the torch backend only")
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if not text:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise SettingError("shard", f"must look like 0/4, got '{text}'") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise SettingError("shard", f"must be i/n with 0 <= i < n, got {i}/{n}")
+    return (i, n)

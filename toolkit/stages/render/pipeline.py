@@ -1,0 +1,238 @@
+"""Which model renders, loaded once, turning units (one image each) into uint8 arrays.
+
+Reproducibility: each image has its own seed and its own CPU generator, so it never depends on the
+other images of its batch through the random numbers. It can still depend on them through the
+arithmetic: convolution and matrix kernels pick their blocking by the batch shape, which changes the
+rounding (measured on an AMD EPYC: UNet outputs differ by ~1e-6 between batch 1 and 4, enough to
+move a few pixels by 1/255). So on a CPU every image is computed in a batch of exactly one: the same
+row gives the same bytes whatever --batch-size, shard or process, for a given CPU and thread count.
+On CUDA images are computed in batches of --batch-size for speed; they repeat exactly for the same
+batch size (deterministic cuDNN), and the manifest records the batch they were computed in.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ... import models
+from ...core.device import pick_device, resolve_precision, threads
+from ...core.errors import AugurError
+from ...core.files import sha256_tree
+from .backends import BACKENDS, detect_variant
+from .config import RenderConfig
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One image to make."""
+
+    image_id: str
+    row: dict[str, Any]
+    index: int
+    seed: int
+
+
+@dataclass
+class Resolved:
+    card: models.ModelCard
+    path: Path
+    sha256: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_render_model() -> str:
+    """'auto': a real diffusion model the user imported or pulled, else the built-in tiny one (noise)."""
+    for card in models.load_cards().values():
+        if (card.kind == "diffusers" and "builtin" not in card.source and "tiny_of" not in card.source
+                and models.local_path(card) is not None):
+            return card.name
+    return "tiny-lcm"
+
+
+def resolve_model(name: str, backend: str) -> Resolved:
+    """A card (diffusers for torch, its registered ONNX export for onnx) or a pipeline folder."""
+    if name == "auto":
+        name = pick_render_model()
+    p = Path(name).expanduser()
+    if p.is_dir():
+        kind = "onnx" if (p / "unet" / "model.onnx").is_file() else "diffusers"
+        card = models.ModelCard(name=p.name, kind=kind, source={"path": str(p)})
+        models.KINDS.get(kind).check(p)
+        if backend == "torch" and kind == "onnx":
+            raise AugurError(f"{p} is an ONNX pipeline; use --backend onnx")
+        if backend == "onnx" and kind == "diffusers":
+            raise AugurError(f"{p} is a torch pipeline; export it (augur models import NAME {p} --kind diffusers, "
+                             "then augur models export-onnx NAME) or use --backend torch")
+        return Resolved(card, p, sha256_tree(p), {})
+    card = models.get_card(name)
+    if card.kind not in ("diffusers", "onnx"):
+        raise AugurError(f"model '{name}' is a {card.kind} model; render needs a diffusers or onnx pipeline")
+    if backend == "onnx" and card.kind == "diffusers":
+        export = f"{name}-onnx"
+        if export not in models.load_cards():
+            raise AugurError(f"model '{name}' has no ONNX export yet; run `augur models export-onnx {name}`")
+        card = models.get_card(export)
+    if backend == "torch" and card.kind == "onnx":
+        raise AugurError(f"model '{name}' is an ONNX export; use --backend onnx, or the torch model it came from")
+    card, path, sha = models.ensure(card.name)
+    defaults = card.render_defaults
+    if card.extra.get("exported_from"):
+        # The export renders as its source card does (scheduler, steps, guidance, size); the LoRA is fused in.
+        source = models.load_cards().get(card.extra["exported_from"])
+        defaults = {**(source.render_defaults if source else {}), **defaults}
+        defaults.pop("lora", None)
+    return Resolved(card, path, sha, defaults)
+
+
+def _gpu_memory() -> str:
+    import torch
+
+    try:
+        free, total = torch.cuda.mem_get_info()
+        return f"{total / 2**30:.1f} GiB ({free / 2**30:.1f} GiB free)"
+    except Exception:  # noqa: BLE001 - only for the message
+        return "unknown"
+
+
+def out_of_memory(model: str, when: str) -> AugurError:
+    return AugurError(f"CUDA ran out of memory {when} '{model}' (GPU memory {_gpu_memory()}); try a smaller "
+                      "--batch-size, --vae-slicing or --vae-tiling, --attention-slicing, --tiny-vae taesd, or "
+                      "--cpu-offload")
+
+
+class Renderer:
+    """Loads the pipeline once and turns units into uint8 HxWx3 images."""
+
+    def __init__(self, resolved: Resolved, cfg: RenderConfig):
+        import torch
+
+        self.cfg, self.resolved = cfg, resolved
+        self.backend = BACKENDS.get(cfg.backend)
+        self.device = pick_device(cfg.device)
+        self.dtype = resolve_precision(cfg.precision, self.device, "render")
+        if self.dtype not in self.backend.precisions(self.device):
+            raise AugurError(f"--precision {self.dtype} is not available with the {cfg.backend} backend "
+                             f"({', '.join(self.backend.precisions(self.device))}; int8 comes from "
+                             "`augur models export-onnx NAME --quantize int8`)")
+        if self.device == "cuda" and cfg.backend == "torch":
+            # cuDNN's autotuner and its non-deterministic kernels would make the same seed give different
+            # images from run to run; inference loses little by pinning them.
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        d = resolved.defaults
+        self.steps = cfg.steps or int(d.get("steps", 4))
+        self.guidance = float(cfg.guidance if cfg.guidance is not None else d.get("guidance", 1.0))
+        self.negative_prompt = cfg.negative_prompt if cfg.negative_prompt is not None else d.get("negative_prompt", "")
+        self.lora = self.tiny_vae = None
+        lora_path = tiny_vae_path = None
+        if d.get("lora") and cfg.backend == "torch":
+            _, lora_path, lora_sha = models.ensure(d["lora"])
+            self.lora = {"model": d["lora"], "sha256": lora_sha}
+        exported = resolved.card.extra.get("exported_as") or {}
+        if exported.get("lora_sha256"):  # an ONNX export carries its card's LoRA fused in
+            source = models.load_cards().get(resolved.card.extra.get("exported_from", ""))
+            self.lora = {"model": (source.render_defaults.get("lora") if source else None),
+                         "sha256": exported["lora_sha256"], "fused_at_export": True}
+        if cfg.tiny_vae:
+            tv = Path(cfg.tiny_vae)
+            if tv.is_dir():
+                tiny_vae_path, tv_sha = tv, sha256_tree(tv)
+            else:
+                _, tiny_vae_path, tv_sha = models.ensure(cfg.tiny_vae)
+            self.tiny_vae = {"model": str(cfg.tiny_vae), "sha256": tv_sha}
+        self.variant = resolved.card.variant or detect_variant(resolved.path)
+        _quiet_libraries()
+        try:
+            self.pipe = self.backend.load(resolved.path, d, cfg, self.device, self.dtype, self.variant, lora_path,
+                                          tiny_vae_path)
+        except torch.cuda.OutOfMemoryError:
+            raise out_of_memory(resolved.card.name, "while loading") from None
+        except AugurError:
+            raise
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            raise AugurError(f"cannot load the pipeline at {resolved.path} ({e.__class__.__name__}: {first}); "
+                             "is the folder complete?") from None
+        self.pipe.set_progress_bar_config(disable=True)
+        self.scheduler = type(self.pipe.scheduler).__name__
+        scale = getattr(self.pipe, "vae_scale_factor", 8)
+        unet_cfg = getattr(getattr(self.pipe, "unet", None), "config", None)
+        native = (unet_cfg.sample_size * scale) if unet_cfg is not None and hasattr(unet_cfg, "sample_size") else 512
+        self.size = cfg.size or int(d.get("size", native))
+        self.takes_negative = "negative_prompt" in inspect.signature(self.pipe.__call__).parameters
+        # See the module docstring: one image per computation on a CPU, batches on a GPU.
+        self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
+
+    def settings(self) -> dict[str, Any]:
+        """What decides the pixels: the run's identity and every manifest row carry it."""
+        return {"backend": self.cfg.backend, "device": self.device, "dtype": self.dtype, "scheduler": self.scheduler,
+                "steps": self.steps, "guidance": self.guidance, "size": self.size,
+                "negative_prompt": self.negative_prompt if self.takes_negative else None,
+                "tiny_vae": self.tiny_vae, "lora": self.lora, "variant": self.variant,
+                "compute_batch": self.compute_batch,
+                "channels_last": self.cfg.channels_last and self.cfg.backend == "torch",
+                "compile": self.cfg.compile}
+
+    def provenance(self) -> dict[str, Any]:
+        """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
+        return {"threads": threads()}
+
+    def __call__(self, units: list[Unit]):
+
+        out = []
+        for start in range(0, len(units), self.compute_batch):
+            out += self._compute(units[start: start + self.compute_batch])
+        return out
+
+    def _compute(self, units: list[Unit]):
+        import numpy as np
+        import torch
+
+        kwargs: dict[str, Any] = dict(
+            prompt=[u.row["prompt"] for u in units], num_inference_steps=self.steps, guidance_scale=self.guidance,
+            height=self.size, width=self.size, output_type="np",
+            # CPU generators: the same starting noise on any device
+            generator=[torch.Generator("cpu").manual_seed(u.seed) for u in units])
+        if self.takes_negative and self.negative_prompt:
+            kwargs["negative_prompt"] = [u.row.get("negative_prompt") or self.negative_prompt for u in units]
+        try:
+            with torch.inference_mode():
+                images = self.pipe(**kwargs).images
+        except torch.cuda.OutOfMemoryError:
+            raise out_of_memory(self.resolved.card.name, "while rendering with") from None
+        except Exception as e:
+            if type(e).__name__ != "InductorError":
+                raise
+            # seen here: a compile killed mid-write leaves a truncated kernel library in inductor's cache
+            from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+            first = str(e).strip().splitlines()[0][:200]
+            raise AugurError(f"--compile failed ({first}); a compile killed earlier can leave a broken file in "
+                             f"torch's cache: delete {cache_dir()} and re-run (or render without --compile)") from None
+        images = np.asarray(images, dtype=np.float32)
+        if not np.isfinite(images).all():
+            # NaN would be written as a black or garbage PNG, with a valid hash, and pass for done.
+            bad = [u.image_id for u, im in zip(units, images) if not np.isfinite(im).all()]
+            hint = ("a VAE overflowing in reduced precision does this: try --precision fp32, then re-run to resume"
+                    if self.dtype != "fp32" else "are the model's weights intact?")
+            raise AugurError(f"the model produced non-finite pixels for {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+                             f" on {self.cfg.backend}/{self.device}/{self.dtype}; nothing was written for them ({hint})")
+        return list((np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+
+
+def _quiet_libraries() -> None:
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    try:
+        import onnxruntime as ort
+
+        ort.set_default_logger_severity(3)
+    except ImportError:  # pragma: no cover
+        pass
