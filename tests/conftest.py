@@ -6,6 +6,7 @@ Offline is a feature we prove: any attempt to open an internet socket fails the 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -40,6 +41,11 @@ def _guard(method):
         return method(self, address, *a, **kw)
 
     return guarded
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The session's model store (~0.5 GB: assembled GGUF, exported MiniLM, stand-ins) goes with the session."""
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")
