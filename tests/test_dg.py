@@ -56,6 +56,11 @@ def test_selection_methods_on_hand_built_records():
     td = sel.training_domain(recs, ["a", "b"], "t")
     assert td["selected_step"] == 1 and td["val_acc"] == pytest.approx(0.8)
     assert td["test_in_acc"] == pytest.approx(0.4) and td["test_acc"] == pytest.approx(13 / 20)
+    # an environment too small to hold anything out (out-split [0, 0]) is left out of the mean, not made NaN
+    tiny = [{**r, "acc": {**r["acc"], "s": {"in": [1, 3], "out": [0, 0]}}} for r in recs]
+    td_tiny = sel.training_domain(tiny, ["a", "b", "s"], "t")
+    assert td_tiny["selected_step"] == 1 and td_tiny["val_acc"] == pytest.approx(0.8)
+    assert td_tiny["validation_domains"] == ["a", "b"]
     orc = sel.oracle(recs, "t")  # last checkpoint; val = the test domain's out-split
     assert orc["selected_step"] == 2 and orc["val_acc"] == pytest.approx(0.2) and orc["test_in_acc"] == pytest.approx(0.7)
     # leave-one-out: runs holding out {t, a} and {t, b}; val = mean of a's and b's in-split accuracy there
@@ -157,13 +162,27 @@ def test_synthetic_environments_per_domain_and_one(three_domains, tmp_path):
                          selection=["training-domain"]), out)
         (row,) = res["rows"]
         assert row["train_domains"] == ["rot15", "rot30", *envs] and row["label"] == f"ERM+synthetic({mode})"
+    # a rendered domain of 3 images holds none out (int(3 * 0.2) = 0): it trains, and validation skips it
+    (synth / "sketch" / "0").mkdir(parents=True)
+    for k in range(3):
+        Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(synth / "sketch" / "0" / f"{k}.png")
+    res = run_dg(cfg(data=str(three_domains), synthetic=str(synth), synthetic_envs="per-domain",
+                     test_domains=["rot0"], selection=["training-domain"]), tmp_path / "tiny")
+    (row,) = res["rows"]
+    assert "synthetic/sketch" in row["train_domains"] and "synthetic/sketch" not in row["validation_domains"]
+    assert row["validation_domains"] == ["rot15", "rot30", "synthetic/mosaic", "synthetic/neon"]
+    assert 0 <= row["val_acc"] <= 1
+    with pytest.raises(AugurError, match="holds out no image"):
+        run_dg(cfg(data=str(three_domains), synthetic=str(synth), synthetic_envs="per-domain", data_free=True,
+                   holdout_fraction=0.01, selection=["training-domain"]), tmp_path / "noval")
     ss = run_dg(cfg(data=str(three_domains), synthetic=str(synth), single_source="rot15",
                     selection=["training-domain", "oracle"]), tmp_path / "ss")
     assert sorted({r["test_domain"] for r in ss["rows"]}) == ["rot0", "rot30"]
     assert all(r["train_domains"] == ["rot15", "synthetic"] for r in ss["rows"])
     df = run_dg(cfg(data=str(three_domains), synthetic=str(synth), data_free=True, algorithm="CORAL",
                     synthetic_envs="per-domain", selection=["training-domain"]), tmp_path / "df")
-    assert len(df["rows"]) == 3 and all(r["train_domains"] == ["synthetic/mosaic", "synthetic/neon"] for r in df["rows"])
+    assert len(df["rows"]) == 3 and all(r["train_domains"] == ["synthetic/mosaic", "synthetic/neon", "synthetic/sketch"]
+                                     for r in df["rows"])
 
 
 def test_swad_averages_over_the_loss_valley(three_domains, tmp_path):

@@ -5,6 +5,8 @@ A record holds, for every environment and split, [correct, total] counts: `acc[e
 selected on) and the test domain's accuracy there:
 - training-domain: the step maximising the mean, over training environments, of their out-split
   accuracy (environments averaged, not pooled by size), and the test domain's accuracy at that step;
+  an environment too small to hold anything out (a rendered domain of 4 images: int(4 * 0.2) = 0)
+  has no out-split accuracy and is left out of the mean rather than turning it into NaN;
 - leave-one-out: with one more run per other real domain v (test environments {t, v}), the step
   maximising the mean over v of v's in-split accuracy in its run; the test accuracy is read from the
   run that held out t alone, at the same step;
@@ -40,9 +42,17 @@ def _argmax(candidates: list[tuple[float, dict[str, Any]]]):
     return best
 
 
+def validation_envs(record: dict[str, Any], train_envs: list[str]) -> list[str]:
+    """The training environments with a non-empty out-split: the ones training-domain validation averages."""
+    return [e for e in train_envs if record["acc"][e]["out"][1] > 0]
+
+
 def training_domain(records: list[dict[str, Any]], train_envs: list[str], test_env: str):
-    picked = _argmax([(float(np.mean([acc(r, e, "out") for e in train_envs])), r) for r in records])
-    return None if picked is None else _row(picked[0], picked[1], test_env)
+    picked = _argmax([(float(np.mean([acc(r, e, "out") for e in validation_envs(r, train_envs)] or [np.nan])), r)
+                      for r in records])
+    if picked is None:
+        return None
+    return {**_row(picked[0], picked[1], test_env), "validation_domains": validation_envs(picked[1], train_envs)}
 
 
 def oracle(records: list[dict[str, Any]], test_env: str):

@@ -212,6 +212,10 @@ def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str]
     for e in train_envs:
         if len(splits[e.name][0]) < 2:
             raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s); each needs at least 2")
+    val_envs = [e for e in train_envs if len(splits[e.name][1])]
+    if not val_envs and (cfg.swad or "training-domain" in cfg.selection):
+        raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
+                         "training-domain validation has nothing to select on (raise it, or add images)")
     torch.manual_seed(run_seed)
     backbone = backbones.build(arch, w, cfg.image_size)
     dc = data_config(backbone, cfg.image_size)
@@ -257,7 +261,7 @@ def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str]
 
     def on_checkpoint(model, step: int, record: dict[str, Any]) -> None:
         if cfg.swad:
-            val_loss = float(np.mean([record["loss"][e.name]["out"] for e in train_envs]))
+            val_loss = float(np.mean([record["loss"][e.name]["out"] for e in val_envs]))
             model.evaluated(step, val_loss)
 
     run_dir = out / "runs" / spec.key
@@ -321,8 +325,9 @@ def _rows(cfg: DGConfig, runs: list[RunSpec], tests: list[str], envs: list[Env],
             if cfg.swad:
                 if "training-domain" in cfg.selection:
                     s = res["swad"]
-                    val = float(np.mean([sel.acc(s, e, "out") for e in res["train_envs"]]))
-                    picked["training-domain"] = {"val_acc": val, "test_acc": sel.whole(s, t),
+                    val_domains = sel.validation_envs(s, res["train_envs"])
+                    val = float(np.mean([sel.acc(s, e, "out") for e in val_domains]))
+                    picked["training-domain"] = {"val_acc": val, "validation_domains": val_domains, "test_acc": sel.whole(s, t),
                                                  "test_in_acc": sel.acc(s, t, "in"), "selected_step": s["step"],
                                                  "swad_steps": s["averaged_steps"], "swad_dead_valley": s["dead_valley"]}
             else:
