@@ -276,3 +276,19 @@ def test_hyperparameters_are_typed_and_recorded(three_domains, tmp_path):
                      selection=["training-domain"]), tmp_path / "ok")
     (row,) = res["rows"]
     assert row["hparams"]["mmd_gamma"] == 1e4 and row["hparams"]["lr"] == 5e-4 and row["algorithm"] == "CORAL"
+
+
+def test_pretrained_weights_on_small_images_warn_about_the_from_scratch_lr(tmp_path):
+    """DomainBed's small-image lr (1e-3) is for a CNN from scratch; with ImageNet weights it left Mixup and MMD
+    at chance on RotatedDigits (README), so the default says so, and an explicit lr or random init does not."""
+    afile = tmp_path / "afile"
+    afile.write_text("")  # refused right after the hyper-parameters are resolved: nothing trains
+    base = ["dg", "--backbone", "efficientnet_lite0", "--test-domains", "0", "--trials", "1", "--out", str(afile)]
+    warned = CliRunner().invoke(main, [*base, "--weights", "imagenet"])
+    assert warned.exit_code == 1 and "is a file, not a folder" in warned.stderr
+    (line,) = [ln for ln in warned.stderr.splitlines() if ln.startswith("warning:")]
+    assert "lr 0.001" in line and "--hp lr=5e-5" in line
+    for extra in (["--weights", "imagenet", "--hp", "lr=5e-5"], ["--weights", "imagenet", "--lr", "1e-4"],
+                  ["--weights", "none"]):
+        res = CliRunner().invoke(main, [*base, *extra])
+        assert res.exit_code == 1 and "warning:" not in res.stderr, extra
