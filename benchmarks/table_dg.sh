@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The README's RotatedDigits DG table: DomainBed's protocol (one minibatch per training environment per
-# step, 80/20 splits, training-domain validation), 3 trials, 7 algorithms, from random init (resnet18, 16 px)
-# and from the ImageNet EfficientNet-Lite0 (32 px); plus ERM with the rendered domains added both ways.
+# step, 80/20 splits), training-domain validation and the test-domain oracle (both from the same runs;
+# leave-one-out would train 15 more runs per trial), 3 trials, 7 algorithms, from random init (resnet18,
+# 16 px) and from the ImageNet EfficientNet-Lite0 (32 px); plus ERM with the rendered domains added both ways.
 # Usage: benchmarks/table_dg.sh RUNS_DIR   (re-running resumes; each run folder is one `augur dg` sweep)
 set -euo pipefail
 R=${1:-runs/dg-table}
 A=${AUGUR:-augur}
-COMMON=(--trials 3 --steps 100 --checkpoint-freq 50 --batch-size 8 --selection training-domain --quiet)
+COMMON=(--trials 3 --steps 100 --checkpoint-freq 50 --batch-size 8 --selection training-domain,oracle --quiet)
 ALGORITHMS=${ALGORITHMS:-"ERM CORAL GroupDRO Mixup IRM VREx MMD"}
 for alg in $ALGORITHMS; do
   $A dg --algorithm $alg --image-size 16 "${COMMON[@]}" --out "$R/random/$alg"
