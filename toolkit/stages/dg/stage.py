@@ -143,13 +143,6 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
     if cfg.batch_size is not None:
         overrides["batch_size"] = cfg.batch_size
     overrides.setdefault("data_augmentation", cfg.augment)
-    if pretrained and size == "small" and "lr" not in overrides and 0 in cfg.hparams_seed \
-            and distributed.is_main_process():
-        # DomainBed's small-image lr is for its MNIST CNN trained from scratch; it never pairs small images with
-        # pretrained weights (5e-5 there). Measured on RotatedDigits: 1e-3 leaves Mixup and MMD at chance.
-        print(f"warning: --weights {cfg.weights} with small-image defaults uses DomainBed's from-scratch lr "
-              f"{hp_declared['lr'].default:g}; a pretrained backbone usually wants --hp lr=5e-5 (or a sweep)",
-              file=sys.stderr)
     identity = {k: v for k, v in as_dict(cfg).items()
                 if k not in ("seeds", "trials", "hparams_seed", "test_domains", "selection", "hp", "lr",
                              "batch_size", "augment", "workers")}
@@ -157,6 +150,12 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
                      "hparam_overrides": overrides})
     resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
     main = distributed.is_main_process()
+    if pretrained and size == "small" and "lr" not in overrides and 0 in cfg.hparams_seed and main:
+        # DomainBed's small-image lr is for its MNIST CNN trained from scratch; it never pairs small images with
+        # pretrained weights (5e-5 there). Measured on RotatedDigits: 1e-3 leaves Mixup and MMD at chance.
+        print(f"warning: --weights {cfg.weights} with small-image defaults uses DomainBed's from-scratch lr "
+              f"{hp_declared['lr'].default:g}; a pretrained backbone usually wants --hp lr=5e-5 (or a sweep)",
+              file=sys.stderr)
     claim = outdir.claim(out, "dg", identity,
                          hint="more seeds, hyper-parameter draws or test domains may be added to a run; other "
                               "changes need another --out") if main else None
