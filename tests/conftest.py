@@ -118,3 +118,10 @@ def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 900)
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(20000 + os.getpid() % 20000), "-m", "cli", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def launch_log(res) -> str:
+    """The stderr of a failed launch worth reading: the first process to fail prints its cause first;
+    the others' tracebacks (a broken barrier) and torchrun's summary come after it."""
+    err = res.stderr
+    return err if len(err) <= 6000 else f"{err[:4000]}\n[...]\n{err[-2000:]}"

@@ -190,6 +190,44 @@ def test_leftover_temp_files_are_cleared_on_claim(tmp_path):
     assert remove_partials(out) == []
 
 
+
+@pytest.mark.skipif(not outdir.CONVERSION_DROPS, reason="flock conversions exist on POSIX only")
+def test_a_shard_keeps_the_folder_when_its_upgrade_is_refused(tmp_path):
+    """flock(2) drops a lock whose non-blocking conversion is refused. A shard that lost its shared lock
+    let a finishing sibling think it was alone and delete the shard's temp files mid-write (an
+    `accelerate launch` render failed so). Each claim below is its own open file: its own lock holder."""
+    out = tmp_path / "o"
+    a = outdir.claim(out, "render", {"x": 1}, shard=(0, 2))  # alone: upgrades, clears, shares again
+    b = outdir.claim(out, "render", {"x": 1}, shard=(1, 2))  # its upgrade is refused: a holds the folder
+    (out / "d").mkdir()
+    (out / "d" / ".img.png.abc.part").write_text("b writing")
+    a.finish()  # a's upgrade is refused too (b holds the folder): b's temp file stays
+    assert (out / "d" / ".img.png.abc.part").exists()
+    with pytest.raises(AugurError, match="another process is writing to"):
+        outdir.claim(out, "render", {"x": 1})  # b still holds it after its refused upgrade
+    a = outdir.claim(out, "render", {"x": 1}, shard=(0, 2))
+    assert not a.locks[0].try_exclusive() and not b.locks[0].try_exclusive()
+    b.release()
+    with pytest.raises(AugurError, match="another process is writing to"):
+        outdir.claim(out, "render", {"x": 1})  # a still holds it after its refused upgrade
+    a.finish()  # alone now: the killed writer's temp file goes
+    assert not (out / "d" / ".img.png.abc.part").exists()
+    outdir.claim(out, "render", {"x": 1}).release()
+
+
+def test_a_shard_waits_out_a_sibling_shards_exclusive_moment(tmp_path):
+    """A shard alone in the folder holds it exclusive while it clears temp files; a sibling starting
+    then waits (a whole run holding the folder is refused at once: test above)."""
+    import threading
+
+    out = tmp_path / "o"
+    outdir.claim(out, "render", {"x": 1}, shard=(0, 2)).release()
+    moment = outdir.Lock(out / outdir.LOCK, True, str(out))
+    threading.Timer(0.5, moment.release).start()
+    c = outdir.claim(out, "render", {"x": 1}, shard=(1, 2))
+    assert moment.fd == -1 and c.resumed
+    c.release()
+
 def test_tables():
     plain = format_table(["a", "bb"], [["1", "2"], ["333", "4"]])
     assert plain.splitlines() == ["a    bb", "1    2", "333  4"]

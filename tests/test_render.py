@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import accelerate_launch, run_then_kill
+from conftest import accelerate_launch, launch_log, run_then_kill
 from toolkit import models
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
 from toolkit.stages.render.config import RenderConfig
@@ -108,7 +108,7 @@ def test_accelerate_launch_shards_then_merges(prompts, tmp_path, tiny, torch_ren
     """Real `accelerate launch` (torchrun underneath, gloo on CPU): a shard per process, merged at the end."""
     out = tmp_path / "acc"
     res = accelerate_launch(["render", str(prompts), "--out", str(out), "--quiet"])
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, launch_log(res)
     assert sorted(p.name for p in out.glob("manifest*.jsonl")) == [
         "manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl", "manifest.jsonl"]
     assert res.stdout.count("render merge:") == 1, res.stdout  # the main process alone merges

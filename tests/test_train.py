@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import accelerate_launch, run_then_kill
+from conftest import accelerate_launch, launch_log, run_then_kill
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, sha256_file
 from toolkit.learn import backbones, data, loop
@@ -207,7 +207,7 @@ def test_accelerate_launch_two_processes(tmp_path):
     res = accelerate_launch(["dg", "--test-domains", "75", "--steps", "10", "--checkpoint-freq", "5",
                              "--image-size", "16", "--batch-size", "8", "--selection", "training-domain",
                              "--quiet", "--out", str(out)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, launch_log(res)
     assert res.stdout.count("result rows") == 1, res.stdout
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["test_domain"] == "75"
@@ -217,7 +217,7 @@ def test_accelerate_launch_two_processes(tmp_path):
     pt = tmp_path / "pt"
     res = accelerate_launch(["pretrain", "--data", "digits", "--epochs", "1", "--image-size", "16", "--lora",
                              "--quiet", "--out", str(pt)])
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, launch_log(res)
     card = read_json(pt / "card.json")
     assert card["files"]["backbone.safetensors"] == sha256_file(pt / "backbone.safetensors")
 

@@ -4,7 +4,9 @@ Every stage calls `claim(out, stage, identity)` before it writes anything:
 - `--out` must be a folder (or not exist yet); a file there is refused.
 - A lock (`.augur.lock`, an OS file lock released when the process dies) keeps a second process out:
   "another process is writing to OUT". Render shards take the folder lock shared and their own shard
-  lock exclusive, so shards of one run may write side by side.
+  lock exclusive, so shards of one run may write side by side. A shard that finds itself alone takes
+  the folder lock exclusive for a moment (to clear a killed run's temp files); a shard arriving in
+  that moment waits it out (up to SHARED_WAIT seconds) rather than failing.
 - The folder records what run it holds (`STAGE.json`: the stage, its identity, the toolkit version).
   A folder of another stage, a folder of this stage with other settings, and a non-empty folder with
   no record are refused; `force=True` (the stage's --force) wipes a run of the same stage and starts
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from .errors import AugurError
 from .files import read_json, remove_partials, write_json
 
 LOCK = ".augur.lock"
+# How long a shard waits for a sibling shard's exclusive moment (clearing temp files over the folder).
+SHARED_WAIT = 30.0
 # The record each stage keeps in its folder; a folder holding one of these belongs to that stage.
 MARKERS = {"extrapolate": "extrapolate.json", "render": "render.json", "pretrain": "pretrain.json",
            "dg": "dg.json", "cl": "cl.json", "run": "recipe.json"}
@@ -43,6 +48,9 @@ try:  # POSIX: Linux, macOS, WSL
 
     def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
+
+    # flock(2) converts a lock (shared <-> exclusive) by dropping it and then taking the new one.
+    CONVERSION_DROPS = True
 except ImportError:  # pragma: no cover - native Windows: exclusive locks only
     import msvcrt
 
@@ -56,37 +64,64 @@ except ImportError:  # pragma: no cover - native Windows: exclusive locks only
     def _unlock(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
+    CONVERSION_DROPS = False  # one lock kind: nothing is converted
+
+
+def _lock_within(fd: int, exclusive: bool, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _lock(fd, exclusive):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
 
 class Lock:
     """A non-blocking OS file lock; released on close or when the process dies (SIGKILL included)."""
 
     def __init__(self, path: Path, exclusive: bool, holder: str):
         self.path = path
+        self.holder = holder
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _lock(self.fd, exclusive):
+        # An exclusive writer (a whole run) is refused at once; a shared one (a shard) waits out a
+        # sibling shard's exclusive moment.
+        if not _lock_within(self.fd, exclusive, 0.0 if exclusive else SHARED_WAIT):
             os.close(self.fd)
-            other = ""
-            try:
-                other = path.read_text(encoding="utf-8").strip()
-            except OSError:
-                pass
-            raise AugurError(f"another process is writing to {holder}{f' ({other})' if other else ''}; "
-                             "wait for it to finish, or use another --out")
+            self.fd = -1
+            self._refuse()
         self.exclusive = exclusive
         if exclusive:
             os.ftruncate(self.fd, 0)
             os.write(self.fd, f"pid {os.getpid()}".encode())
 
+    def _refuse(self) -> None:
+        other = ""
+        try:
+            other = self.path.read_text(encoding="utf-8").strip()
+        except OSError:
+            pass
+        raise AugurError(f"another process is writing to {self.holder}{f' ({other})' if other else ''}; "
+                         "wait for it to finish, or use another --out")
+
     def try_exclusive(self) -> bool:
-        """Upgrade a shared lock when no one else holds it (then downgrade with `share`)."""
+        """Upgrade a shared lock when no one else holds it (then downgrade with `share`); else stay shared."""
         if _lock(self.fd, True):
             self.exclusive = True
             return True
+        # On Linux a refused non-blocking upgrade leaves no lock at all (see CONVERSION_DROPS): a
+        # sibling shard would then find itself alone and clear this shard's temp files mid-write.
+        # Take the shared lock back.
+        self._reshare()
         return False
 
     def share(self) -> None:
-        _lock(self.fd, False)
+        self._reshare()  # the downgrade is a conversion too: not atomic either
+
+    def _reshare(self) -> None:
         self.exclusive = False
+        if CONVERSION_DROPS and not _lock_within(self.fd, False, SHARED_WAIT):
+            self.release()
+            self._refuse()
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -162,6 +197,9 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
             i, n = shard
             locks.append(Lock(out / f".augur-shard-{i}-of-{n}.lock", True, f"{out} (shard {i}/{n})"))
         c = Claim(out, stage, _normal(identity), locks)
+        # Content first, then the record: a run writes its record before anything else, so content
+        # seen here (a sibling shard's, written meanwhile) comes with a record to compare with.
+        nonempty = any(not p.name.startswith(".") for p in out.iterdir())
         other = foreign_stage(out, stage)
         if other is not None:
             raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
@@ -182,7 +220,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
                 _wipe(out)
             else:
                 c.resumed = True
-        elif any(not p.name.startswith(".") for p in out.iterdir()):
+        elif nonempty:
             raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
         if locks[0].exclusive or locks[0].try_exclusive():
             remove_partials(out)
@@ -204,7 +242,8 @@ def _refuse_foreign(out: Path, stage: str) -> None:
     other = foreign_stage(out, stage)
     if other is not None:
         raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
-    if not (out / MARKERS[stage]).is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+    nonempty = any(not p.name.startswith(".") for p in out.iterdir())  # before the record: see claim
+    if nonempty and not (out / MARKERS[stage]).is_file():
         raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
 
 
