@@ -190,7 +190,6 @@ def test_leftover_temp_files_are_cleared_on_claim(tmp_path):
     assert remove_partials(out) == []
 
 
-
 @pytest.mark.skipif(not outdir.CONVERSION_DROPS, reason="flock conversions exist on POSIX only")
 def test_a_shard_keeps_the_folder_when_its_upgrade_is_refused(tmp_path):
     """flock(2) drops a lock whose non-blocking conversion is refused. A shard that lost its shared lock
@@ -227,6 +226,7 @@ def test_a_shard_waits_out_a_sibling_shards_exclusive_moment(tmp_path):
     c = outdir.claim(out, "render", {"x": 1}, shard=(1, 2))
     assert moment.fd == -1 and c.resumed
     c.release()
+
 
 def test_tables():
     plain = format_table(["a", "bb"], [["1", "2"], ["333", "4"]])

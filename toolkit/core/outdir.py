@@ -199,7 +199,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         c = Claim(out, stage, _normal(identity), locks)
         # Content first, then the record: a run writes its record before anything else, so content
         # seen here (a sibling shard's, written meanwhile) comes with a record to compare with.
-        nonempty = any(not p.name.startswith(".") for p in out.iterdir())
+        nonempty = _has_content(out)
         other = foreign_stage(out, stage)
         if other is not None:
             raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
@@ -236,13 +236,18 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         raise
 
 
+def _has_content(out: Path) -> bool:
+    """Anything but our dot files (locks, temp files) in the folder."""
+    return any(not p.name.startswith(".") for p in out.iterdir())
+
+
 def _refuse_foreign(out: Path, stage: str) -> None:
     if not out.is_dir():
         return
     other = foreign_stage(out, stage)
     if other is not None:
         raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
-    nonempty = any(not p.name.startswith(".") for p in out.iterdir())  # before the record: see claim
+    nonempty = _has_content(out)  # before the record: see claim
     if nonempty and not (out / MARKERS[stage]).is_file():
         raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
 
