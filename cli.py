@@ -282,14 +282,18 @@ def dg() -> None:
 def dg_cmd(out, list_, hp, **kw):
     """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
     if list_:
-        from toolkit.stages.dg.hparams import ALGORITHM_HPARAMS, declared
+        from toolkit.stages.dg.hparams import ALGORITHM_HPARAMS, HPARAM_CLASSES, SWAD_HPARAMS, declared
 
         for name in ALGORITHM_HPARAMS:
             own = ", ".join(f"{k}: {v.describe()}" for k, v in ALGORITHM_HPARAMS[name].items()) or "no own hyper-parameters"
             click.echo(f"{name}: {own}")
-        shared = declared("ERM", "small")
-        click.echo("every algorithm: " + ", ".join(f"{k}: {v.describe()}" for k, v in shared.items())
-                   + " (lr, weight_decay, batch_size: large-image defaults differ; see README)")
+        click.echo("every algorithm, by hyper-parameter class (picked from --weights and the data's image size):")
+        for hclass, about in HPARAM_CLASSES.items():
+            pretrained = hclass == "resnet"
+            shared = {k: v for k, v in declared("DANN", hclass, pretrained).items() if k not in ALGORITHM_HPARAMS["DANN"]}
+            click.echo(f"  {hclass} ({about}): " + ", ".join(f"{k}: {v.describe()}" for k, v in shared.items())
+                       + " (lr_g, lr_d, weight_decay_g: DANN and CDANN only; freeze_bn follows the weights)")
+        click.echo("with --swad: " + ", ".join(f"{k}: {v.describe()}" for k, v in SWAD_HPARAMS.items()))
         return
     if out is None:
         raise UsageError("Missing option '--out'.")
@@ -299,8 +303,9 @@ def dg_cmd(out, list_, hp, **kw):
     from toolkit.stages.dg.stage import run_dg
 
     cfg = from_cli(DGConfig, kw)
-    size = "small" if cfg.data == "digits" else "large"
-    cfg.hp = parse_hparams(hp, declared(cfg.algorithm, size, cfg.weights != "none", cfg.swad), cfg.algorithm)
+    # Names, types and ranges are the same in every hyper-parameter class; the class (and so the defaults)
+    # is resolved by the stage once it has read the data.
+    cfg.hp = parse_hparams(hp, declared(cfg.algorithm, "resnet", cfg.weights != "none", cfg.swad), cfg.algorithm)
     res = run_dg(cfg, out)
     if is_main_process():
         click.echo(res["table"])

@@ -125,3 +125,47 @@ def launch_log(res) -> str:
     the others' tracebacks (a broken barrier) and torchrun's summary come after it."""
     err = res.stderr
     return err if len(err) <= 6000 else f"{err[:4000]}\n[...]\n{err[-2000:]}"
+
+
+# Fields that measure time, not results: a resumed run differs from an uninterrupted one there only.
+TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall"}
+
+
+def _strip_timing(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_FIELDS}
+    if isinstance(obj, list):
+        return [_strip_timing(v) for v in obj]
+    return obj
+
+
+def file_digests(root: Path, masked_text: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file under `root` (our lock files aside) by relative path: its sha256, or for JSON and JSONL the
+    sha256 of its content with timing fields removed, or for `masked_text` suffixes its text with every
+    number of seconds or images per second masked. What 'byte for byte, timing aside' compares."""
+    import hashlib
+    import json
+    import re
+
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.name.startswith(".augur") and p.name.endswith(".lock"):
+            continue
+        rel = p.relative_to(root).as_posix()
+        data = p.read_bytes()
+        if p.suffix == ".json":
+            data = json.dumps(_strip_timing(json.loads(data)), sort_keys=True).encode()
+        elif p.suffix == ".jsonl":
+            data = "\n".join(json.dumps(_strip_timing(json.loads(line)), sort_keys=True)
+                             for line in data.decode().splitlines() if line.strip()).encode()
+        elif p.suffix in masked_text:
+            data = re.sub(rb"\d+(\.\d+)? (s\b|img/s)", b"<t>", data)
+        out[rel] = hashlib.sha256(data).hexdigest()
+    return out
+
+
+def assert_same_files(ref: Path, got: Path, masked_text: tuple[str, ...] = ()) -> None:
+    a, b = file_digests(ref, masked_text), file_digests(got, masked_text)
+    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
+    differ = [k for k in a if a[k] != b[k]]
+    assert not differ, f"files differ from the uninterrupted run: {differ}"

@@ -55,14 +55,15 @@ def test_selection_methods_on_hand_built_records():
     # step 2 (0.8); the first maximum is kept
     td = sel.training_domain(recs, ["a", "b"], "t")
     assert td["selected_step"] == 1 and td["val_acc"] == pytest.approx(0.8)
-    assert td["test_in_acc"] == pytest.approx(0.4) and td["test_acc"] == pytest.approx(13 / 20)
+    # DomainBed reports the test domain's in-split (env{t}_in_acc); the whole domain is kept beside it
+    assert td["test_acc"] == pytest.approx(0.4) and td["test_whole_acc"] == pytest.approx(13 / 20)
     # an environment too small to hold anything out (out-split [0, 0]) is left out of the mean, not made NaN
     tiny = [{**r, "acc": {**r["acc"], "s": {"in": [1, 3], "out": [0, 0]}}} for r in recs]
     td_tiny = sel.training_domain(tiny, ["a", "b", "s"], "t")
     assert td_tiny["selected_step"] == 1 and td_tiny["val_acc"] == pytest.approx(0.8)
     assert td_tiny["validation_domains"] == ["a", "b"]
     orc = sel.oracle(recs, "t")  # last checkpoint; val = the test domain's out-split
-    assert orc["selected_step"] == 2 and orc["val_acc"] == pytest.approx(0.2) and orc["test_in_acc"] == pytest.approx(0.7)
+    assert orc["selected_step"] == 2 and orc["val_acc"] == pytest.approx(0.2) and orc["test_acc"] == pytest.approx(0.7)
     # leave-one-out: runs holding out {t, a} and {t, b}; val = mean of a's and b's in-split accuracy there
     pair_a = [record(s, {"a": ([v, 10], [0, 10]), "b": ([0, 10], [0, 10]), "t": ([0, 10], [0, 10])})
               for s, v in ((0, 2), (1, 9), (2, 5))]
@@ -92,7 +93,7 @@ def test_collect_prints_domainbeds_mean_and_standard_error():
 
 
 def test_plan_covers_leave_one_out_pairs_once(three_domains):
-    runs, tests = plan_runs(cfg(data=str(three_domains)), ["rot0", "rot15", "rot30"])
+    runs, tests = plan_runs(cfg(data=str(three_domains), selection=["leave-one-out"]), ["rot0", "rot15", "rot30"])
     singles = [r for r in runs if len(r.test_envs) == 1]
     pairs = [r for r in runs if len(r.test_envs) == 2]
     assert len(singles) == 3 and len(pairs) == 3 and tests == ["rot0", "rot15", "rot30"]
@@ -104,7 +105,8 @@ def test_plan_covers_leave_one_out_pairs_once(three_domains):
 @pytest.fixture(scope="module")
 def sweep(three_domains, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    return out, run_dg(cfg(data=str(three_domains), test_domains=["rot0", "rot30"]), out)
+    return out, run_dg(cfg(data=str(three_domains), test_domains=["rot0", "rot30"],
+                           selection=["training-domain", "leave-one-out", "oracle"]), out)
 
 
 def test_sweep_rows_and_records(sweep, three_domains):
@@ -113,7 +115,9 @@ def test_sweep_rows_and_records(sweep, three_domains):
     assert {(r["test_domain"], r["selection"]) for r in rows} == {
         (t, s) for t in ("rot0", "rot30") for s in ("training-domain", "leave-one-out", "oracle")}
     for r in rows:
-        assert r["test_domain"] not in r["train_domains"] and r["hparams"]["lr"] == 5e-5  # a folder: "large"
+        # a folder of 32 px digits from random init: DomainBed's small-image regime, whatever the layout
+        assert r["test_domain"] not in r["train_domains"] and r["hparams"]["lr"] == 1e-3
+        assert r["hparam_class"] == "mnist-cnn" and r["image_px"] == 32
         assert r["hparams"]["batch_size"] == 8 and r["steps"] == 12 and r["checkpoint_freq"] == 4
         assert 0.0 <= r["test_acc"] <= 1.0 and r["selected_step"] in (0, 4, 8, 11)
     # leave-one-out trained a run per pair of real domains; its rows read them
@@ -126,12 +130,12 @@ def test_sweep_rows_and_records(sweep, three_domains):
         for env in ("rot0", "rot15", "rot30"):
             n_in, n_out = r["acc"][env]["in"][1], r["acc"][env]["out"][1]
             assert n_out == int(120 * 0.2) and n_in == 120 - n_out  # every environment split 80/20
-    # test_acc is the whole test domain: in + out splits
+    # test_acc is DomainBed's: the test domain's in-split; test_whole_acc the in + out splits
     td = next(r for r in rows if r["selection"] == "training-domain" and r["test_domain"] == "rot0")
     run = read_json(out / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")
     chosen = next(r for r in run["records"] if r["step"] == td["selected_step"])
     (ci, ni), (co, no) = chosen["acc"]["rot0"]["in"], chosen["acc"]["rot0"]["out"]
-    assert td["test_acc"] == pytest.approx((ci + co) / (ni + no)) and td["test_in_acc"] == pytest.approx(ci / ni)
+    assert td["test_acc"] == pytest.approx(ci / ni) and td["test_whole_acc"] == pytest.approx((ci + co) / (ni + no))
     assert "Algorithm" in res["table"] and "X" not in res["table"].split("leave-one-domain-out")[1].splitlines()[1]
 
 
@@ -192,7 +196,7 @@ def test_swad_averages_over_the_loss_valley(three_domains, tmp_path):
     assert row["label"] == "ERM+SWAD" and row["selection"] == "training-domain"
     run = read_json(tmp_path / "s" / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")
     start, end = run["swad"]["averaged_steps"]
-    assert 0 <= start <= end <= 15 and row["test_acc"] == pytest.approx(sel.whole(run["swad"], "rot0"))
+    assert 0 <= start <= end <= 15 and row["test_acc"] == pytest.approx(sel.acc(run["swad"], "rot0", "in"))
 
 
 def test_swad_loss_valley_rules():
@@ -278,17 +282,122 @@ def test_hyperparameters_are_typed_and_recorded(three_domains, tmp_path):
     assert row["hparams"]["mmd_gamma"] == 1e4 and row["hparams"]["lr"] == 5e-4 and row["algorithm"] == "CORAL"
 
 
-def test_pretrained_weights_on_small_images_warn_about_the_from_scratch_lr(tmp_path):
-    """DomainBed's small-image lr (1e-3) is for a CNN from scratch; with ImageNet weights it left Mixup and MMD
-    at chance on RotatedDigits (README), so the default says so, and an explicit lr or random init does not."""
-    afile = tmp_path / "afile"
-    afile.write_text("")  # refused right after the hyper-parameters are resolved: nothing trains
-    base = ["dg", "--backbone", "efficientnet_lite0", "--test-domains", "0", "--trials", "1", "--out", str(afile)]
-    warned = CliRunner().invoke(main, [*base, "--weights", "imagenet"])
-    assert warned.exit_code == 1 and "is a file, not a folder" in warned.stderr
-    (line,) = [ln for ln in warned.stderr.splitlines() if ln.startswith("warning:")]
-    assert "lr 0.001" in line and "--hp lr=5e-5" in line
-    for extra in (["--weights", "imagenet", "--hp", "lr=5e-5"], ["--weights", "imagenet", "--lr", "1e-4"],
-                  ["--weights", "none"]):
-        res = CliRunner().invoke(main, [*base, *extra])
-        assert res.exit_code == 1 and "warning:" not in res.stderr, extra
+def test_the_hyperparameter_regime_follows_the_weights_and_the_image_size(tmp_path):
+    """DomainBed pairs small images with its MNIST CNN from scratch (lr 1e-3, batch 64) and pretrained weights
+    with lr 5e-5, batch 32: the same digits get one or the other by --weights, and --hp still overrides."""
+    base = dict(backbone="efficientnet_lite0", test_domains=["0"], steps=1, checkpoint_freq=1, image_size=16,
+                selection=["training-domain"], batch_size=None)
+    rows = {}
+    for name, extra in (("none", {}), ("imagenet", {"weights": "imagenet"}),
+                        ("override", {"weights": "imagenet", "hp": {"lr": 2e-4, "batch_size": 4}})):
+        (rows[name],) = run_dg(DGConfig(**{**FAST, **base, **extra}), tmp_path / name)["rows"]
+    assert (rows["none"]["hparams"]["lr"], rows["none"]["hparams"]["batch_size"]) == (1e-3, 64)
+    assert rows["none"]["hparam_class"] == "mnist-cnn" and not rows["none"]["hparams"]["freeze_bn"]
+    assert (rows["imagenet"]["hparams"]["lr"], rows["imagenet"]["hparams"]["batch_size"]) == (5e-5, 32)
+    assert rows["imagenet"]["hparam_class"] == "resnet" and rows["imagenet"]["hparams"]["freeze_bn"]
+    assert (rows["override"]["hparams"]["lr"], rows["override"]["hparams"]["batch_size"]) == (2e-4, 4)
+    listing = CliRunner().invoke(main, ["dg", "--list"]).output
+    assert "mnist-cnn (" in listing and "resnet (" in listing and "lr: float = 5e-05" in listing
+    assert "lr: float = 0.001" in listing
+
+
+def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, tmp_path):
+    """DomainBed augments its image folders and never RotatedMNIST: a flip would mirror a digit and reverse its
+    rotation. The built-in digits train on exactly the stored images; a folder is augmented unless it says
+    otherwise; --augment / --no-augment decide for every environment."""
+    from toolkit.stages.dg.stage import RunSpec, augmented, plan_runs, resolve
+
+    def first_batch(c):
+        sw = resolve(c)
+        sw.images(c)
+        env = next(e for e in sw.envs if e.name not in c.test_domains)
+        return sw, env, augmented(c, {"data_augmentation": True}, env)
+
+    digits = cfg(test_domains=["0"])
+    sw, env, aug = first_batch(digits)
+    assert not aug and not sw.real.augment
+    from toolkit.learn.loaders import InfiniteBatches
+
+    feed = sw.store.feed(env.rows, InfiniteBatches(len(env.rows), 8, 0, "x"), augment=aug)
+    x, y = next(feed.stream(0, 1))
+    keys = InfiniteBatches(len(env.rows), 8, 0, "x").batch(0)
+    stored, _ = sw.store.gather(env.rows[[k[0] for k in keys]])
+    assert torch.equal(x, sw.store.augment.normalize(stored))  # no flip, no crop, no jitter
+    # the same feed told to augment changes the pixels (the augmentation itself is tested in test_augment.py)
+    x_aug, _ = next(sw.store.feed(env.rows, InfiniteBatches(len(env.rows), 8, 0, "x"), augment=True).stream(0, 1))
+    assert not torch.equal(x_aug, x)
+    assert first_batch(cfg(data=str(three_domains), test_domains=["rot0"]))[2]  # a folder: augmented
+    assert first_batch(cfg(test_domains=["0"], augment=True))[2]  # forced
+    assert not first_batch(cfg(data=str(three_domains), test_domains=["rot0"], augment=False))[2]
+    marked = tmp_path / "marked"
+    import shutil
+
+    shutil.copytree(three_domains, marked)
+    (marked / "augur-dataset.json").write_text('{"augment": false}')
+    assert not first_batch(cfg(data=str(marked), test_domains=["rot0"]))[2]
+    (marked / "augur-dataset.json").write_text('{"augment": "no"}')
+    with pytest.raises(AugurError, match="'augment' must be true or false"):
+        resolve(cfg(data=str(marked), test_domains=["rot0"]))
+    # the rows record it
+    res = run_dg(cfg(data=str(three_domains), test_domains=["rot0"], selection=["training-domain"], steps=2,
+                     checkpoint_freq=1), tmp_path / "rows")
+    (row,) = res["rows"]
+    assert row["augment"] is None and row["augmented_domains"] == ["rot15", "rot30"]
+    (row,) = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1),
+                    tmp_path / "digits")["rows"]
+    assert row["augmented_domains"] == []
+
+
+def test_swad_evaluates_at_its_own_cadence_and_works_with_every_selection(three_domains, tmp_path):
+    """SWAD's code evaluates every 200 steps on image folders (DomainBed: 300) and 100 on small images; each
+    selection reads the averaged model, leave-one-out through the pair runs' averaged models."""
+    from PIL import Image
+
+    from toolkit.stages.dg.stage import checkpoint_freq
+
+    assert checkpoint_freq(cfg(checkpoint_freq=None), 227) == 300
+    assert checkpoint_freq(cfg(checkpoint_freq=None, swad=True), 227) == 200
+    assert checkpoint_freq(cfg(checkpoint_freq=None, swad=True), 28) == checkpoint_freq(cfg(checkpoint_freq=None), 28) == 100
+    assert checkpoint_freq(cfg(checkpoint_freq=7, swad=True), 227) == 7
+    large = tmp_path / "large"
+    for d in range(3):
+        for c in range(2):
+            (large / f"d{d}" / str(c)).mkdir(parents=True)
+            for k in range(5):
+                arr = np.random.RandomState(100 * d + 10 * c + k).randint(0, 255, (40, 40, 3), dtype=np.uint8)
+                Image.fromarray(arr).save(large / f"d{d}" / str(c) / f"{k}.png")
+    for swad, steps in ((True, [0, 200, 400]), (False, [0, 300, 400])):
+        out = tmp_path / f"cadence-{swad}"
+        run_dg(cfg(data=str(large), swad=swad, steps=401, checkpoint_freq=None, batch_size=4, test_domains=["d0"],
+                   selection=["training-domain"]), out)
+        (run,) = [read_json(p) for p in out.glob("runs/*/records.json")]
+        assert [r["step"] for r in run["records"]] == steps and run["checkpoint_freq"] == steps[1]
+    res = run_dg(cfg(data=str(three_domains), swad=True, steps=8, checkpoint_freq=2, test_domains=["rot0"],
+                     selection=["training-domain", "leave-one-out", "oracle"],
+                     hp={"swad_n_converge": 2, "swad_n_tolerance": 2, "swad_bn_steps": 2}), tmp_path / "loo")
+    rows = {r["selection"]: r for r in res["rows"]}
+    assert set(rows) == {"training-domain", "leave-one-out", "oracle"}
+    main_run = read_json(tmp_path / "loo" / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")["swad"]
+    pairs = {v: read_json(tmp_path / "loo" / "runs" / RunSpec(("rot0", v), 0, 0).key / "records.json")["swad"]
+             for v in ("rot15", "rot30")}
+    for r in rows.values():
+        assert r["test_acc"] == pytest.approx(sel.acc(main_run, "rot0", "in")) and "swad_steps" in r
+    assert rows["oracle"]["val_acc"] == pytest.approx(sel.acc(main_run, "rot0", "out"))
+    assert rows["leave-one-out"]["val_acc"] == pytest.approx(np.mean([sel.acc(pairs[v], v, "in") for v in pairs]))
+
+
+def test_the_sweep_says_how_many_runs_it_trains(three_domains, tmp_path):
+    """No silent multiplication of work: the default selections share one run per test domain; leave-one-out
+    asks for the pairs, and says so."""
+    res = CliRunner().invoke(main, ["dg", "--test-domains", "0", "--steps", "2", "--checkpoint-freq", "1",
+                                    "--image-size", "16", "--batch-size", "8", "--quiet", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 0, res.output
+    assert "dg: 1 run (1 test domain x 1 trial x 1 hparams draw)" in res.stderr
+    assert {r["selection"] for r in read_jsonl(tmp_path / "a" / "results.jsonl")} == {"training-domain", "oracle"}
+    runs, _ = plan_runs(cfg(data=str(three_domains), selection=["leave-one-out"], trials=2),
+                        ["rot0", "rot15", "rot30"])
+    from toolkit.stages.dg.stage import describe_plan
+
+    assert describe_plan(cfg(selection=["leave-one-out"], trials=2), runs, ["rot0", "rot15", "rot30"], 2) == (
+        "dg: 12 runs (3 test domains x 2 trials x 1 hparams draw, + 3 pairs of domains for leave-one-domain-out x "
+        "2 trials x 1 hparams draw); 2 already done")

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from toolkit.learn.loop import Trainer, accelerator_for
 from toolkit.stages.dg import algorithms as A
-from toolkit.stages.dg.hparams import ALGORITHM_HPARAMS, default_hparams, hparams_for, random_hparams, seed_hash
+from toolkit.stages.dg.hparams import (ALGORITHM_HPARAMS, default_hparams, hparam_class, hparams_for, random_hparams,
+                                      seed_hash)
 
 
 class SmallNet(nn.Module):
@@ -31,7 +32,7 @@ class SmallNet(nn.Module):
 
 def make(name: str, num_domains: int = 3, **hp):
     torch.manual_seed(0)
-    hparams = {**default_hparams(name, "small"), **hp}
+    hparams = {**default_hparams(name, "mnist-cnn"), **hp}
     alg = A.ALGORITHMS.get(name)(SmallNet(), 4, num_domains, hparams)
     alg._trainer = Trainer("fp32", accelerator_for("fp32"))
     return alg
@@ -49,13 +50,24 @@ def test_registry_and_hparams_agree_with_domainbed():
     assert set(A.ALGORITHMS.names()) == set(ALGORITHM_HPARAMS)
     assert {"ERM", "CORAL", "MMD", "GroupDRO", "Mixup", "IRM", "VREx", "DANN", "Fish", "SelfReg", "SagNet"} <= set(
         A.ALGORITHMS.names())
-    # DomainBed's dataset-dependent defaults: small images lr 1e-3 / batch 64, large 5e-5 / batch 32
-    assert default_hparams("ERM", "small")["lr"] == 1e-3 and default_hparams("ERM", "small")["batch_size"] == 64
-    assert default_hparams("ERM", "large")["lr"] == 5e-5 and default_hparams("ERM", "large")["batch_size"] == 32
-    assert hparams_for("CORAL", "small", 0, 5) == default_hparams("CORAL", "small")
+    # DomainBed's two regimes: its MNIST CNN from scratch (lr 1e-3, batch 64, no weight decay searched), its
+    # pretrained ResNet (lr 5e-5, batch 32, weight decay searched)
+    small, large = default_hparams("DANN", "mnist-cnn"), default_hparams("DANN", "resnet", pretrained=True)
+    assert (small["lr"], small["batch_size"], small["lr_g"], small["lr_d"]) == (1e-3, 64, 1e-3, 1e-3)
+    assert (large["lr"], large["batch_size"], large["lr_g"], large["lr_d"]) == (5e-5, 32, 5e-5, 5e-5)
+    assert large["freeze_bn"] and not small["freeze_bn"]
+    draws = [random_hparams("ERM", c, s) for c in ("mnist-cnn", "resnet") for s in range(40)]
+    assert {d["weight_decay"] for d in draws[:40]} == {0.0} and len({d["weight_decay"] for d in draws[40:]}) == 40
+    # DomainBed draws resnet_dropout for RotatedMNIST too, but its MNIST CNN has no dropout to apply it to
+    assert {d["resnet_dropout"] for d in draws[:40]} == {0.0} and {d["resnet_dropout"] for d in draws[40:]} == {0.0, 0.1, 0.5}
+    # the regime follows the network: random init on small images, or anything else
+    assert hparam_class(False, 8) == hparam_class(False, 32) == "mnist-cnn"  # digits, a 28 px RotatedMNIST folder
+    assert hparam_class(True, 32) == "resnet"  # ImageNet weights on digits: DomainBed's pretrained lr
+    assert hparam_class(False, 227) == hparam_class(True, 227) == "resnet"  # PACS
+    assert hparams_for("CORAL", "mnist-cnn", 0, 5) == default_hparams("CORAL", "mnist-cnn")
     # hparams seed h > 0: DomainBed's random_hparams(seed_hash(h, trial)), each hparam its own RandomState
-    drawn = hparams_for("CORAL", "small", 3, 1)
-    assert drawn == random_hparams("CORAL", "small", seed_hash(3, 1))
+    drawn = hparams_for("CORAL", "mnist-cnn", 3, 1)
+    assert drawn == random_hparams("CORAL", "mnist-cnn", seed_hash(3, 1))
     r = np.random.RandomState(seed_hash(seed_hash(3, 1), "mmd_gamma"))
     assert drawn["mmd_gamma"] == pytest.approx(10 ** r.uniform(-1, 1))
     assert 10 ** -4.5 <= drawn["lr"] <= 10 ** -2.5 and 8 <= drawn["batch_size"] <= 512
@@ -82,15 +94,21 @@ def test_mmd_gaussian_penalty_zero_for_identical_batches_and_grows_with_shift():
     assert 0 < mmd.mmd(x, x + 0.2).item() < mmd.mmd(x, x + 1.0).item()
 
 
-def test_groupdro_raises_the_weight_of_the_worst_environment():
-    dro = make("GroupDRO", groupdro_eta=1.0)
-    mbs = minibatches(3, 16, seed=3, same=True)
-    x, y = mbs[0]
-    # environment 2 is made much harder: its labels are scrambled and its inputs scaled up
-    mbs[2] = (x * 5, (y + 1) % 4)
-    dro.update(mbs)
-    q = dro.q.tolist()
-    assert q[2] > q[0] and q[2] > q[1] and sum(q) == pytest.approx(1.0)
+def test_groupdro_reweights_environments_by_the_exponentiated_loss():
+    """Sagawa et al.'s Algorithm 1 as DomainBed writes it: q <- normalise(q * exp(eta * loss_e)), and the
+    loss is sum_e q_e loss_e with the updated q."""
+    dro = make("GroupDRO", groupdro_eta=0.7)
+    mbs = minibatches(3, 16, seed=3)
+    for _ in range(3):  # q carries over from update to update
+        q0 = dro.q.clone()
+        net = copy.deepcopy(dro.network).train()
+        losses = torch.stack([F.cross_entropy(net(x), y) for x, y in mbs]).detach()
+        expected_q = q0 * torch.exp(0.7 * losses)
+        expected_q /= expected_q.sum()
+        out = dro.update(mbs)
+        assert torch.allclose(dro.q, expected_q, rtol=1e-5)
+        assert out["loss"].item() == pytest.approx(float((expected_q * losses).sum()), rel=1e-5)
+    assert not torch.allclose(dro.q, torch.full((3,), 1 / 3))  # unequal losses moved the weights
 
 
 def test_irm_penalty_is_zero_at_a_stationary_classifier_and_positive_away_from_it():
@@ -106,22 +124,66 @@ def test_irm_penalty_is_zero_at_a_stationary_classifier_and_positive_away_from_i
     assert abs(A.IRM._irm_penalty(logits * best, y).item()) < 1e-4 * away
 
 
-def test_irm_anneals_then_resets_adam():
-    irm = make("IRM", irm_penalty_anneal_iters=2)
-    opts = []
-    for _ in range(4):
-        irm.update(minibatches(3, 8, seed=4))
+def test_irm_loss_is_nll_plus_the_annealed_penalty():
+    """loss = nll + w * penalty, w = 1 before irm_penalty_anneal_iters updates and irm_lambda from then on;
+    Adam is rebuilt at the step the weight switches."""
+    irm = make("IRM", irm_penalty_anneal_iters=2, irm_lambda=50.0)
+    opts, weights = [], []
+    for step in range(4):
+        mbs = minibatches(3, 8, seed=4 + step)
+        net = copy.deepcopy(irm.network).train()
+        logits = net(torch.cat([x for x, _ in mbs])).detach().split(8)  # one forward over all environments
+        nll = float(sum(F.cross_entropy(lg, y) for lg, (_, y) in zip(logits, mbs)) / 3)
+        penalty = float(sum(A.IRM._irm_penalty(lg, y) for lg, (_, y) in zip(logits, mbs)) / 3)
+        out = irm.update(mbs)
+        weights.append(out["penalty_weight"])
         opts.append(id(irm.optimizer))
+        assert out["nll"].item() == pytest.approx(nll, rel=1e-5)
+        assert out["penalty"].item() == pytest.approx(penalty, rel=1e-4, abs=1e-9)
+        assert out["loss"].item() == pytest.approx(nll + weights[-1] * penalty, rel=1e-5)
+    assert weights == [1.0, 1.0, 50.0, 50.0]
     assert opts[1] != opts[2] and opts[2] == opts[3]  # Adam rebuilt at the step the penalty switches on
     assert int(irm.update_count) == 4
 
 
-def test_vrex_penalty_is_the_variance_of_environment_risks():
-    vrex = make("VREx")
+def test_vrex_penalty_is_the_variance_of_environment_risks_and_anneals():
+    vrex = make("VREx", vrex_penalty_anneal_iters=1, vrex_lambda=7.0)
     same = vrex.update(minibatches(3, 8, seed=5, same=True))
-    assert same["penalty"] == pytest.approx(0.0, abs=1e-12)  # identical environments: equal risks
-    different = vrex.update(minibatches(3, 8, seed=6))
-    assert different["penalty"] > 0
+    assert same["penalty"].item() == pytest.approx(0.0, abs=1e-12)  # identical environments: equal risks
+    assert same["penalty_weight"] == 1.0
+    mbs = minibatches(3, 8, seed=6)
+    net = copy.deepcopy(vrex.network).train()
+    logits = net(torch.cat([x for x, _ in mbs])).detach().split(8)
+    risks = torch.stack([F.cross_entropy(lg, y) for lg, (_, y) in zip(logits, mbs)])
+    out = vrex.update(mbs)
+    assert out["penalty"].item() == pytest.approx(float(risks.var(unbiased=False)), rel=1e-5)
+    assert out["penalty"].item() > 0 and out["penalty_weight"] == 7.0
+    assert out["loss"].item() == pytest.approx(float(risks.mean() + 7.0 * risks.var(unbiased=False)), rel=1e-5)
+
+
+def test_cdann_conditions_the_discriminator_and_balances_classes():
+    """CDANN's discriminator sees z + embedding(y), and its loss weighs each sample by DomainBed's
+    1 / (count(y in the batch) * (max label + 1))."""
+    cdann = make("CDANN", d_steps_per_g_step=1, grad_penalty=0.0)
+    cdann._add_update()  # the next update is a discriminator step (update_count 2)
+    mbs = minibatches(3, 8, seed=17)
+    feat, disc, emb = (copy.deepcopy(m).train() for m in (cdann.featurizer, cdann.discriminator, cdann.class_embeddings))
+    all_x = torch.cat([x for x, _ in mbs])
+    all_y = torch.cat([y for _, y in mbs])
+    z = feat(all_x)
+    out = disc(z + emb(all_y))
+    d_labels = torch.cat([torch.full((8,), i) for i in range(3)])
+    counts = torch.bincount(all_y)
+    weights = 1.0 / (counts[all_y] * len(counts)).float()
+    expected = (weights * F.cross_entropy(out, d_labels, reduction="none")).sum()
+    got = cdann.update(mbs)
+    assert set(got) == {"disc_loss"} and got["disc_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    # unconditional DANN: the same batch, the discriminator sees z alone, plain mean cross-entropy
+    dann = make("DANN", d_steps_per_g_step=1, grad_penalty=0.0)
+    dann._add_update()
+    feat, disc = copy.deepcopy(dann.featurizer).train(), copy.deepcopy(dann.discriminator).train()
+    expected = F.cross_entropy(disc(feat(all_x)), d_labels)
+    assert dann.update(mbs)["disc_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_mixup_targets_are_the_mixed_labels():
@@ -138,7 +200,7 @@ def test_mixup_targets_are_the_mixed_labels():
     expected /= len(mbs)
     torch.manual_seed(11)
     np.random.seed(11)
-    assert mix.update(mbs)["loss"] == pytest.approx(expected.item(), rel=1e-6)
+    assert mix.update(mbs)["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_dann_alternates_discriminator_and_generator_steps():
@@ -181,7 +243,7 @@ def test_selfreg_loss_is_domainbeds_when_each_class_is_one_point():
     feat = feat_net(all_x)
     ce = F.cross_entropy(head(feat), all_y)
     expected = ce + min(ce.item(), 1.0) * 0.3 * F.mse_loss(feat, cdpl(feat))
-    assert sr.update(mbs)["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert sr.update(mbs)["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     params = {id(p) for g in sr.optimizer.param_groups for p in g["params"]}
     assert not any(id(p) in params for p in sr.cdpl.parameters())  # DomainBed's optimizer leaves cdpl out
 
@@ -209,10 +271,10 @@ def test_erm_learns_and_every_algorithm_updates():
     x = torch.randn(48, 3, 8, 8, generator=torch.Generator().manual_seed(15))
     y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()
     mbs = [(x[i::3], y[i::3]) for i in range(3)]
-    losses = [erm.update(mbs)["loss"] for _ in range(60)]
+    losses = [erm.update(mbs)["loss"].item() for _ in range(60)]
     assert losses[-1] < 0.5 * losses[0]
     for name in A.ALGORITHMS.names():
         alg = make(name)
         out = alg.update(minibatches(3, 8, seed=16))
-        assert out and all(np.isfinite(v) for v in out.values()), name
+        assert out and all(np.isfinite(float(v)) for v in out.values()), name
         assert alg.predict(torch.randn(2, 3, 8, 8)).shape == (2, 4)

@@ -137,14 +137,26 @@ def test_unservable_class_is_recorded_not_dropped(tmp_path, llm, embedder):
     # More domains than one request can hold and a single attempt: the class cannot be fully served.
     run = extrapolate_domains(cfg(["teacup"], 40, [], max_attempts=1), tmp_path, llm=llm, embedder=embedder)
     (c,) = run["classes"]
-    assert c["class"] == "teacup" and c["status"] in ("partial", "failed") and c["attempts"] == 1
+    assert c["class"] == "teacup" and c["attempts"] == 1 and c["wanted"] == 40
     assert c["kept"] == len(read_jsonl(tmp_path / "prompts.jsonl")) < 40
+    assert c["status"] == ("partial" if c["kept"] else "failed")  # what it kept decides the status
 
 
-def test_without_semantic_dedup(tmp_path, llm):
+def test_without_semantic_dedup(tmp_path, llm, embedder):
+    """Two domains that only the real MiniLM calls the same (cosine 0.91 >= 0.8; no word-level rule does):
+    the semantic filter rejects the second, and without it both are kept."""
+    from toolkit.stages.extrapolate.embed import SemanticFilter
+    from toolkit.stages.extrapolate.stage import _acceptor
+
+    ok = lambda item, text: None  # noqa: E731 - every structural check passes
+    pair = ("snowy winter night", "a winter night in the snow")
+    with_sem = _acceptor(ok, set(), SemanticFilter(embedder, 0.8))
+    assert [with_sem(d, None) for d in pair] == [None, "semantic duplicate"]
+    without = _acceptor(ok, set(), None)
+    assert [without(d, None) for d in pair] == [None, None]
     run = extrapolate_domains(cfg(["lighthouse"], 2, [], semantic_dedup=False), tmp_path, llm=llm)
     assert run["provenance"]["semantic_dedup"] is None
-    assert run["classes"][0]["kept"] >= 1
+    assert all("semantic" not in reason for c in run["classes"] for reason in c["rejected"])
 
 
 def test_realm_mode(tmp_path, llm, embedder):
@@ -187,5 +199,6 @@ def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
     assert text.endswith("<start_of_turn>model\n") and "Name a bird." in text
     run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder)
     assert run["provenance"]["prompting"] == "chat"
-    assert run["classes"][0]["status"] in ("ok", "partial", "failed")
-    assert len(read_jsonl(tmp_path / "prompts.jsonl")) == run["classes"][0]["kept"]
+    c = run["classes"][0]
+    assert len(read_jsonl(tmp_path / "prompts.jsonl")) == c["kept"]
+    assert c["status"] == ("ok" if c["kept"] == c["wanted"] else "partial" if c["kept"] else "failed")

@@ -40,8 +40,17 @@ def prompts(tmp_path) -> Path:
     return p
 
 
-def test_offline_mode_is_on():
-    assert os.environ["HF_HUB_OFFLINE"] == "1"
+def test_the_hub_libraries_run_offline():
+    """Not the variable conftest sets, but what the libraries made of it: the hub client and diffusers
+    refuse to download instead of trying the network."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    assert constants.HF_HUB_OFFLINE
+    with pytest.raises((OfflineModeIsEnabled, LocalEntryNotFoundError)):
+        huggingface_hub.hf_hub_download("lambdalabs/miniSD-diffusers", "model_index.json",
+                                        cache_dir=os.environ["AUGUR_HOME"])
 
 
 @pytest.mark.parametrize("name", DIFFUSERS_CARDS)

@@ -18,7 +18,8 @@ from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, sha256_file
 from toolkit.learn import backbones, data, loop
 from toolkit.learn.classifier import Classifier
-from toolkit.learn.loaders import EpochBatches, ImageSet, InfiniteBatches
+from toolkit.learn.images import ImageStore
+from toolkit.learn.loaders import EpochBatches, InfiniteBatches
 from toolkit.learn.transforms import DataConfig
 from toolkit.stages.pretrain.config import PretrainConfig
 from toolkit.stages.pretrain.stage import pretrain
@@ -143,13 +144,13 @@ def test_batches_are_a_function_of_the_step():
 
 def test_a_last_batch_of_one_image_trains(tmp_path):
     items = [(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8), i % 3) for i in range(65)]
-    ds = ImageSet(items, DataConfig(16, (0.5,) * 3, (0.5,) * 3))
+    store = ImageStore(items, DataConfig(16, (0.5,) * 3, (0.5,) * 3), "cpu")
     net = Classifier(backbones.create("resnet18", 16), 3, 1e-3)
     batches = EpochBatches(len(items), 64, 0, "t")
-    from toolkit.learn.loaders import loader
+    feed = store.feed(np.arange(len(store)), batches)
 
     def stream(a, b):
-        for x, y in loader(ds, batches, a, b, 0):
+        for x, y in feed.stream(a, b):
             yield [(x, y)]
 
     records = loop.run(net, stream, total_steps=batches.steps_per_epoch, is_checkpoint=lambda s: True,
@@ -157,21 +158,23 @@ def test_a_last_batch_of_one_image_trains(tmp_path):
     assert records[-1]["images"] == 65
 
 
-def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path):
+@pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-path", "device-path"])
+def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path, monkeypatch, sync_free):
+    """On a CPU the guard checks eagerly; on CUDA (forced here with AUGUR_SYNC_FREE) it decides on the device:
+    fused optimizers skip through found_inf, BatchNorm statistics are put back with torch.where."""
+    if sync_free:
+        monkeypatch.setenv("AUGUR_SYNC_FREE", "1")
     torch.manual_seed(0)
     imgs = [np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8) for i in range(64)]
     dc = DataConfig(16, (0.5,) * 3, (0.5,) * 3)
 
     def run(bad_every: int, ckpt: Path):
         net = Classifier(backbones.create("resnet18", 16), 10, 1e-3)
-        ds = ImageSet([(im, i % 10) for i, im in enumerate(imgs)], dc)
+        store = ImageStore([(im, i % 10) for i, im in enumerate(imgs)], dc, "cpu")
         batches = EpochBatches(64, 16, 0, "t")
 
         def stream(a, b):
-            for s in range(a, b):
-                keys = batches.batch(s)
-                x = torch.stack([ds[k][0] for k in keys])
-                y = torch.tensor([ds[k][1] for k in keys])
+            for s, (x, y) in zip(range(a, b), store.feed(np.arange(64), batches).stream(a, b)):
                 if bad_every and s % bad_every == 0:
                     x[0] = float("nan")
                 yield [(x, y)]
@@ -188,17 +191,34 @@ def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path):
 
 
 def test_mixed_precision_through_accelerate(tmp_path):
-    fp32 = pretrain(pcfg(epochs=1), tmp_path / "fp32")
-    bf16 = pretrain(pcfg(epochs=1, precision="bf16"), tmp_path / "bf16")
+    fp32 = pretrain(pcfg(epochs=2), tmp_path / "fp32")
+    # One thread: oneDNN's multi-threaded bf16 convolution backward gives sporadic NaN gradients on this CPU
+    # (measured: 1-4 skipped steps of 58 at 2 threads, now and then a diverged run; none at 1 thread). The
+    # guard absorbs a few; this test is about bf16 arithmetic, not that race (README: fp32 on CPU, what auto picks).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        bf16 = pretrain(pcfg(epochs=2, precision="bf16"), tmp_path / "bf16")
+    finally:
+        torch.set_num_threads(threads)
     assert fp32["train"]["precision"] == "fp32" and bf16["train"]["precision"] == "bf16"
-    assert bf16["history"][0]["loss"] < 2.3  # it learned (chance-level cross-entropy is ln 10 = 2.30)
+    # both learn (chance-level cross-entropy is ln 10 = 2.30), and to about the same loss
+    losses = [fp32["history"][-1]["loss"], bf16["history"][-1]["loss"]]
+    assert max(losses) < 0.8 and abs(losses[0] - losses[1]) < 0.15, losses
     from safetensors.torch import load_file
 
     a, b = (load_file(str(tmp_path / m / "backbone.safetensors")) for m in ("fp32", "bf16"))
     assert all(v.dtype == torch.float32 for v in b.values() if v.is_floating_point())
-    assert not torch.equal(a["layer1.0.conv1.weight"], b["layer1.0.conv1.weight"])
-    res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / "f16"), "--precision", "fp16"])
-    assert res.exit_code == 1 and "needs a CUDA GPU" in res.output and not (tmp_path / "f16").exists()
+    wa, wb = a["conv1.weight"], b["conv1.weight"]
+    # bf16 autocast rounds the arithmetic: other weights, but near the fp32 ones, not another run
+    assert not torch.equal(wa, wb) and float((wa - wb).norm() / wa.norm()) < 0.1
+    res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / "f16"), "--precision", "fp16",
+                                    "--epochs", "1", "--image-size", "16", "--quiet"])
+    if torch.cuda.is_available():  # fp16 with the gradient scaler where there is a GPU
+        assert res.exit_code == 0, res.output
+        assert read_json(tmp_path / "f16" / "card.json")["train"]["precision"] == "fp16"
+    else:
+        assert res.exit_code == 1 and "needs a CUDA GPU" in res.output and not (tmp_path / "f16").exists()
 
 
 def test_accelerate_launch_two_processes(tmp_path):

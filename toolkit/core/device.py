@@ -34,6 +34,16 @@ def pick_device(requested: str = "auto") -> str:
     return requested
 
 
+def torch_device():
+    """The torch.device this process computes on: its own GPU (under `accelerate launch`, the one
+    distributed.state() made current), else the CPU."""
+    import torch
+
+    if cuda_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def cpu_supports_bf16() -> bool:
     import torch
 

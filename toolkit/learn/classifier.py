@@ -1,5 +1,4 @@
-"""A backbone with a linear head, trained by the loop with cross-entropy (pretrain; cl's strategies
-build on it), and counting correct predictions."""
+"""A backbone with a linear head, trained by the loop with cross-entropy (pretrain)."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from typing import Any
 import torch
 
 from .backbones import num_features
-from .loop import Learner
+from .loop import Learner, optimizer_kwargs
 
 
 class Classifier(torch.nn.Module, Learner):
@@ -17,7 +16,7 @@ class Classifier(torch.nn.Module, Learner):
         self.backbone = backbone
         self.head = torch.nn.Linear(num_features(backbone), num_classes)
         self.optimizer = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=lr,
-                                           weight_decay=weight_decay)
+                                           weight_decay=weight_decay, **optimizer_kwargs())
 
     def forward(self, x):
         return self.head(self.backbone(x))
@@ -30,15 +29,4 @@ class Classifier(torch.nn.Module, Learner):
         y = torch.cat([y for _, y in minibatches])
         loss = torch.nn.functional.cross_entropy(self(x), y)
         self.optimize(loss, self.optimizer)
-        return {"loss": loss.item()}
-
-
-def count_correct(predict, loader, device) -> tuple[int, int]:
-    """(correct, total) of argmax predictions over a loader of (x, y)."""
-    correct = total = 0
-    with torch.inference_mode():
-        for x, y in loader:
-            p = predict(x.to(device))
-            correct += int((p.argmax(1).cpu() == y).sum())
-            total += len(y)
-    return correct, total
+        return {"loss": loss.detach()}

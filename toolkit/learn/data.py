@@ -7,6 +7,12 @@
   labels, whatever the folder names encode.
 - Any other folder is read as DomainBed does: the folder names are the labels.
 
+What DomainBed decides by dataset class, Augur reads off the data: DomainBed augments its image
+folders and never its MNIST datasets, so the built-in digits are not augmented by default and a
+folder is, unless its root holds `augur-dataset.json` with `{"augment": false}` (a DomainBed-layout
+RotatedMNIST export, say). `image_px` is the data's own image size (before --image-size resizes it),
+which picks the hyper-parameter regime together with the weights (dg/hparams.py).
+
 Images of every PIL mode are read correctly (`load_image`): 16-bit and 32-bit greyscale are scaled to
 8 bits (PIL's own convert clips them, turning most of an image white), palette and alpha images are
 composited over white, CMYK and the rest converted to RGB.
@@ -25,6 +31,8 @@ from ..core.errors import AugurError
 from ..core.files import read_jsonl
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+DATASET_FILE = "augur-dataset.json"  # optional, at a folder's root: what DomainBed would know by the dataset's class
+DATASET_KEYS = {"augment": bool}
 DIGIT_ANGLES = (0, 15, 30, 45, 60, 75)
 BUILTIN = ("digits",)
 
@@ -45,6 +53,7 @@ class MultiDomain:
     domains: list[Domain]
     source: str
     in_memory: bool = False  # arrays, not files (no decoding cost, no workers needed)
+    augment: bool = True  # DomainBed augments image folders, never its MNIST datasets (see the module docstring)
 
     def domain(self, name: str) -> Domain:
         for d in self.domains:
@@ -58,6 +67,27 @@ class MultiDomain:
 
     def pooled(self) -> list[tuple[Any, int]]:
         return [(img, int(lab)) for dom in self.domains for img, lab in zip(dom.images, dom.labels)]
+
+    def image_px(self, per_domain: int = 16) -> int:
+        """The data's image size: the median longer side of the first images of every domain (file headers
+        only, nothing is decoded)."""
+        sides = []
+        for d in self.domains:
+            for img in d.images[:per_domain]:
+                sides.append(max(_size_of(img)))
+        return int(np.median(sides)) if sides else 0
+
+
+def _size_of(img) -> tuple[int, int]:
+    if isinstance(img, np.ndarray):
+        return img.shape[1], img.shape[0]
+    from PIL import Image
+
+    try:
+        with Image.open(img) as im:
+            return im.size
+    except Exception:  # unreadable files are skipped later; they say nothing of the size
+        return (0, 0)
 
 
 def load(source: str | Path, report: bool = True, rotated: bool = True) -> MultiDomain:
@@ -89,13 +119,13 @@ def rotated_digits(seed: int = 0) -> MultiDomain:
     parts = np.array_split(order, len(DIGIT_ANGLES))
     domains = [Domain(f"{angle}", [np.asarray(imgs[i].rotate(angle, resample=Image.BILINEAR)) for i in idx],
                       target[idx]) for angle, idx in zip(DIGIT_ANGLES, parts)]
-    return MultiDomain([str(c) for c in range(10)], domains, "digits", in_memory=True)
+    return MultiDomain([str(c) for c in range(10)], domains, "digits", in_memory=True, augment=False)
 
 
 def plain_digits() -> MultiDomain:
     imgs, target = _digit_images()
     return MultiDomain([str(c) for c in range(10)], [Domain("digits", [np.asarray(i) for i in imgs], target)],
-                       "digits", in_memory=True)
+                       "digits", in_memory=True, augment=False)
 
 
 def _readable(path: Path) -> bool:
@@ -127,7 +157,28 @@ def _assemble(root: Path, classes: list[str], per_domain: dict[str, list[tuple[P
         print(f"warning: skipped {skipped} unreadable image(s) under {root}", file=sys.stderr)
     if not domains:
         raise AugurError(f"{root}: no readable images")
-    return MultiDomain(classes, domains, source)
+    return MultiDomain(classes, domains, source, augment=dataset_options(root).get("augment", True))
+
+
+def dataset_options(root: Path) -> dict[str, Any]:
+    """ROOT/augur-dataset.json, checked: what the data says of itself (see the module docstring)."""
+    import json
+
+    f = Path(root) / DATASET_FILE
+    if not f.is_file():
+        return {}
+    try:
+        opts = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AugurError(f"{f}: not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(opts, dict):
+        raise AugurError(f"{f}: expected a JSON object such as {{\"augment\": false}}")
+    for k, v in opts.items():
+        if k not in DATASET_KEYS:
+            raise AugurError(f"{f}: unknown key '{k}' (known: {', '.join(DATASET_KEYS)})")
+        if not isinstance(v, DATASET_KEYS[k]):
+            raise AugurError(f"{f}: '{k}' must be true or false")
+    return opts
 
 
 def folder_dataset(root: Path, report: bool = True) -> MultiDomain:

@@ -16,6 +16,11 @@ implements `update(minibatches) -> dict of floats` as DomainBed's algorithms do,
 - guards against non-finite steps: a step whose loss or gradients are not finite is skipped and the
   buffers its forward pass touched (BatchNorm statistics) are put back; fp16 leaves this to its
   gradient scaler. Most of a checkpoint interval skipped stops the run ("training diverged").
+- never waits for the GPU inside a step. On CUDA the guard decides on the device: optimizers are fused
+  (`optimizer_kwargs`) and skip a step through their `found_inf` input, as GradScaler makes them do, and
+  the BatchNorm statistics are put back with `torch.where`. Losses stay on the device too, summed there;
+  the host reads them at checkpoints and, for the progress bar, about once a second. On a CPU the same
+  checks run eagerly (there is nothing to wait for).
 - at each checkpoint step, evaluates (the caller's function), then writes weights, optimizer states
   and progress (step, records) into one folder that is renamed into place: checkpoint and progress
   are one atomic step, so a kill at any point resumes from a consistent state.
@@ -24,7 +29,6 @@ implements `update(minibatches) -> dict of floats` as DomainBed's algorithms do,
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 import sys
@@ -43,6 +47,23 @@ from ..core.files import fsync_dir, publish_dir, write_json
 CKPT_PREFIX = "step-"
 
 
+def sync_free() -> bool:
+    """Whether steps take the path that never waits for the device: on CUDA, or forced on a CPU with
+    AUGUR_SYNC_FREE=1 (what the device audit checks, learn/audit.py)."""
+    import os
+
+    from ..core.device import cuda_available
+
+    return cuda_available() or os.environ.get("AUGUR_SYNC_FREE", "") not in ("", "0")
+
+
+def optimizer_kwargs() -> dict[str, Any]:
+    """Keyword arguments for every optimizer a learner makes: fused on the sync-free path (one kernel per
+    step on CUDA, and the device-side skip of a non-finite step); the default elsewhere (a CPU keeps its
+    numbers)."""
+    return {"fused": True} if sync_free() else {}
+
+
 class Learner:
     """Mixin for nn.Modules trained by `run` (see the module docstring)."""
 
@@ -54,11 +75,13 @@ class Learner:
         """Named optimizers (their states are checkpointed)."""
         return {"optimizer": self.optimizer}  # type: ignore[attr-defined]
 
-    def optimize(self, loss, *optimizers, retain_graph: bool = False) -> bool:
-        """zero_grad, backward, (all-reduce), step; False when the step was skipped as non-finite."""
+    def optimize(self, loss, *optimizers, retain_graph: bool = False):
+        """zero_grad, backward, (all-reduce), step. Returns whether the step was taken: a bool on a CPU, a
+        0-dim bool tensor on the device on CUDA (reading it would wait for the GPU: keep it there)."""
         return self._trainer.optimize(loss, optimizers, retain_graph=retain_graph)
 
-    def update(self, minibatches: list[tuple[Any, Any]]) -> dict[str, float]:
+    def update(self, minibatches: list[tuple[Any, Any]]) -> dict[str, Any]:
+        """One step; returns the values to log (detached tensors or floats: the loop averages them)."""
         raise NotImplementedError
 
     def predict(self, x):
@@ -74,36 +97,61 @@ class Learner:
 
 class Trainer:
     def __init__(self, precision: str, accelerator):
+        import torch
+
         self.precision = precision
         self.acc = accelerator
-        self.skipped_in_step = False
         self.guard = precision != "fp16"  # fp16: the gradient scaler skips non-finite steps itself
         self.check_grads = precision == "bf16" or accelerator.num_processes > 1
+        self.on_device = accelerator.device.type == "cuda" or sync_free()  # decide on the device, never wait
+        self._true = torch.ones((), dtype=torch.bool, device=accelerator.device)
+        self.step_ok: Any = True
 
-    def optimize(self, loss, optimizers: Sequence[Any], retain_graph: bool = False) -> bool:
+    def begin_step(self) -> None:
+        self.step_ok = self._true if self.on_device else True
+
+    def optimize(self, loss, optimizers: Sequence[Any], retain_graph: bool = False):
         import torch
 
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        if self.guard and not torch.isfinite(loss.detach()).all():
-            self.skipped_in_step = True
-            return False
         scaler = self.acc.scaler
+        if not self.on_device and self.guard and not torch.isfinite(loss.detach()).all():
+            self.step_ok = False
+            return False
+        ok = torch.isfinite(loss.detach()).all() if self.on_device and self.guard else None
         (scaler.scale(loss) if scaler is not None else loss).backward(retain_graph=retain_graph)
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if self.acc.num_processes > 1 and params:
             _all_reduce_mean([p.grad for p in params], self.acc.num_processes)
-        if self.guard and self.check_grads and not _grads_finite(params):
-            self.skipped_in_step = True
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            return False
+        if self.guard and self.check_grads:
+            finite = _grads_finite(params)
+            if not self.on_device and not bool(finite):
+                self.step_ok = False
+                for opt in optimizers:
+                    opt.zero_grad(set_to_none=True)
+                return False
+            if ok is not None:
+                ok = ok & finite
         for opt in optimizers:
             if scaler is not None:
                 scaler.step(opt)
+            elif ok is not None and opt.defaults.get("fused"):
+                # Fused optimizers skip the whole update (moments, step count) where found_inf is 1.
+                opt.found_inf = (~ok).float()
+                try:
+                    opt.step()
+                finally:
+                    del opt.found_inf
+            elif ok is not None:
+                if bool(ok):  # an optimizer made without optimizer_kwargs(): this one waits for the GPU
+                    opt.step()
             else:
                 opt.step()
-        return True
+        if ok is None:
+            return True
+        self.step_ok = self.step_ok & ok
+        return ok
 
 
 def _all_reduce_mean(grads: list, world: int) -> None:
@@ -120,13 +168,16 @@ def _all_reduce_mean(grads: list, world: int) -> None:
         offset += n
 
 
-def _grads_finite(params) -> bool:
+def _grads_finite(params):
+    """A 0-dim bool tensor on the gradients' device (nothing is read back here)."""
     import torch
 
     # A NaN or inf anywhere makes its tensor's sum non-finite; unlike a norm's squares, a sum of sane
     # gradients cannot overflow into a false alarm.
     sums = [p.grad.sum() for p in params if p.grad is not None]
-    return not sums or bool(torch.isfinite(torch.stack(sums)).all())
+    if not sums:
+        return True
+    return torch.isfinite(torch.stack(sums)).all()
 
 
 def seed_step(seed: int, step: int) -> None:
@@ -232,6 +283,7 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
         if isinstance(m, Learner):
             m._trainer = trainer
     learner.to(acc.device)
+    learners = [m for m in learner.modules() if isinstance(m, Learner)]  # SWAD and the algorithm it wraps
     ckpt = Path(ckpt)
     main = acc.is_main_process
     records: list[dict[str, Any]] = []
@@ -247,58 +299,76 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     # pass in training mode changes (BatchNorm's). Memories and accumulators are the learner's own business.
     buffers = [b for m in learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                for b in m.buffers() if b.is_floating_point()]
-    vals: dict[str, list[float]] = {}
-    skipped = seen = 0
+    log = _Log(acc.device)
     t0 = time.perf_counter()
-    interval_steps = 0
+    shown = 0.0
     bar = tqdm(total=total_steps, initial=start, desc=desc, unit="step", leave=False, file=sys.stderr,
                disable=not progress or not main)
-    for step, minibatches in zip(range(start, total_steps), batches(start, total_steps)):
-        seed_step(seed, step)
-        learner.current_step = step
-        minibatches = [(x.to(acc.device), y.to(acc.device)) for x, y in minibatches]
-        learner.train()
-        saved = [b.clone() for b in buffers] if trainer.guard else []
-        trainer.skipped_in_step = False
-        with acc.autocast():
-            info = learner.update(minibatches)
-        kill_point("loop.step")
-        if acc.scaler is not None:
-            acc.scaler.update()
-        if trainer.skipped_in_step:
-            skipped += 1
-            for b, s in zip(buffers, saved):
-                b.copy_(s)
-            if main:
-                tqdm.write(f"warning: step {step}: non-finite loss or gradient ({precision}); step skipped",
-                           file=sys.stderr)
-        else:
-            for k, v in info.items():
-                if v is not None and math.isfinite(float(v)):
-                    vals.setdefault(k, []).append(float(v))
-        if acc.num_processes > 1:
-            import torch.distributed as dist
+    from . import audit
 
-            for b in buffers:
-                dist.broadcast(b, 0)
-        n = sum(len(y) for _, y in minibatches) * acc.num_processes
-        seen += n
-        interval_steps += 1
+    stream = iter(batches(start, total_steps))
+    for step in range(start, total_steps):
+        with _step_audit(audit, learner) as checker:
+            try:
+                minibatches = next(stream)
+            except StopIteration:
+                break
+            seed_step(seed, step)
+            for m in learners:
+                m.current_step = step
+            minibatches = [(x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True))
+                           for x, y in minibatches]
+            if checker is not None:
+                checker.mark(*(t for mb in minibatches for t in mb))
+            learner.train()
+            saved = [b.clone() for b in buffers] if trainer.guard else []
+            trainer.begin_step()
+            with acc.autocast():
+                info = learner.update(minibatches)
+            kill_point("loop.step")
+            if acc.scaler is not None:
+                acc.scaler.update()
+            ok = trainer.step_ok
+            if saved:
+                if trainer.on_device:
+                    for b, old in zip(buffers, saved):
+                        b.copy_(torch.where(ok, b, old))
+                elif not ok:
+                    for b, old in zip(buffers, saved):
+                        b.copy_(old)
+            log.add(info, ok)
+            if acc.num_processes > 1:
+                import torch.distributed as dist
+
+                for b in buffers:
+                    dist.broadcast(b, 0)
+            log.images += sum(len(y) for _, y in minibatches) * acc.num_processes
         bar.update(1)
-        bar.set_postfix(img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.0f}",
-                        **{k: f"{v[-1]:.3f}" for k, v in list(vals.items())[:2] if v})
+        now = time.perf_counter()
+        if bar.disable is False and now - shown >= 1.0:  # reading the losses waits for the GPU: once a second
+            shown = now
+            bar.set_postfix(img_s=f"{log.images / max(now - t0, 1e-9):.0f}",
+                            **{k: f"{v:.3f}" for k, v in list(log.latest().items())[:2]})
         if is_checkpoint(step) or step == total_steps - 1:
-            if skipped > interval_steps // 2:
+            means, skipped = log.read()
+            if skipped and main:
+                tqdm.write(f"warning: {skipped} step(s) before step {step} had a non-finite loss or gradient "
+                           f"({precision}) and were skipped", file=sys.stderr)
+            if skipped > log.steps // 2:
                 bar.close()
-                raise AugurError(f"training diverged: {skipped} of {interval_steps} steps before step {step} had "
+                raise AugurError(f"training diverged: {skipped} of {log.steps} steps before step {step} had "
                                  f"a non-finite loss or gradient ({precision}); try a lower learning rate, or "
                                  "--precision fp32 (see the README on bf16 on CPU). The last checkpoint is kept")
-            record = {"step": step, **{k: float(np.mean(v)) for k, v in vals.items()}, "skipped_steps": skipped,
-                      "images": seen, "images_per_second": seen / max(time.perf_counter() - t0, 1e-9)}
+            record = {"step": step, **means, "skipped_steps": skipped, "images": log.images,
+                      "images_per_second": log.images / max(time.perf_counter() - t0, 1e-9)}
             if evaluate is not None:
                 learner.eval()
                 with torch.inference_mode(), acc.autocast():
-                    record.update(evaluate(learner))
+                    measured = evaluate(learner)
+                for k in measured:  # the training means keep their place beside an evaluation's same name
+                    if k in means:
+                        record[f"train_{k}"] = record.pop(k)
+                record.update(measured)
             if on_checkpoint is not None:
                 on_checkpoint(learner, step, record)
             records.append(record)
@@ -306,13 +376,60 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
             if main:
                 _save(ckpt, step, learner, acc, {"step": step, "records": records, "stopped": stop})
             acc.wait_for_everyone()
-            vals, skipped, seen, interval_steps = {}, 0, 0, 0
+            log = _Log(acc.device)
             t0 = time.perf_counter()
             if stop:
                 break
     bar.close()
     learner.eval()
     return records
+
+
+def _step_audit(audit, learner):
+    """The device audit around one step when AUGUR_AUDIT is set (learn/audit.py), else nothing."""
+    from contextlib import nullcontext
+
+    if not audit.enabled():
+        return nullcontext()
+    return audit.DeviceAudit([*learner.parameters(), *learner.buffers()], strict=True)
+
+
+class _Log:
+    """What `update` returned, summed where it was computed (on the GPU: no wait per step) over the steps
+    that were taken; read back at checkpoints. Non-finite values are left out, as skipped steps are."""
+
+    def __init__(self, device):
+        self.device = device
+        self.sums: dict[str, Any] = {}
+        self.counts: dict[str, Any] = {}
+        self.last: dict[str, Any] = {}
+        self.skipped: Any = 0
+        self.steps = 0
+        self.images = 0
+
+    def add(self, info: dict[str, Any], ok) -> None:
+        import torch
+
+        self.steps += 1
+        self.skipped = self.skipped + (~ok if torch.is_tensor(ok) else (not ok))
+        for k, v in info.items():
+            if v is None:
+                continue
+            if torch.is_tensor(v):
+                v = v.detach().to(torch.float64)
+            else:
+                v = torch.tensor(float(v), dtype=torch.float64, device=self.device if torch.is_tensor(ok) else "cpu")
+            good = torch.isfinite(v) & ok if torch.is_tensor(ok) else (torch.isfinite(v) & bool(ok))
+            self.sums[k] = self.sums.get(k, 0.0) + torch.where(good, v, torch.zeros_like(v))
+            self.counts[k] = self.counts.get(k, 0) + good.to(torch.int64)
+            self.last[k] = v
+
+    def latest(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self.last.items()}
+
+    def read(self) -> tuple[dict[str, float], int]:
+        means = {k: float(self.sums[k] / self.counts[k]) for k in self.sums if int(self.counts[k]) > 0}
+        return means, int(self.skipped)
 
 
 def clear(ckpt: Path) -> None:

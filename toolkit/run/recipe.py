@@ -240,8 +240,7 @@ def check_whole(recipe: Recipe) -> None:
     if dg is not None:
         from ..stages.dg.hparams import declared
 
-        size_class = "small" if dg.data == "digits" else "large"
-        check_hparams(dict(dg.hp), declared(dg.algorithm, size_class, dg.weights != "none", dg.swad), dg.algorithm,
+        check_hparams(dict(dg.hp), declared(dg.algorithm, "resnet", dg.weights != "none", dg.swad), dg.algorithm,
                       where=f"{where}.dg.hp: ")
 
 

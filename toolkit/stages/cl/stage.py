@@ -19,14 +19,15 @@ import numpy as np
 from ... import __version__
 from ...core import distributed, outdir
 from ...core.cache import derive_seed
-from ...core.device import pick_device, resolve_precision, threads
+from ...core.device import pick_device, resolve_precision, threads, torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import atomic_write, publish_dir, write_jsonl
 from ...core.settings import as_dict, check_hparams
 from ...core.tables import format_table
-from ...learn import backbones, data, loop
-from ...learn.loaders import EpochBatches, ImageSet, default_workers, eval_batches, loader
+from ...learn import audit, backbones, data, loop
+from ...learn.images import ImageStore
+from ...learn.loaders import EpochBatches
 from ...learn.transforms import data_config
 from .config import CLConfig
 from .metrics import matrix, metrics
@@ -119,16 +120,19 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
     import torch
     from safetensors.torch import load_file, save_file
 
-    device = pick_device()
     torch.manual_seed(cfg.seed)
     backbone = backbones.build(arch, w, cfg.image_size)
     dc = data_config(backbone, cfg.image_size)
-    ctx = Context(dc, cfg.seed, len(classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
-    strategy = strategy_cls(backbone, hp, ctx).to(device)
+    # One store for the run: train and test images decoded once, on the training device when they fit.
+    store = ImageStore(train_items + test_items, dc, torch_device(), workers=cfg.workers)
+    n_train = len(train_items)
+    rows = [(int(r), int(y)) for r, y in zip(range(len(store)), store.labels_np)]
+    train_rows = [rows[i] for i, k in enumerate(store.kept) if k < n_train]
+    test_rows = [rows[i] for i, k in enumerate(store.kept) if k >= n_train]
+    ctx = Context(store, cfg.seed, len(classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
+    strategy = strategy_cls(backbone, hp, ctx).to(torch_device())
     state = distributed.state()
     world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    workers = cfg.workers if cfg.workers is not None else default_workers(
-        isinstance(train_items[0][0], np.ndarray), len(train_items), cfg.image_size)
     counts: list[list[list[int]]] = []
     start = 0
     done = sorted(p for p in (out / "tasks").glob("task-*") if (p / "state.json").is_file()) if (out / "tasks").is_dir() else []
@@ -136,34 +140,35 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
         import json
 
         last = done[-1]
-        strategy.load_state_dict(load_file(str(last / "strategy.safetensors"), device=str(device)), strict=False)
+        strategy.load_state_dict(load_file(str(last / "strategy.safetensors"), device=str(torch_device())), strict=False)
         meta = json.loads((last / "state.json").read_text(encoding="utf-8"))
         strategy.load_extra(meta["extra"])
         counts, start = meta["counts"], meta["task"] + 1
     main = distributed.is_main_process()
     for t in range(start, len(tasks)):
         task_classes = tasks[t]
-        items = [it for it in train_items if it[1] in task_classes]
-        strategy.begin_task(t, task_classes, items)
+        items = [it for it in train_rows if it[1] in task_classes]
+        with audit.phase():
+            strategy.begin_task(t, task_classes, items)
         if strategy.trains_on(t) and cfg.epochs:
             train = strategy.training_items(items)
             if len(train) < 2:
                 raise AugurError(f"task {t + 1} has {len(train)} training image(s); training needs at least 2")
-            train_set = ImageSet(train, dc)
             batches = EpochBatches(len(train), cfg.batch_size, cfg.seed, ("task", t), world)
+            feed = store.feed(np.array([r for r, _ in train], dtype=np.int64), batches)
             spe = batches.steps_per_epoch
 
-            def stream(a: int, b: int, train_set=train_set, batches=batches):
-                for x, y in loader(train_set, batches, a, b, workers):
+            def stream(a: int, b: int, feed=feed):
+                for x, y in feed.stream(a, b):
                     yield [(x, y)]
 
             loop.run(strategy, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s, spe=spe: (s + 1) % spe == 0,
                      ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
                      precision=cfg.precision, progress=cfg.progress, desc=f"cl {name} task {t + 1}/{len(tasks)}")
-        strategy.to(device)
-        strategy.end_task(t, task_classes, items)
-        counts.append([_score(strategy, [it for it in test_items if it[1] in tasks[j]], dc, device)
-                       for j in range(t + 1)])
+        strategy.to(torch_device())
+        with audit.phase():
+            strategy.end_task(t, task_classes, items)
+            counts.append([_score(strategy, ctx, [it for it in test_rows if it[1] in tasks[j]]) for j in range(t + 1)])
         if main:
             _save_task(out, t, strategy, counts, save_file)
             kill_point("cl.after_task")
@@ -184,15 +189,17 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
     return read_jsonl(out / "results.jsonl")[-1]
 
 
-def _score(strategy, items, dc, device) -> list[int]:
+def _score(strategy, ctx, items) -> list[int]:
+    """[correct, total] of the strategy's predictions on `items` (counted on the device, read once)."""
     import torch
 
     strategy.eval()
-    correct = 0
+    correct = None
     with torch.inference_mode():
-        for x, y in eval_batches(ImageSet(items, dc), 256):
-            correct += int((strategy.predict(x.to(device)).argmax(1).cpu() == y).sum())
-    return [correct, len(items)]
+        for x, y in ctx.batches(items, 256):
+            hits = (strategy.predict(x).argmax(1) == y).sum()
+            correct = hits if correct is None else correct + hits
+    return [int(correct) if correct is not None else 0, len(items)]
 
 
 def _save_task(out: Path, t: int, strategy, counts, save_file) -> None:

@@ -3,7 +3,10 @@
 Single head over every class, predictions restricted to the classes seen so far (the class-incremental
 setting). A strategy is an nn.Module trained by the shared loop (`update`), with hooks around each
 task; everything it must remember (memories, Fisher information, prototypes, ridge statistics, old
-models) is a buffer, a sub-module or JSON in its checkpoint, so a run resumes exactly.
+models) is a buffer, a sub-module or JSON in its checkpoint, so a run resumes exactly. Items are
+(row, label) pairs: rows of the run's decoded image store (learn/images.py), on the training device;
+memories keep rows. Per-step code never waits for the GPU (host-side copies of counters, column
+indices computed once per task); everything a strategy computes lives on the model's device.
 
 References, followed formula for formula:
 - ncm: nearest class mean with cosine similarity to prototypes = means of raw features (SimpleCIL,
@@ -14,12 +17,19 @@ References, followed formula for formula:
   training features, head W_o = solve(G + lambda I, Q)^T.
 - fsa: first-session adaptation (RanPAC's first-task training): the backbone trains on the first task
   only, then is frozen under an NCM or RanPAC head.
+- lwf: PyCIL's models/lwf.py (G-U-N/PyCIL@87cc411, lines 145-166 and 202-205): cross-entropy on the
+  new classes' logits only, plus lamda = 3 times PyCIL's `_KD_loss` at T = 2 on the old classes; the
+  variant `loss=kl` is cross-entropy over every seen class + alpha * KL * T^2 (Hinton's scaling).
 - icarl: Rebuffi et al. 2017: herding memory, sigmoid binary cross-entropy with the old model's sigmoid
-  outputs as old-class targets, nearest-mean-of-exemplars classification; `loss=ce` is the
-  cross-entropy + distillation variant (as PyCIL implements it).
-- ewc: Kirkpatrick et al. 2017: the diagonal Fisher from per-sample squared gradients of log p(y|x) over
-  shuffled training samples of every class of the task, summed over tasks (online EWC: F <- gamma F +
-  F_task, Schwarz et al. 2018), penalty lambda / 2 * sum F (theta - theta*)^2.
+  outputs as old-class targets, nearest-mean-of-exemplars classification; `loss=ce` is PyCIL's
+  models/icarl.py (lines 158-167): cross-entropy + `_KD_loss` at T = 2, unweighted; `loss=kl` the
+  cross-entropy + alpha * KL * T^2 form.
+- ewc: online EWC as Mammoth's models/ewc_on.py (aimagelab/mammoth@e75a491, `end_task`, `penalty`,
+  `get_penalty_grads`): per training sample of the task, the squared gradient of log p(y|x) weighted by
+  p(y|x), summed and divided by len(train_loader) * batch_size; F <- gamma F + F_task (Schwarz et al.
+  2018); loss = CE + lambda * sum F (theta - theta*)^2 (Mammoth adds its gradient, 2 lambda F (theta -
+  theta*), before backward). The variant `fisher=empirical` is the plain empirical Fisher (the mean of
+  squared per-sample gradients) with Kirkpatrick et al.'s lambda / 2.
 - der / derpp: Buzzega et al. 2020 (Mammoth der.py, derpp.py): a reservoir buffer of inputs and
   logits, alpha * MSE on the logits (+ beta * CE on buffer labels for DER++).
 - gdumb: Prabhu et al. 2020: a greedy class-balanced memory; at every task a model trained from its
@@ -41,17 +51,16 @@ from ...core.cache import derive_seed
 from ...core.registry import Registry
 from ...core.settings import HP
 from ...learn.backbones import num_features
-from ...learn.loaders import ImageSet, eval_batches
-from ...learn.loop import Learner
+from ...learn.loop import Learner, optimizer_kwargs
 
 STRATEGIES = Registry("strategy")
 
 
 @dataclass
 class Context:
-    """What strategies need besides their network: data transforms, the device, seeds, sizes."""
+    """What strategies need besides their network: the image store, seeds, sizes, the optimizer's settings."""
 
-    dc: Any
+    store: Any  # learn.images.ImageStore: items are (row, label) pairs of it
     seed: int
     n_classes: int
     image_size: int
@@ -59,9 +68,9 @@ class Context:
     weight_decay: float
     batch_size: int
 
-    @property
-    def device(self):
-        return self._device if hasattr(self, "_device") else torch.device("cpu")
+    def batches(self, items: list, batch: int):
+        """(normalised x, y) of `items` on the store's device, in order, without augmentation."""
+        return self.store.eval_batches(np.array([r for r, _ in items], dtype=np.int64), batch)
 
 
 class Net(nn.Module):
@@ -72,17 +81,6 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.head(self.backbone(x))
-
-
-def ref(x):
-    """Memory items are image paths, or pixel arrays for the built-in digits (JSON in checkpoints)."""
-    return str(x) if not isinstance(x, np.ndarray) else {"array": x.tolist()}
-
-
-def deref(x):
-    from pathlib import Path
-
-    return np.asarray(x["array"], dtype=np.uint8) if isinstance(x, dict) else Path(x)
 
 
 class Strategy(nn.Module, Learner):
@@ -108,9 +106,12 @@ class Strategy(nn.Module, Learner):
 
     def begin_task(self, task: int, classes: list[int], items: list) -> None:
         self.seen[classes] = True
+        # Column indices, once per task: a training step must not ask the GPU what they are (a sync).
+        self.seen_cols = self.seen.nonzero().squeeze(1)
         if self.trains_on(task):
             params = [p for p in self.net.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.AdamW(params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay)
+            self.optimizer = torch.optim.AdamW(params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay,
+                                               **optimizer_kwargs())
 
     def training_items(self, items: list) -> list:
         return items
@@ -133,20 +134,19 @@ class Strategy(nn.Module, Learner):
         y = torch.cat([y for _, y in minibatches])
         loss = self.loss(self.net(x), y, x)
         self.optimize(loss, self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x):
         return self.masked(self.net(x))
 
     # -- helpers
     def features(self, items: list, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw backbone features and labels of `items` (no augmentation, eval mode)."""
+        """Raw backbone features and labels of `items` (no augmentation, eval mode), on the model's device."""
         self.net.eval()
-        device = next(self.net.parameters()).device
         feats, labels = [], []
         with torch.no_grad():
-            for x, y in eval_batches(ImageSet(items, self.ctx.dc), batch):
-                feats.append(self.net.backbone(x.to(device)).float().cpu())
+            for x, y in self.ctx.batches(items, batch):
+                feats.append(self.net.backbone(x).float())
                 labels.append(y)
         return torch.cat(feats), torch.cat(labels)
 
@@ -188,16 +188,16 @@ class _Memory(Strategy):
         return [items[i] for i in sorted(rng.choice(len(items), size=min(k, len(items)), replace=False))]
 
     def checkpoint_extra(self):
-        return {"memory": [[ref(x), y] for x, y in self.memory]}
+        return {"memory": [[int(r), int(y)] for r, y in self.memory]}
 
     def load_extra(self, extra):
-        self.memory = [(deref(x), y) for x, y in extra.get("memory", [])]
+        self.memory = [(int(r), int(y)) for r, y in extra.get("memory", [])]
 
 
 def herding(strategy: Strategy, items, k: int):
     """iCaRL's herding on L2-normalised features: greedily pick samples whose running mean tracks the class mean."""
     f, _ = strategy.features(items)
-    f = F.normalize(f, dim=1)
+    f = F.normalize(f, dim=1).cpu()  # once per class and task; the greedy loop is k tiny steps on the host
     mu = f.mean(0)
     chosen: list[int] = []
     acc = torch.zeros_like(mu)
@@ -226,16 +226,27 @@ class _OldModel(Strategy):
         for p in self.old.parameters():
             p.requires_grad_(False)
         self.register_buffer("old_seen", torch.zeros_like(self.seen))
+        self._has_old = False  # a host-side copy of old_seen.any(): asked every step, it must not sync a GPU
+
+    def begin_task(self, task, classes, items):
+        self._has_old = bool(self.old_seen.any())  # once per task (also right after a resume's load)
+        self.old_cols = self.old_seen.nonzero().squeeze(1)
+        super().begin_task(task, classes, items)
+        new = self.seen & ~self.old_seen
+        self.new_cols = new.nonzero().squeeze(1)
+        self.new_position = torch.cumsum(new.long(), 0) - 1  # a class's position among the new columns
 
     @property
     def has_old(self) -> bool:
-        return bool(self.old_seen.any())
+        return self._has_old
+
 
     def end_task(self, task, classes, items):
         super().end_task(task, classes, items)
         self.old.load_state_dict(self.net.state_dict())
         self.old.eval()
         self.old_seen.copy_(self.seen)
+        self._has_old = True
 
     def old_logits(self, x):
         self.old.eval()
@@ -243,34 +254,54 @@ class _OldModel(Strategy):
             return self.old(x)
 
 
-def _kd(outputs, targets, cols, T):
+def _kd_kl(outputs, targets, cols, T):
+    """KL(softmax(targets / T) || softmax(outputs / T)) * T^2 on the columns `cols` (Hinton's scaling)."""
     return F.kl_div(F.log_softmax(outputs[:, cols] / T, 1), F.softmax(targets[:, cols] / T, 1),
                     reduction="batchmean") * T * T
 
 
+def pycil_kd(pred, soft, T):
+    """PyCIL's `_KD_loss` (models/lwf.py and icarl.py, lines 202-205), line for line: the cross-entropy of
+    the softened old outputs against the softened new ones, summed and divided by the batch size."""
+    pred = torch.log_softmax(pred / T, dim=1)
+    soft = torch.softmax(soft / T, dim=1)
+    return -1 * torch.mul(soft, pred).sum() / pred.shape[0]
+
+
 @STRATEGIES.register("lwf")
 class LwF(_OldModel):
-    about = "Learning without Forgetting: distil the previous model's outputs on the old classes"
-    hparams = {"alpha": HP(1.0, "Weight of the distillation loss.", min=0.0),
+    about = ("Learning without Forgetting as PyCIL: CE on the new classes + 3 x KD(T=2) on the old ones "
+             "(loss=kl: CE on every seen class + alpha KL T^2)")
+    hparams = {"loss": HP("pycil", "pycil: CE on the new classes' logits + alpha * PyCIL's KD; kl: CE on every seen "
+                                   "class + alpha * KL * T^2.", choices=("pycil", "kl")),
+               "alpha": HP(3.0, "Weight of the distillation loss (PyCIL's lamda).", min=0.0),
                "temperature": HP(2.0, "Distillation temperature.", min=0.0, min_open=True)}
 
     def loss(self, outputs, y, x):
-        ce = F.cross_entropy(self.masked(outputs), y)
+        T, alpha = self.hp["temperature"], self.hp["alpha"]
+        if self.hp["loss"] == "kl":
+            ce = F.cross_entropy(self.masked(outputs), y)
+            if not self.has_old:
+                return ce
+            return ce + alpha * _kd_kl(outputs, self.old_logits(x), self.old_cols, T)
+        # PyCIL's classes are renumbered so that the new ones are the last columns: the target is y's
+        # position among the new columns (fake_targets = targets - known_classes).
+        ce = F.cross_entropy(outputs[:, self.new_cols], self.new_position[y])
         if not self.has_old:
-            return ce
-        cols = self.old_seen.nonzero().squeeze(1)
-        return ce + self.hp["alpha"] * _kd(outputs, self.old_logits(x), cols, self.hp["temperature"])
+            return ce  # the first task: PyCIL's _init_train, CE on all (= the new) classes
+        old = self.old_cols
+        return ce + alpha * pycil_kd(outputs[:, old], self.old_logits(x)[:, old], T)
 
 
 @STRATEGIES.register("icarl")
 class ICaRL(_Memory, _OldModel):
     about = ("iCaRL: herding memory, sigmoid BCE with the old model's outputs as old-class targets, "
-             "nearest-mean-of-exemplars classification (loss=ce: cross-entropy + distillation)")
+             "nearest-mean-of-exemplars classification (loss=ce: PyCIL's CE + KD; loss=kl: CE + alpha KL T^2)")
     hparams = {"memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
-               "loss": HP("bce", "bce: the original binary cross-entropy; ce: cross-entropy + distillation.",
-                          choices=("bce", "ce")),
-               "alpha": HP(1.0, "Distillation weight (loss=ce).", min=0.0),
-               "temperature": HP(2.0, "Distillation temperature (loss=ce).", min=0.0, min_open=True)}
+               "loss": HP("bce", "bce: the original binary cross-entropy; ce: PyCIL's cross-entropy + KD(T); kl: "
+                                 "cross-entropy + alpha * KL * T^2.", choices=("bce", "ce", "kl")),
+               "alpha": HP(1.0, "Distillation weight (loss=ce, kl; PyCIL's is 1).", min=0.0),
+               "temperature": HP(2.0, "Distillation temperature (loss=ce, kl).", min=0.0, min_open=True)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -279,16 +310,18 @@ class ICaRL(_Memory, _OldModel):
         self.register_buffer("means", torch.zeros(self.ctx.n_classes, d))
 
     def loss(self, outputs, y, x):
-        cols = self.seen.nonzero().squeeze(1)
-        if self.hp["loss"] == "ce":
+        cols = self.seen_cols
+        if self.hp["loss"] in ("ce", "kl"):
             ce = F.cross_entropy(self.masked(outputs), y)
             if not self.has_old:
                 return ce
-            old = self.old_seen.nonzero().squeeze(1)
-            return ce + self.hp["alpha"] * _kd(outputs, self.old_logits(x), old, self.hp["temperature"])
+            old, T = self.old_cols, self.hp["temperature"]
+            if self.hp["loss"] == "kl":
+                return ce + self.hp["alpha"] * _kd_kl(outputs, self.old_logits(x), old, T)
+            return ce + self.hp["alpha"] * pycil_kd(outputs[:, old], self.old_logits(x)[:, old], T)
         targets = F.one_hot(y, self.ctx.n_classes).float()
         if self.has_old:
-            old = self.old_seen
+            old = self.old_cols
             targets[:, old] = torch.sigmoid(self.old_logits(x)[:, old]).to(targets.dtype)
         return F.binary_cross_entropy_with_logits(outputs[:, cols].float(), targets[:, cols])
 
@@ -302,6 +335,7 @@ class ICaRL(_Memory, _OldModel):
         self.means.copy_(means)
 
     def predict(self, x):
+        """Nearest mean of exemplars: cosine similarity of the normalised feature to each class's mean."""
         f = F.normalize(self.net.backbone(x).float(), dim=1)
         return self.masked(f @ self.means.T.to(f.device))
 
@@ -313,12 +347,16 @@ def _buffer_name(kind: str, param: str) -> str:
 
 @STRATEGIES.register("ewc")
 class EWC(Strategy):
-    about = ("Elastic Weight Consolidation: a quadratic penalty weighted by the diagonal Fisher from per-sample "
-             "gradients, summed over tasks (gamma < 1: online EWC)")
-    hparams = {"lambda": HP(100.0, "Penalty weight.", min=0.0),
-               "gamma": HP(1.0, "Decay of the old Fisher at each task (1: classic EWC, summed).", min=0.0, max=1.0),
-               "fisher_samples": HP(1000, "Training samples (shuffled, every class) the Fisher is estimated on.",
-                                    min=1)}
+    about = ("online EWC as Mammoth's ewc_on: lambda * sum F (theta - theta*)^2, F the p(y|x)-weighted squared "
+             "gradients, F <- gamma F + F_task (fisher=empirical: the plain empirical Fisher, lambda / 2)")
+    hparams = {"lambda": HP(10.0, "Penalty weight (Mammoth's e_lambda; 10 is its best configuration for "
+                                  "seq-cifar10).", min=0.0),
+               "gamma": HP(1.0, "Decay of the old Fisher at each task (1: the Fishers summed).", min=0.0, max=1.0),
+               "fisher": HP("mammoth", "mammoth: squared gradients of log p(y|x) weighted by p(y|x), over "
+                                       "len(loader) x batch size, penalty lambda; empirical: their plain mean, "
+                                       "penalty lambda / 2.", choices=("mammoth", "empirical")),
+               "fisher_samples": HP(0, "Training samples of the task the Fisher is estimated on (0: all of them, "
+                                       "as Mammoth; else a shuffled subset).", min=0)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -328,6 +366,11 @@ class EWC(Strategy):
                 self.register_buffer(_buffer_name("fisher", n), torch.zeros_like(p))
                 self.register_buffer(_buffer_name("anchor", n), torch.zeros_like(p))
         self.register_buffer("has_fisher", torch.zeros((), dtype=torch.bool))
+        self._has_fisher = False  # host-side copy, read every step
+
+    def begin_task(self, task, classes, items):
+        self._has_fisher = bool(self.has_fisher)
+        super().begin_task(task, classes, items)
 
     def fisher(self, n):
         return getattr(self, _buffer_name("fisher", n))
@@ -336,14 +379,18 @@ class EWC(Strategy):
         return getattr(self, _buffer_name("anchor", n))
 
     def penalty(self):
+        """sum F (theta - theta*)^2 over the trained parameters."""
         params = dict(self.net.named_parameters())
         return sum((self.fisher(n) * (params[n] - self.anchor(n)) ** 2).sum() for n in self.names)
 
+    def weight(self) -> float:
+        return self.hp["lambda"] / 2 if self.hp["fisher"] == "empirical" else self.hp["lambda"]
+
     def loss(self, outputs, y, x):
         ce = F.cross_entropy(self.masked(outputs), y)
-        if not bool(self.has_fisher):
+        if not self._has_fisher:
             return ce
-        return ce + self.hp["lambda"] / 2 * self.penalty()
+        return ce + self.weight() * self.penalty()
 
     def end_task(self, task, classes, items):
         super().end_task(task, classes, items)
@@ -352,16 +399,19 @@ class EWC(Strategy):
             for n, p in self.net.named_parameters():
                 if n in task_fisher:
                     f = self.fisher(n)
-                    f.mul_(self.hp["gamma"] if bool(self.has_fisher) else 0.0).add_(task_fisher[n])
+                    f.mul_(self.hp["gamma"] if self._has_fisher else 0.0).add_(task_fisher[n])
                     self.anchor(n).copy_(p.detach())
         self.has_fisher.fill_(True)
+        self._has_fisher = True
 
     def estimate_fisher(self, items, task: int) -> dict[str, torch.Tensor]:
-        """Mean over sampled training items of the squared per-sample gradient of -log p(y|x)."""
+        """The task's diagonal Fisher from per-sample gradients of log p(y|x) (see the `fisher` hp)."""
         from torch.func import functional_call, grad, vmap
 
-        order = np.random.RandomState(derive_seed(self.ctx.seed, "fisher", task)).permutation(len(items))
-        sample = [items[i] for i in order[: self.hp["fisher_samples"]]]
+        sample = list(items)
+        if self.hp["fisher_samples"]:
+            order = np.random.RandomState(derive_seed(self.ctx.seed, "fisher", task)).permutation(len(items))
+            sample = [items[i] for i in order[: self.hp["fisher_samples"]]]
         net = self.net.eval()
         device = next(net.parameters()).device
         params = {n: p.detach() for n, p in net.named_parameters() if p.requires_grad}
@@ -370,17 +420,23 @@ class EWC(Strategy):
 
         def nll(p, x, y):
             out = functional_call(net, (p, buffers), (x.unsqueeze(0),))
-            return F.cross_entropy(out.masked_fill(~seen, float("-inf")), y.unsqueeze(0))
+            loss = F.cross_entropy(out.masked_fill(~seen, float("-inf")), y.unsqueeze(0))
+            return loss, torch.exp(-loss.detach())  # and p(y|x)
 
-        per_sample = vmap(grad(nll), in_dims=(None, 0, 0))
+        per_sample = vmap(grad(nll, has_aux=True), in_dims=(None, 0, 0))
+        mammoth = self.hp["fisher"] == "mammoth"
         total = {n: torch.zeros_like(p) for n, p in params.items()}
         size = sum(p.numel() for p in params.values())
         chunk = max(1, int(2e8 // (4 * size)))  # per-sample gradients of ~200 MB at a time
-        for x, y in eval_batches(ImageSet(sample, self.ctx.dc), chunk):
-            g = per_sample(params, x.to(device), y.to(device))
+        for x, y in self.ctx.batches(sample, chunk):
+            g, prob = per_sample(params, x, y)
+            w = prob.float() if mammoth else torch.ones_like(prob, dtype=torch.float32)
             for n in total:
-                total[n] += (g[n].float() ** 2).sum(0)
-        return {n: t / max(len(sample), 1) for n, t in total.items()}
+                total[n] += torch.einsum("b,b...->...", w, g[n].float() ** 2)
+        # Mammoth divides by len(train_loader) * batch_size: the sample count rounded up to whole batches
+        bs = self.ctx.batch_size
+        divisor = -(-len(sample) // bs) * bs if mammoth else len(sample)
+        return {n: t / max(divisor, 1) for n, t in total.items()}
 
 
 # ----------------------------------------------------------------------------- frozen-backbone heads
@@ -392,6 +448,7 @@ class NCMHead(nn.Module):
         self.register_buffer("prototypes", torch.zeros(n_classes, d))
 
     def add(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        feats, labels = feats.to(self.prototypes.device), labels.to(self.prototypes.device)
         with torch.no_grad():
             for c in labels.unique().tolist():
                 self.prototypes[c] = feats[labels == c].mean(0)
@@ -427,19 +484,21 @@ class RidgeHead(nn.Module):
         Q_val = features[0:num_val_samples, :].T @ Y[0:num_val_samples, :]
         G_val = features[0:num_val_samples, :].T @ features[0:num_val_samples, :]
         for ridge in RIDGES:
-            Wo = torch.linalg.solve(G_val + ridge * torch.eye(G_val.size(dim=0)), Q_val).T
+            Wo = torch.linalg.solve(G_val + ridge * torch.eye(G_val.size(dim=0), device=G_val.device), Q_val).T
             Y_train_pred = features[num_val_samples::, :] @ Wo.T
             losses.append(F.mse_loss(Y_train_pred, Y[num_val_samples::, :]))
-        return float(RIDGES[np.argmin(np.array(losses))])
+        return float(RIDGES[int(torch.stack(losses).argmin())])
 
     def add(self, feats: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        feats, labels = feats.to(self.G.device), labels.to(self.G.device)
         H = self.project(feats)
         Y = F.one_hot(labels, self.n_classes).float()
         with torch.no_grad():
             self.Q += H.T @ Y
             self.G += H.T @ H
             ridge = self.optimise_ridge_parameter(H, Y)
-            self.Wo.copy_(torch.linalg.solve(self.G + ridge * torch.eye(self.G.size(dim=0)), self.Q).T)
+            self.Wo.copy_(torch.linalg.solve(self.G + ridge * torch.eye(self.G.size(dim=0), device=self.G.device),
+                                             self.Q).T)
         return {"ridge": ridge}
 
     def logits(self, f: torch.Tensor) -> torch.Tensor:
@@ -527,22 +586,43 @@ class DER(Strategy):
         self.register_buffer("buf_y", torch.zeros(m, dtype=torch.long))
         self.register_buffer("buf_logits", torch.zeros(m, self.ctx.n_classes))
         self.register_buffer("num_seen", torch.zeros((), dtype=torch.long))
+        self._seen: int | None = 0  # host-side copy of num_seen (the reservoir is drawn on the host)
+        self.register_load_state_dict_post_hook(_forget_seen)
+
+    @property
+    def seen_examples(self) -> int:
+        if self._seen is None:
+            self._seen = int(self.num_seen)
+        return self._seen
 
     def sample(self, size: int):
-        n = min(int(self.num_seen), self.buf_x.shape[0])
+        n = min(self.seen_examples, self.buf_x.shape[0])
         size = min(size, n)
-        choice = np.random.choice(n, size=size, replace=False)
+        choice = torch.from_numpy(np.random.choice(n, size=size, replace=False)).to(self.buf_x.device)
         return self.buf_x[choice], self.buf_y[choice], self.buf_logits[choice]
 
-    def add(self, x, y, logits) -> None:
+    def add(self, x, y, logits, ok=True) -> None:
+        """Mammoth's reservoir, example by example (the slots drawn on the host), written in one go. On a GPU
+        `ok` (the step was taken) is a device flag: the examples count as seen, and are stored only if ok."""
+        if ok is False:
+            return
+        slots: dict[int, int] = {}
+        for i in range(len(x)):
+            slot = reservoir(self.seen_examples, self.buf_x.shape[0])
+            self._seen += 1
+            if slot >= 0:
+                slots[slot] = i  # a later example taking the same slot overwrites an earlier one, as in sequence
+        self.num_seen += len(x)
+        if not slots:
+            return
+        dst = torch.from_numpy(np.fromiter(slots, dtype=np.int64)).to(x.device)
+        src = torch.from_numpy(np.fromiter(slots.values(), dtype=np.int64)).to(x.device)
         with torch.no_grad():
-            for i in range(len(x)):
-                slot = reservoir(int(self.num_seen), self.buf_x.shape[0])
-                self.num_seen += 1
-                if slot >= 0:
-                    self.buf_x[slot] = x[i]
-                    self.buf_y[slot] = y[i]
-                    self.buf_logits[slot] = logits[i]
+            for buf, new in ((self.buf_x, x), (self.buf_y, y), (self.buf_logits, logits)):
+                value = new.index_select(0, src).to(buf.dtype)
+                if torch.is_tensor(ok):
+                    value = torch.where(ok, value, buf.index_select(0, dst))
+                buf.index_copy_(0, dst, value)
 
     def extra_loss(self, bs: int):
         bx, _, blogits = self.sample(bs)
@@ -553,11 +633,15 @@ class DER(Strategy):
         y = torch.cat([y for _, y in minibatches])
         outputs = self.net(x)
         loss = F.cross_entropy(self.masked(outputs), y)
-        if int(self.num_seen) > 0:
+        if self.seen_examples > 0:
             loss = loss + self.extra_loss(len(x))
-        if self.optimize(loss, self.optimizer):
-            self.add(x, y, outputs.detach().float())
-        return {"loss": loss.item()}
+        ok = self.optimize(loss, self.optimizer)
+        self.add(x, y, outputs.detach().float(), ok)
+        return {"loss": loss.detach()}
+
+
+def _forget_seen(module, incompatible_keys) -> None:
+    module._seen = None
 
 
 @STRATEGIES.register("derpp")
@@ -615,7 +699,7 @@ class GDumb(Strategy):
         return list(self.memory)
 
     def checkpoint_extra(self):
-        return {"memory": [[ref(x), y] for x, y in self.memory]}
+        return {"memory": [[int(r), int(y)] for r, y in self.memory]}
 
     def load_extra(self, extra):
-        self.memory = [(deref(x), y) for x, y in extra.get("memory", [])]
+        self.memory = [(int(r), int(y)) for r, y in extra.get("memory", [])]

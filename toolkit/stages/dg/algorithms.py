@@ -8,6 +8,13 @@ changes: the featurizer is an Augur backbone (timm, any --weights, optionally Lo
 (mixed precision, gradient all-reduce across processes, non-finite guard). Randomness (Mixup's Beta
 draws, random pairings, SagNet's style swaps) uses the global generators, which the loop re-seeds at
 every step.
+
+One more, for the GPU: an update never waits for it. DomainBed returns `loss.item()` and branches on
+tensors (`update_count`, SelfReg's per-element class intervals); here updates return detached tensors
+(the loop averages them on the device), step counters have a host-side copy, random tensors are drawn
+on the batch's device, and SelfReg's within-class shuffles are one sort. The values are DomainBed's;
+tests/test_dg_algorithms.py checks each loss against its formula and runs every update under the
+device audit (learn/audit.py).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch.nn.functional as F
 
 from ...core.registry import Registry
 from ...learn.backbones import num_features
-from ...learn.loop import Learner
+from ...learn.loop import Learner, optimizer_kwargs
 
 ALGORITHMS = Registry("algorithm")
 
@@ -88,11 +95,11 @@ def Classifier(in_features: int, out_features: int, is_nonlinear: bool = False) 
 
 def _adam(params, hparams, lr_key: str = "lr", wd_key: str = "weight_decay", **kw):
     return torch.optim.Adam([p for p in params if p.requires_grad], lr=hparams[lr_key],
-                            weight_decay=hparams[wd_key], **kw)
+                            weight_decay=hparams[wd_key], **kw, **optimizer_kwargs())
 
 
 def random_pairs_of_minibatches(minibatches):
-    perm = torch.randperm(len(minibatches)).tolist()
+    perm = torch.randperm(len(minibatches), device="cpu").tolist()  # an order of environments, drawn on the host
     pairs = []
     for i in range(len(minibatches)):
         j = i + 1 if i < (len(minibatches) - 1) else 0
@@ -115,6 +122,26 @@ class Algorithm(nn.Module, Learner):
     def featurizer_of(self) -> nn.Module:
         return self.featurizer
 
+    def _counter(self) -> None:
+        """DomainBed's `update_count` buffer, with a host-side copy (branching on the buffer waits for the GPU).
+        The buffer stays the checkpointed truth: a state load clears the copy, which is re-read once."""
+        self.register_buffer("update_count", torch.tensor([0]))
+        self._updates = 0
+        self.register_load_state_dict_post_hook(_forget_count)
+
+    def _count_updates(self) -> int:
+        if self._updates is None:
+            self._updates = int(self.update_count)
+        return self._updates
+
+    def _add_update(self) -> None:
+        self._updates = self._count_updates() + 1
+        self.update_count += 1
+
+
+def _forget_count(module, incompatible_keys) -> None:
+    module._updates = None
+
 
 @ALGORITHMS.register("ERM")
 class ERM(Algorithm):
@@ -132,7 +159,7 @@ class ERM(Algorithm):
         all_y = torch.cat([y for x, y in minibatches])
         loss = F.cross_entropy(self.predict(all_x), all_y)
         self.optimize(loss, self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x):
         return self.network(x)
@@ -189,8 +216,8 @@ class AbstractMMD(ERM):
             penalty /= nmb * (nmb - 1) / 2
         self.optimize(objective + (self.hparams["mmd_gamma"] * penalty), self.optimizer)
         if torch.is_tensor(penalty):
-            penalty = penalty.item()
-        return {"loss": objective.item(), "penalty": penalty}
+            penalty = penalty.detach()
+        return {"loss": objective.detach(), "penalty": penalty}
 
 
 @ALGORITHMS.register("MMD")
@@ -219,7 +246,7 @@ class GroupDRO(ERM):
 
     def update(self, minibatches):
         device = minibatches[0][0].device
-        losses = torch.zeros(len(minibatches)).to(device)
+        losses = torch.zeros(len(minibatches), device=device)
         for m in range(len(minibatches)):
             x, y = minibatches[m]
             losses[m] = F.cross_entropy(self.predict(x), y)
@@ -227,7 +254,7 @@ class GroupDRO(ERM):
         self.q /= self.q.sum()
         loss = torch.dot(losses, self.q)
         self.optimize(loss, self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
 
 @ALGORITHMS.register("Mixup")
@@ -244,7 +271,7 @@ class Mixup(ERM):
             objective += (1 - lam) * F.cross_entropy(predictions, yj)
         objective /= len(minibatches)
         self.optimize(objective, self.optimizer)
-        return {"loss": objective.item()}
+        return {"loss": objective.detach()}
 
 
 @ALGORITHMS.register("IRM")
@@ -253,7 +280,7 @@ class IRM(ERM):
 
     def __init__(self, backbone, num_classes, num_domains, hparams):
         super().__init__(backbone, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self._counter()
 
     @staticmethod
     def _irm_penalty(logits, y):
@@ -265,7 +292,8 @@ class IRM(ERM):
         return torch.sum(grad_1 * grad_2)
 
     def update(self, minibatches):
-        penalty_weight = (self.hparams["irm_lambda"] if self.update_count >= self.hparams["irm_penalty_anneal_iters"]
+        count = self._count_updates()
+        penalty_weight = (self.hparams["irm_lambda"] if count >= self.hparams["irm_penalty_anneal_iters"]
                           else 1.0)
         nll = 0.0
         penalty = 0.0
@@ -280,13 +308,14 @@ class IRM(ERM):
         nll /= len(minibatches)
         penalty /= len(minibatches)
         loss = nll + (penalty_weight * penalty)
-        if self.update_count == self.hparams["irm_penalty_anneal_iters"]:
+        if count == self.hparams["irm_penalty_anneal_iters"]:
             # Reset Adam, because it doesn't like the sharp jump in gradient
             # magnitudes that happens at this step.
             self.optimizer = _adam(self.network.parameters(), self.hparams)
         self.optimize(loss, self.optimizer)
-        self.update_count += 1
-        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
+        self._add_update()
+        return {"loss": loss.detach(), "nll": nll.detach(), "penalty": penalty.detach(),
+                "penalty_weight": penalty_weight}
 
 
 @ALGORITHMS.register("VREx")
@@ -295,10 +324,11 @@ class VREx(ERM):
 
     def __init__(self, backbone, num_classes, num_domains, hparams):
         super().__init__(backbone, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self._counter()
 
     def update(self, minibatches):
-        if self.update_count >= self.hparams["vrex_penalty_anneal_iters"]:
+        count = self._count_updates()
+        if count >= self.hparams["vrex_penalty_anneal_iters"]:
             penalty_weight = self.hparams["vrex_lambda"]
         else:
             penalty_weight = 1.0
@@ -315,13 +345,14 @@ class VREx(ERM):
         mean = losses.mean()
         penalty = ((losses - mean) ** 2).mean()
         loss = mean + penalty_weight * penalty
-        if self.update_count == self.hparams["vrex_penalty_anneal_iters"]:
+        if count == self.hparams["vrex_penalty_anneal_iters"]:
             # Reset Adam (like IRM), because it doesn't like the sharp jump in
             # gradient magnitudes that happens at this step.
             self.optimizer = _adam(self.network.parameters(), self.hparams)
         self.optimize(loss, self.optimizer)
-        self.update_count += 1
-        return {"loss": loss.item(), "nll": nll.item(), "penalty": penalty.item()}
+        self._add_update()
+        return {"loss": loss.detach(), "nll": nll.detach(), "penalty": penalty.detach(),
+                "penalty_weight": penalty_weight}
 
 
 class AbstractDANN(Algorithm):
@@ -332,7 +363,7 @@ class AbstractDANN(Algorithm):
 
     def __init__(self, backbone, num_classes, num_domains, hparams):
         super().__init__(backbone, num_classes, num_domains, hparams)
-        self.register_buffer("update_count", torch.tensor([0]))
+        self._counter()
         self.featurizer = Featurizer(backbone, hparams)
         self.classifier = Classifier(self.featurizer.n_outputs, num_classes, hparams["nonlinear_classifier"])
         self.discriminator = MLP(self.featurizer.n_outputs, num_domains, hparams)
@@ -347,7 +378,7 @@ class AbstractDANN(Algorithm):
 
     def update(self, minibatches):
         device = minibatches[0][0].device
-        self.update_count += 1
+        self._add_update()
         all_x = torch.cat([x for x, y in minibatches])
         all_y = torch.cat([y for x, y in minibatches])
         all_z = self.featurizer(all_x)
@@ -359,8 +390,10 @@ class AbstractDANN(Algorithm):
         disc_labels = torch.cat([torch.full((x.shape[0],), i, dtype=torch.int64, device=device)
                                  for i, (x, y) in enumerate(minibatches)])
         if self.class_balance:
-            y_counts = F.one_hot(all_y).sum(dim=0)
-            weights = 1.0 / (y_counts[all_y] * y_counts.shape[0]).float()
+            # DomainBed's F.one_hot(all_y) sizes the count vector by the batch's largest label + 1 and weighs
+            # by 1 / (count * that size); sized by num_classes (no wait for the GPU), with the same factor.
+            y_counts = F.one_hot(all_y, self.num_classes).sum(dim=0)
+            weights = 1.0 / (y_counts[all_y] * (all_y.max() + 1)).float()
             disc_loss = F.cross_entropy(disc_out, disc_labels, reduction="none")
             disc_loss = (weights * disc_loss).sum()
         else:
@@ -370,15 +403,15 @@ class AbstractDANN(Algorithm):
         grad_penalty = (input_grad ** 2).sum(dim=1).mean(dim=0)
         disc_loss += self.hparams["grad_penalty"] * grad_penalty
         d_steps_per_g = self.hparams["d_steps_per_g_step"]
-        if self.update_count.item() % (1 + d_steps_per_g) < d_steps_per_g:
+        if self._count_updates() % (1 + d_steps_per_g) < d_steps_per_g:
             self.optimize(disc_loss, self.disc_opt)
-            return {"disc_loss": disc_loss.item()}
+            return {"disc_loss": disc_loss.detach()}
         all_preds = self.classifier(all_z)
         classifier_loss = F.cross_entropy(all_preds, all_y)
         gen_loss = classifier_loss + (self.hparams["lambda"] * -disc_loss)
         self.disc_opt.zero_grad()
         self.optimize(gen_loss, self.gen_opt)
-        return {"gen_loss": gen_loss.item()}
+        return {"gen_loss": gen_loss.detach()}
 
     def predict(self, x):
         return self.classifier(self.featurizer(x))
@@ -444,7 +477,7 @@ class Fish(Algorithm):
         meta_weights = self.fish(meta_weights=self.network.state_dict(), inner_weights=self.network_inner.state_dict(),
                                  lr_meta=self.hparams["meta_lr"])
         self.network.reset_weights(meta_weights)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
 
     def predict(self, x):
         return self.network(x)
@@ -467,41 +500,20 @@ class SelfReg(ERM):
         all_x = torch.cat([x for x, y in minibatches])
         all_y = torch.cat([y for _, y in minibatches])
         lam = np.random.beta(0.5, 0.5)
-        batch_size = all_y.size()[0]
-        # cluster and order features into same-class group
+        # cluster and order features into same-class group (DomainBed sorts, then copies row by row)
         with torch.no_grad():
             sorted_y, indices = torch.sort(all_y)
-            sorted_x = torch.zeros_like(all_x)
-            for idx, order in enumerate(indices):
-                sorted_x[idx] = all_x[order]
-            intervals = []
-            ex = 0
-            for idx, val in enumerate(sorted_y):
-                if ex == val:
-                    continue
-                intervals.append(idx)
-                ex = val
-            intervals.append(batch_size)
-            all_x = sorted_x
+            all_x = all_x[indices]
             all_y = sorted_y
         feat = self.featurizer(all_x)
         proj = self.cdpl(feat)
         output = self.classifier(feat)
-        # shuffle
-        output_2 = torch.zeros_like(output)
-        feat_2 = torch.zeros_like(proj)
-        output_3 = torch.zeros_like(output)
-        feat_3 = torch.zeros_like(proj)
-        ex = 0
-        for end in intervals:
-            shuffle_indices = torch.randperm(end - ex) + ex
-            shuffle_indices2 = torch.randperm(end - ex) + ex
-            for idx in range(end - ex):
-                output_2[idx + ex] = output[shuffle_indices[idx]]
-                feat_2[idx + ex] = proj[shuffle_indices[idx]]
-                output_3[idx + ex] = output[shuffle_indices2[idx]]
-                feat_3[idx + ex] = proj[shuffle_indices2[idx]]
-            ex = end
+        # shuffle: DomainBed draws torch.randperm within each class interval and copies row by row; two
+        # random permutations within each class, as one sort of (class, uniform) keys each.
+        shuffle = _within_class_permutation(all_y)
+        shuffle2 = _within_class_permutation(all_y)
+        output_2, feat_2 = output[shuffle], proj[shuffle]
+        output_3, feat_3 = output[shuffle2], proj[shuffle2]
         # mixup
         output_3 = lam * output_2 + (1 - lam) * output_3
         feat_3 = lam * feat_2 + (1 - lam) * feat_3
@@ -511,10 +523,16 @@ class SelfReg(ERM):
         L_ind_feat = 0.3 * self.MSEloss(feat, feat_2)
         L_hdl_feat = 0.3 * self.MSEloss(feat, feat_3)
         cl_loss = F.cross_entropy(output, all_y)
-        C_scale = min(cl_loss.item(), 1.0)
+        C_scale = torch.clamp(cl_loss.detach(), max=1.0)  # DomainBed: min(cl_loss.item(), 1.0)
         loss = cl_loss + C_scale * (lam * (L_ind_logit + L_ind_feat) + (1 - lam) * (L_hdl_logit + L_hdl_feat))
         self.optimize(loss, self.optimizer)
-        return {"loss": loss.item()}
+        return {"loss": loss.detach()}
+
+
+def _within_class_permutation(sorted_y):
+    """A uniformly random permutation of the rows of each class, for labels sorted ascending."""
+    keys = sorted_y.to(torch.float64) + torch.rand(len(sorted_y), device=sorted_y.device, dtype=torch.float64)
+    return torch.argsort(keys)
 
 
 @ALGORITHMS.register("SagNet")
@@ -547,14 +565,14 @@ class SagNet(Algorithm):
 
     def randomize(self, x, what="style", eps=1e-5):
         sizes = x.size()
-        alpha = torch.rand(sizes[0], 1).to(x.device)
+        alpha = torch.rand(sizes[0], 1, device=x.device)
         if len(sizes) == 4:
             x = x.view(sizes[0], sizes[1], -1)
             alpha = alpha.unsqueeze(-1)
         mean = x.mean(-1, keepdim=True)
         var = x.var(-1, keepdim=True)
         x = (x - mean) / (var + eps).sqrt()
-        idx_swap = torch.randperm(sizes[0])
+        idx_swap = torch.randperm(sizes[0], device=x.device)
         if what == "style":
             mean = alpha * mean + (1 - alpha) * mean[idx_swap]
             var = alpha * var + (1 - alpha) * var[idx_swap]
@@ -576,7 +594,7 @@ class SagNet(Algorithm):
         loss_adv = -F.log_softmax(self.forward_s(all_x), dim=1).mean(1).mean()
         loss_adv = loss_adv * self.weight_adv
         self.optimize(loss_adv, self.optimizer_f)
-        return {"loss_c": loss_c.item(), "loss_s": loss_s.item(), "loss_adv": loss_adv.item()}
+        return {"loss_c": loss_c.detach(), "loss_s": loss_s.detach(), "loss_adv": loss_adv.detach()}
 
     def predict(self, x):
         return self.network_c(self.network_f(x))

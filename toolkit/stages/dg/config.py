@@ -25,16 +25,18 @@ class DGConfig(BackboneSettings, LoraSettings, LoopSettings):
     steps: int | None = setting(None, "Training steps per run (default: DomainBed's 5001).", min=1, max=10**7,
                                 none_word="auto")
     checkpoint_freq: int | None = setting(None, "Evaluate and checkpoint every N steps (default: DomainBed's, 100 "
-                                                "for digits, 300 for image folders).", min=1, max=10**7,
-                                          none_word="auto")
+                                                "for small images, 300 for image folders; with --swad SWAD's own, "
+                                                "100 and 200).", min=1, max=10**7, none_word="auto")
     batch_size: int | None = setting(None, "Images per training environment per step (default: the "
                                            "algorithm's batch_size hyper-parameter).", min=2, max=65536,
                                      none_word="auto")
     lr: float | None = setting(None, "Learning rate (default: the lr hyper-parameter).", min=0.0, min_open=True,
                                max=10.0, none_word="auto")
     hp: dict[str, Any] = setting({}, "A hyper-parameter, e.g. --hp mmd_gamma=0.5 (repeatable).", cli=False)
-    augment: bool = setting(True, "DomainBed's training augmentation (random resized crop, flip, colour "
-                                  "jitter, greyscale).")
+    augment: bool | None = setting(None, "DomainBed's training augmentation (random resized crop, flip, colour "
+                                         "jitter, greyscale) for every training environment, or for none; default: "
+                                         "as DomainBed, image folders yes, digits (and folders whose "
+                                         "augur-dataset.json says so) no.")
     holdout_fraction: float = setting(0.2, "Share of every environment held out (its out-split).", min=0.0,
                                       min_open=True, max=0.9)
     test_domains: list[str] | None = setting(None, "Test domains, comma-separated (default: every real domain in "
@@ -43,8 +45,10 @@ class DGConfig(BackboneSettings, LoraSettings, LoopSettings):
     trials: int | None = setting(None, "Trial seeds 0..N-1 (instead of --seeds).", min=1, max=1000)
     hparams_seed: list[int] = setting([0], "Hyper-parameter draws, comma-separated: 0 = the defaults, h > 0 = "
                                            "DomainBed's random draw h.", min=0, max=SEED_MAX)
-    selection: list[str] = setting(list(SELECTIONS), "Model-selection methods to report; leave-one-out trains one "
-                                                     "more run per pair of real domains.", choices=SELECTIONS)
+    selection: list[str] = setting(["training-domain", "oracle"], "Model-selection methods to report (both default "
+                                                                  "ones come from the same runs); leave-one-out "
+                                                                  "trains one more run per pair of real domains.",
+                                   choices=SELECTIONS)
     synthetic: str | None = setting(None, "A render output to add as training environments.", metavar="DIR")
     synthetic_envs: str = setting("one", "How rendered domains join training: one extra environment, or each "
                                          "rendered domain an environment of its own.", choices=SYNTHETIC_ENVS)

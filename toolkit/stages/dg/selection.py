@@ -12,8 +12,11 @@ selected on) and the test domain's accuracy there:
   run that held out t alone, at the same step;
 - oracle (test-domain validation): the last checkpoint (no early stopping); its val_acc is the test
   domain's out-split accuracy, which collect uses to choose among hyper-parameters.
-Test accuracy is reported twice: `test_acc` on the whole test domain (in + out splits) and
-`test_in_acc` on its in-split, the number DomainBed's tables print.
+With SWAD there is no checkpoint to choose: the averaged model is evaluated once, and each method's
+validation accuracy is read off it (the pair runs' averaged models for leave-one-out).
+Test accuracy is DomainBed's: `test_acc` is the test domain's in-split accuracy (`env{t}_in_acc`, what
+its tables print; the out-split is what the oracle selects on). The whole test domain (in + out
+splits) is kept beside it as `test_whole_acc`.
 """
 
 from __future__ import annotations
@@ -73,6 +76,13 @@ def leave_one_out(records: list[dict[str, Any]], pair_records: dict[str, list[di
     return None if picked is None else _row(picked[0], picked[1], test_env)
 
 
+def leave_one_out_final(record: dict[str, Any], pair_finals: dict[str, dict[str, Any]], test_env: str):
+    """Leave-one-out for a model with no step to choose (SWAD's average): each pair run's final model is
+    scored on its held-out v's in-split; the mean is the validation accuracy (it chooses among draws)."""
+    val = float(np.mean([acc(pair_finals[v], v, "in") for v in pair_finals]))
+    return _row(val, record, test_env)
+
+
 def _row(val: float, record: dict[str, Any], test_env: str) -> dict[str, Any]:
-    return {"val_acc": val, "test_acc": whole(record, test_env), "test_in_acc": acc(record, test_env, "in"),
+    return {"val_acc": val, "test_acc": acc(record, test_env, "in"), "test_whole_acc": whole(record, test_env),
             "selected_step": record["step"]}

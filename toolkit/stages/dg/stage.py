@@ -4,8 +4,9 @@ A sweep is a set of runs, as DomainBed's: for each trial seed, hyper-parameter d
 environments, one run trains an algorithm on the other environments with one minibatch per training
 environment per step (infinite loaders, sampling with replacement), and evaluates every split of every
 environment at every checkpoint. Every environment is split into in (80%) and out (20%, the
-holdout fraction) by DomainBed's seeds. From the same runs come all three model-selection methods
-(selection.py); leave-one-out adds one run per pair of real domains.
+holdout fraction) by DomainBed's seeds. From the same runs come training-domain validation and the
+test-domain oracle (the default selections); leave-one-domain-out, when asked for, adds one run per
+pair of real domains. Before training, the sweep says how many runs it will train and why.
 
 Settings of Beyond Finite Data: --synthetic adds rendered domains as training environments (one
 environment, or one per rendered domain), --single-source trains on one real domain (+ synthetic) and
@@ -33,24 +34,32 @@ from ...core.faults import kill_point
 from ...core.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ...core.names import path_name
 from ...core.settings import as_dict, check_hparams
-from ...learn import backbones, data, loop
-from ...learn.loaders import ImageSet, InfiniteBatches, default_workers, eval_batches, loader
+from ...learn import audit, backbones, data, loop
+from ...learn.loaders import InfiniteBatches
 from ...learn.transforms import data_config
 from . import selection as sel
 from .algorithms import ALGORITHMS
 from .config import DGConfig
-from .hparams import declared, hparams_for, seed_hash
+from .hparams import SMALL_IMAGE_PX, declared, hparam_class, hparams_for, seed_hash
 
 N_STEPS = 5001  # DomainBed's MultipleDomainDataset.N_STEPS
-CHECKPOINT_FREQ = {"small": 100, "large": 300}  # RotatedMNIST's default; the image folders' (PACS, VLCS, ...)
-EVAL_BATCH = 64  # DomainBed's FastDataLoader batch size
+# Evaluation cadence by the data's size: DomainBed's (MultipleDomainDataset's 100, RotatedMNIST's; 300 for its
+# image folders) and, with --swad, SWAD's own (khanrc/swad datasets.py: 100, and 200 for its image folders),
+# whose loss-valley windows count evaluations.
+CHECKPOINT_FREQ = {"small": 100, "large": 300}
+SWAD_CHECKPOINT_FREQ = {"small": 100, "large": 200}
+EVAL_BATCH = 64  # DomainBed's FastDataLoader batch size (eval mode: the batch changes no prediction)
+EVAL_BATCH_GPU = 512
 
 
 @dataclass
 class Env:
     name: str
-    items: list[tuple[Any, int]]
+    items: list[tuple[Any, int]]  # as read: (path or array, label)
     real: bool
+    augmentable: bool = True  # what DomainBed would do with its source (data.MultiDomain.augment)
+    rows: Any = None  # np.ndarray: its readable images' rows in the sweep's image store
+    labels: Any = None  # np.ndarray: their labels
 
 
 @dataclass(frozen=True)
@@ -64,23 +73,29 @@ class RunSpec:
         return path_name(f"test-{'+'.join(self.test_envs)}-trial{self.trial}-hp{self.hparams_seed}")
 
 
-def size_class(cfg: DGConfig) -> str:
-    return "small" if str(cfg.data) == "digits" else "large"
+def data_size(image_px: int) -> str:
+    """DomainBed's dataset classes by image size: its small-image (MNIST) datasets, or image folders."""
+    return "small" if image_px <= SMALL_IMAGE_PX else "large"
+
+
+def checkpoint_freq(cfg: DGConfig, image_px: int) -> int:
+    return cfg.checkpoint_freq or (SWAD_CHECKPOINT_FREQ if cfg.swad else CHECKPOINT_FREQ)[data_size(image_px)]
 
 
 def environments(cfg: DGConfig) -> tuple[list[str], list[Env], data.MultiDomain]:
     real = data.load(cfg.data)
-    envs = [Env(d.name, [(img, int(lab)) for img, lab in zip(d.images, d.labels)], True) for d in real.domains]
+    envs = [Env(d.name, [(img, int(lab)) for img, lab in zip(d.images, d.labels)], True, real.augment)
+            for d in real.domains]
     if cfg.synthetic:
         synth = data.load(cfg.synthetic)
         data.check_same_classes(real, synth)
         remap = {i: real.classes.index(c) for i, c in enumerate(synth.classes)}
         if cfg.synthetic_envs == "one":
             envs.append(Env("synthetic", [(img, remap[int(lab)]) for d in synth.domains
-                                          for img, lab in zip(d.images, d.labels)], False))
+                                          for img, lab in zip(d.images, d.labels)], False, synth.augment))
         else:
             envs += [Env(f"synthetic/{d.name}", [(img, remap[int(lab)]) for img, lab in zip(d.images, d.labels)],
-                         False) for d in synth.domains]
+                         False, synth.augment) for d in synth.domains]
     return real.classes, envs, real
 
 
@@ -88,12 +103,23 @@ def setting_of(cfg: DGConfig) -> str:
     return "data-free" if cfg.data_free else ("single-source" if cfg.single_source else "leave-one-domain-out")
 
 
-def plan_runs(cfg: DGConfig, real_names: list[str]) -> tuple[list[RunSpec], list[str]]:
-    """Every run the sweep needs, and the test domains its rows are about."""
+def train_env_names(cfg: DGConfig, spec: RunSpec, real_names: list[str], synthetic_names: list[str]) -> list[str]:
+    """The environments a run trains on (DomainBed: every environment not held out)."""
+    if cfg.single_source:
+        return [cfg.single_source, *synthetic_names]
+    real = [] if cfg.data_free else [n for n in real_names if n not in spec.test_envs]
+    return real + list(synthetic_names)
+
+
+def plan_runs(cfg: DGConfig, real_names: list[str], synthetic_names: list[str] = ()) -> tuple[list[RunSpec], list[str]]:
+    """Every run the sweep needs, and the test domains its rows are about. Each run is checked to have
+    something to train on here, before any of them trains."""
     tests = cfg.test_domains or real_names
     for t in tests:
         if t not in real_names:
             raise AugurError(f"no domain '{t}' in {cfg.data}; domains: {', '.join(real_names)}")
+    if cfg.single_source and cfg.single_source not in real_names:
+        raise AugurError(f"no domain '{cfg.single_source}' in {cfg.data}; domains: {', '.join(real_names)}")
     runs: list[RunSpec] = []
     for trial in cfg.trial_seeds():
         for h in cfg.hparams_seed:
@@ -101,8 +127,6 @@ def plan_runs(cfg: DGConfig, real_names: list[str]) -> tuple[list[RunSpec], list
                 runs.append(RunSpec(tuple(real_names), trial, h))
                 continue
             if cfg.single_source:
-                if cfg.single_source not in real_names:
-                    raise AugurError(f"no domain '{cfg.single_source}' in {cfg.data}; domains: {', '.join(real_names)}")
                 runs.append(RunSpec(tuple(n for n in real_names if n != cfg.single_source), trial, h))
                 continue
             pairs = set()
@@ -115,7 +139,35 @@ def plan_runs(cfg: DGConfig, real_names: list[str]) -> tuple[list[RunSpec], list
         tests = [t for t in tests if t != cfg.single_source]
         if not tests:  # otherwise the sweep trains, tests nothing and writes an empty table
             raise AugurError(f"single source '{cfg.single_source}' leaves no domain to test on in {cfg.data}")
+    for spec in runs:
+        if not train_env_names(cfg, spec, real_names, list(synthetic_names)):
+            if len(spec.test_envs) == 2 and not cfg.data_free:
+                raise AugurError(f"leave-one-domain-out selection on {len(real_names)} domains: the run holding out "
+                                 f"{spec.test_envs[0]} and {spec.test_envs[1]} would train on nothing; it needs 3 or "
+                                 "more domains (or --synthetic), or leave it out of --selection")
+            raise AugurError(f"the run testing on {', '.join(spec.test_envs)} has no domain to train on in {cfg.data}")
     return runs, tests
+
+
+def describe_plan(cfg: DGConfig, runs: list[RunSpec], tests: list[str], done: int) -> str:
+    """How many runs the sweep trains, and why (no silent multiplication of work)."""
+    n = len(runs)
+    trials, draws = len(cfg.trial_seeds()), len(cfg.hparams_seed)
+    per = f"{_count(trials, 'trial')} x {_count(draws, 'hparams draw')}"
+    if cfg.data_free:
+        why = f"data-free, testing on {_count(len(tests), 'domain')}: {per}"
+    elif cfg.single_source:
+        why = f"single source {cfg.single_source}, testing on {_count(len(tests), 'domain')}: {per}"
+    else:
+        why = f"{_count(len(tests), 'test domain')} x {per}"
+        pairs = sum(len(r.test_envs) == 2 for r in runs) // max(trials * draws, 1)
+        if pairs:
+            why += f", + {_count(pairs, 'pair')} of domains for leave-one-domain-out x {per}"
+    return f"dg: {_count(n, 'run')} ({why})" + (f"; {done} already done" if done else "")
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
 
 
 def label_of(cfg: DGConfig) -> str:
@@ -127,46 +179,94 @@ def label_of(cfg: DGConfig) -> str:
     return label
 
 
-def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
-    out = Path(out)
-    t0 = time.perf_counter()
+@dataclass
+class Sweep:
+    """Everything a sweep resolves once, before its folder is claimed: weights, data, regime, settings.
+    The images of every environment are decoded once for all its runs (`store`, see `images`)."""
+
+    arch: str
+    weights: Any
+    classes: list[str]
+    envs: list[Env]
+    real: data.MultiDomain
+    image_px: int
+    hclass: str
+    pretrained: bool
+    overrides: dict[str, Any]
+    freq: int
+    dc: Any = None
+    store: Any = None
+
+    def images(self, cfg: DGConfig) -> None:
+        """Decode every environment's images into one store on the training device (learn/images.py)."""
+        from ...core.device import torch_device
+        from ...learn.images import ImageStore
+
+        self.dc = data_config(backbones.create(self.arch, cfg.image_size), cfg.image_size)
+        all_items = [it for e in self.envs for it in e.items]
+        self.store = ImageStore(all_items, self.dc, torch_device(), workers=cfg.workers)
+        ends = np.cumsum([len(e.items) for e in self.envs])
+        which = np.searchsorted(ends, self.store.kept, side="right")  # the environment of each store row
+        for i, e in enumerate(self.envs):
+            e.rows = np.flatnonzero(which == i)
+            e.labels = self.store.labels_np[e.rows]
+            if len(e.rows) == 0:
+                raise AugurError(f"domain '{e.name}' has no readable image")
+
+    @property
+    def real_names(self) -> list[str]:
+        return [e.name for e in self.envs if e.real]
+
+    @property
+    def synthetic_names(self) -> list[str]:
+        return [e.name for e in self.envs if not e.real]
+
+
+def resolve(cfg: DGConfig) -> Sweep:
     arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
     classes, envs, real = environments(cfg)
-    real_names = [e.name for e in envs if e.real]
-    runs, tests = plan_runs(cfg, real_names)
-    size = size_class(cfg)
     pretrained = w.kind != "none"
-    hp_declared = declared(cfg.algorithm, size, pretrained, cfg.swad)
-    overrides = check_hparams(dict(cfg.hp), hp_declared, cfg.algorithm, where="--hp: ")
+    image_px = real.image_px()
+    hclass = hparam_class(pretrained, image_px)
+    overrides = check_hparams(dict(cfg.hp), declared(cfg.algorithm, hclass, pretrained, cfg.swad), cfg.algorithm,
+                              where="--hp: ")
     if cfg.lr is not None:
         overrides["lr"] = cfg.lr
     if cfg.batch_size is not None:
         overrides["batch_size"] = cfg.batch_size
-    overrides.setdefault("data_augmentation", cfg.augment)
+    return Sweep(arch, w, classes, envs, real, image_px, hclass, pretrained, overrides, checkpoint_freq(cfg, image_px))
+
+
+
+def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
+    out = Path(out)
+    t0 = time.perf_counter()
+    sw = resolve(cfg)
+    runs, tests = plan_runs(cfg, sw.real_names, sw.synthetic_names)
     identity = {k: v for k, v in as_dict(cfg).items()
                 if k not in ("seeds", "trials", "hparams_seed", "test_domains", "selection", "hp", "lr",
-                             "batch_size", "augment", "workers")}
-    identity.update({"backbone": arch, "weights_sha256": w.sha256, "data_fingerprint": data.fingerprint(real),
-                     "hparam_overrides": overrides})
+                             "batch_size", "workers")}
+    identity.update({"backbone": sw.arch, "weights_sha256": sw.weights.sha256,
+                     "data_fingerprint": data.fingerprint(sw.real), "hparam_overrides": sw.overrides,
+                     "hparam_class": sw.hclass, "checkpoint_freq": sw.freq})
     resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
     main = distributed.is_main_process()
-    if pretrained and size == "small" and "lr" not in overrides and 0 in cfg.hparams_seed and main:
-        # DomainBed's small-image lr is for its MNIST CNN trained from scratch; it never pairs small images with
-        # pretrained weights (5e-5 there). Measured on RotatedDigits: 1e-3 leaves Mixup and MMD at chance.
-        print(f"warning: --weights {cfg.weights} with small-image defaults uses DomainBed's from-scratch lr "
-              f"{hp_declared['lr'].default:g}; a pretrained backbone usually wants --hp lr=5e-5 (or a sweep)",
-              file=sys.stderr)
     claim = outdir.claim(out, "dg", identity,
                          hint="more seeds, hyper-parameter draws or test domains may be added to a run; other "
                               "changes need another --out") if main else None
     distributed.wait_for_everyone()
     try:
+        finished = [spec for spec in runs if (out / "runs" / spec.key / "records.json").is_file()]
+        if main:
+            print(describe_plan(cfg, runs, tests, len(finished)), file=sys.stderr)
+        if len(finished) < len(runs):
+            sw.images(cfg)  # decoded once for every run of the sweep
         for spec in runs:
-            if not (out / "runs" / spec.key / "records.json").is_file():
-                _train_run(cfg, spec, envs, classes, arch, w, size, pretrained, overrides, out)
+            if spec not in finished:
+                _train_run(cfg, sw, spec, out)
             elif main:
                 loop.clear(out / "runs" / spec.key / "checkpoint")  # killed after its records were written
-        rows = _rows(cfg, runs, tests, envs, arch, w, size, out)
+        rows = _rows(cfg, sw, runs, tests, out)
         if main:
             kill_point("dg.before_results")
             done = {_row_key(r) for r in _read_results(out)}
@@ -198,24 +298,30 @@ def _row_order(r: dict[str, Any]) -> tuple:
     return (r["trial_seed"], r["hparams_seed"], r["domain_index"], r["selection_index"])
 
 
-def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str], arch: str, w, size: str,
-               pretrained: bool, overrides: dict[str, Any], out: Path) -> None:
+def augmented(cfg: DGConfig, hparams: dict[str, Any], env: Env) -> bool:
+    """--augment/--no-augment decide for every environment; by default DomainBed's rule: its
+    `data_augmentation` hyper-parameter, for sources it augments (image folders, not digits)."""
+    if cfg.augment is not None:
+        return cfg.augment
+    return bool(hparams["data_augmentation"]) and env.augmentable
+
+
+def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path) -> None:
     import torch
 
     from .swad import SWAD, update_bn
 
-    hparams = {**hparams_for(cfg.algorithm, size, spec.hparams_seed, spec.trial, pretrained, cfg.swad), **overrides}
+    envs = sw.envs
+    hparams = {**hparams_for(cfg.algorithm, sw.hclass, spec.hparams_seed, spec.trial, sw.pretrained, cfg.swad),
+               **sw.overrides}
     run_seed = seed_hash(cfg.algorithm, spec.test_envs, spec.trial, spec.hparams_seed)
     steps = cfg.steps or N_STEPS
-    freq = cfg.checkpoint_freq or CHECKPOINT_FREQ[size]
+    freq = sw.freq
     # DomainBed: each environment split in (train / evaluate) and out (validate) by seed_hash(trial, env_i).
-    splits = {e.name: data.split(len(e.items), cfg.holdout_fraction, seed_hash(spec.trial, i))
+    splits = {e.name: data.split(len(e.rows), cfg.holdout_fraction, seed_hash(spec.trial, i))
               for i, e in enumerate(envs)}
-    train_envs = [e for e in envs if e.name not in spec.test_envs and (e.real is False or not cfg.data_free)]
-    if cfg.single_source:
-        train_envs = [e for e in envs if e.name == cfg.single_source or not e.real]
-    if not train_envs:
-        raise AugurError("no training environments for this setting")
+    names = train_env_names(cfg, spec, sw.real_names, sw.synthetic_names)
+    train_envs = [e for e in envs if e.name in names]
     for e in train_envs:
         if len(splits[e.name][0]) < 2:
             raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s); each needs at least 2")
@@ -224,46 +330,48 @@ def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str]
         raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
                          "training-domain validation has nothing to select on (raise it, or add images)")
     torch.manual_seed(run_seed)
-    backbone = backbones.build(arch, w, cfg.image_size)
-    dc = data_config(backbone, cfg.image_size)
+    backbone = backbones.build(sw.arch, sw.weights, cfg.image_size)
+    dc, store = sw.dc, sw.store
     if cfg.lora:
-        backbone = backbones.add_lora(backbone, arch, cfg.lora_rank)
-    algorithm = ALGORITHMS.get(cfg.algorithm)(backbone, len(classes), len(train_envs), hparams)
+        backbone = backbones.add_lora(backbone, sw.arch, cfg.lora_rank)
+    algorithm = ALGORITHMS.get(cfg.algorithm)(backbone, len(sw.classes), len(train_envs), hparams)
     learner = SWAD(algorithm, hparams) if cfg.swad else algorithm
     state = distributed.state()
     world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    workers = cfg.workers if cfg.workers is not None else default_workers(
-        all(isinstance(e.items[0][0], np.ndarray) for e in envs), sum(len(e.items) for e in envs), cfg.image_size)
-    train_sets, streams = [], []
-    for i, e in enumerate(train_envs):
+    feeds = []
+    for e in train_envs:
         in_idx = splits[e.name][0]
-        items = [e.items[j] for j in in_idx]
-        train_sets.append(ImageSet(items, dc, augment=bool(hparams["data_augmentation"])))
-        weights = _balanced_weights(items) if hparams["class_balanced"] else None
-        streams.append(InfiniteBatches(len(items), int(hparams["batch_size"]), run_seed, ("env", e.name), world,
-                                       weights=weights))
-    eval_sets = {(e.name, part): ImageSet([e.items[j] for j in splits[e.name][k]], dc)
-                 for e in envs for k, part in enumerate(("in", "out"))}
-    device_of = lambda m: next(m.parameters()).device  # noqa: E731
+        weights = _balanced_weights(e.labels[in_idx]) if hparams["class_balanced"] else None
+        batches = InfiniteBatches(len(in_idx), int(hparams["batch_size"]), run_seed, ("env", e.name), world,
+                                  weights=weights)
+        feeds.append(store.feed(e.rows[in_idx], batches, augment=augmented(cfg, hparams, e)))
+    eval_rows = {(e.name, part): e.rows[splits[e.name][k]] for e in envs for k, part in enumerate(("in", "out"))}
+    eval_batch = EVAL_BATCH if store.device.type == "cpu" else EVAL_BATCH_GPU
 
     def stream(start: int, stop: int):
-        loaders = [loader(ds, b, start, stop, workers) for ds, b in zip(train_sets, streams)]
-        for batches in zip(*loaders):
+        for batches in zip(*(f.stream(start, stop) for f in feeds)):
             yield list(batches)
 
     def evaluate(model) -> dict[str, Any]:
-        predict = model.predict
+        with audit.phase():
+            return _evaluate(model)
+
+    def _evaluate(model) -> dict[str, Any]:
+        """[correct, total] and the mean loss of every split of every environment: counted on the device,
+        read back once."""
+        sums = []
+        for rows in eval_rows.values():
+            correct = loss = torch.zeros((), device=store.device, dtype=torch.float64)
+            for x, y in store.eval_batches(rows, eval_batch):
+                logits = model.predict(x).float()
+                correct = correct + (logits.argmax(1) == y).sum()
+                loss = loss + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+            sums.append(torch.stack([correct, loss]))
+        values = torch.stack(sums).tolist() if sums else []
         result: dict[str, Any] = {"acc": {}, "loss": {}}
-        for (name, part), ds in eval_sets.items():
-            correct = total = 0
-            loss_sum = 0.0
-            for x, y in eval_batches(ds, EVAL_BATCH):
-                logits = predict(x.to(device_of(model))).float()
-                correct += int((logits.argmax(1).cpu() == y).sum())
-                loss_sum += float(torch.nn.functional.cross_entropy(logits.cpu(), y, reduction="sum"))
-                total += len(y)
-            result["acc"].setdefault(name, {})[part] = [correct, total]
-            result["loss"].setdefault(name, {})[part] = loss_sum / max(total, 1)
+        for ((name, part), rows), (correct, loss) in zip(eval_rows.items(), values):
+            result["acc"].setdefault(name, {})[part] = [int(correct), len(rows)]
+            result["loss"].setdefault(name, {})[part] = loss / max(len(rows), 1)
         return result
 
     def on_checkpoint(model, step: int, record: dict[str, Any]) -> None:
@@ -276,9 +384,11 @@ def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str]
                        ckpt=run_dir / "checkpoint", seed=run_seed, precision=cfg.precision, evaluate=evaluate,
                        progress=cfg.progress, desc=f"dg {cfg.algorithm} {spec.key}", on_checkpoint=on_checkpoint)
     steps_per_epoch = min(len(splits[e.name][0]) / hparams["batch_size"] for e in train_envs)
+    device_of = lambda m: next(m.parameters()).device  # noqa: E731
     result: dict[str, Any] = {"spec": {"test_envs": list(spec.test_envs), "trial": spec.trial,
                                        "hparams_seed": spec.hparams_seed},
                               "train_envs": [e.name for e in train_envs], "hparams": hparams, "seed": run_seed,
+                              "augmented_envs": [e.name for e in train_envs if augmented(cfg, hparams, e)],
                               "steps": steps, "checkpoint_freq": freq, "steps_per_epoch": steps_per_epoch,
                               "data_config": dc.as_dict(), "records": records}
     if cfg.swad:
@@ -298,24 +408,24 @@ def _train_run(cfg: DGConfig, spec: RunSpec, envs: list[Env], classes: list[str]
     distributed.wait_for_everyone()
 
 
-def _balanced_weights(items: list[tuple[Any, int]]) -> np.ndarray:
+def _balanced_weights(labels: np.ndarray) -> np.ndarray:
     """misc.make_weights_for_balanced_classes: 1 / (count[y] * n_classes) per sample."""
-    labels = np.array([y for _, y in items])
+    labels = np.asarray(labels)
     counts = {y: int((labels == y).sum()) for y in np.unique(labels)}
     return np.array([1.0 / (counts[y] * len(counts)) for y in labels])
 
 
-def _rows(cfg: DGConfig, runs: list[RunSpec], tests: list[str], envs: list[Env], arch: str, w, size: str,
-          out: Path) -> list[dict[str, Any]]:
-    real_names = [e.name for e in envs if e.real]
+def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: Path) -> list[dict[str, Any]]:
+    real_names = sw.real_names
     results = {spec: read_json(out / "runs" / spec.key / "records.json") for spec in runs}
     label = label_of(cfg)
     device = pick_device()
     base = {"label": label, "algorithm": cfg.algorithm, "dataset": str(cfg.data), "setting": setting_of(cfg),
-            "domains": real_names, "backbone": arch, "weights": w.describe(), "weights_sha256": w.sha256,
-            "image_size": cfg.image_size, "lora": cfg.lora, "swad": cfg.swad,
+            "domains": real_names, "backbone": sw.arch, "weights": sw.weights.describe(),
+            "weights_sha256": sw.weights.sha256, "image_size": cfg.image_size, "image_px": sw.image_px,
+            "hparam_class": sw.hclass, "lora": cfg.lora, "swad": cfg.swad, "augment": cfg.augment,
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,
-            "holdout_fraction": cfg.holdout_fraction, "size_class": size, "device": device,
+            "holdout_fraction": cfg.holdout_fraction, "device": device,
             "precision": resolve_precision(cfg.precision, device, "train"), "threads": threads(),
             "toolkit_version": __version__}
     rows = []
@@ -326,35 +436,34 @@ def _rows(cfg: DGConfig, runs: list[RunSpec], tests: list[str], envs: list[Env],
             row_tests = [spec.test_envs[0]]
         else:
             continue  # a leave-one-out pair run: read through the single run below
-        records = res["records"]
+        # With SWAD the model is the averaged one, evaluated once: each method selects on its numbers
+        # (there is one candidate per run; selection chooses among hyper-parameter draws in collect).
+        records = [res["swad"]] if cfg.swad else res["records"]
         for t in row_tests:
             picked: dict[str, Any] = {}
-            if cfg.swad:
-                if "training-domain" in cfg.selection:
-                    s = res["swad"]
-                    val_domains = sel.validation_envs(s, res["train_envs"])
-                    val = float(np.mean([sel.acc(s, e, "out") for e in val_domains]))
-                    picked["training-domain"] = {"val_acc": val, "validation_domains": val_domains, "test_acc": sel.whole(s, t),
-                                                 "test_in_acc": sel.acc(s, t, "in"), "selected_step": s["step"],
-                                                 "swad_steps": s["averaged_steps"], "swad_dead_valley": s["dead_valley"]}
-            else:
-                if "training-domain" in cfg.selection:
-                    picked["training-domain"] = sel.training_domain(records, res["train_envs"], t)
-                if "oracle" in cfg.selection:
-                    picked["oracle"] = sel.oracle(records, t)
-                if "leave-one-out" in cfg.selection and not (cfg.data_free or cfg.single_source):
-                    pairs = {v: results[RunSpec(tuple(sorted((t, v), key=real_names.index)), spec.trial,
-                                                spec.hparams_seed)]["records"] for v in real_names if v != t}
-                    picked["leave-one-out"] = sel.leave_one_out(records, pairs, t)
+            if "training-domain" in cfg.selection:
+                picked["training-domain"] = sel.training_domain(records, res["train_envs"], t)
+            if "oracle" in cfg.selection:
+                picked["oracle"] = sel.oracle(records, t)
+            if "leave-one-out" in cfg.selection and not (cfg.data_free or cfg.single_source):
+                pairs = {v: results[RunSpec(tuple(sorted((t, v), key=real_names.index)), spec.trial, spec.hparams_seed)]
+                         for v in real_names if v != t}
+                picked["leave-one-out"] = (sel.leave_one_out_final(res["swad"], {v: p["swad"] for v, p in pairs.items()}, t)
+                                           if cfg.swad else sel.leave_one_out(records, {v: p["records"] for v, p in
+                                                                                          pairs.items()}, t))
             for method, row in picked.items():
                 if row is None:
                     continue
+                if cfg.swad:
+                    row = {**row, "swad_steps": res["swad"]["averaged_steps"],
+                           "swad_dead_valley": res["swad"]["dead_valley"]}
                 rows.append({**base, **row, "selection": method, "selection_index": sel_index(method),
                              "test_domain": t, "domain_index": real_names.index(t),
                              "trial_seed": spec.trial, "seed": res["seed"], "hparams_seed": spec.hparams_seed,
-                             "hparams": res["hparams"], "train_domains": res["train_envs"], "steps": res["steps"],
+                             "hparams": res["hparams"], "train_domains": res["train_envs"],
+                             "augmented_domains": res.get("augmented_envs", []), "steps": res["steps"],
                              "checkpoint_freq": res["checkpoint_freq"],
-                             "images_per_second": float(np.mean([r["images_per_second"] for r in records]))})
+                             "images_per_second": float(np.mean([r["images_per_second"] for r in res["records"]]))})
     return rows
 
 

@@ -16,14 +16,15 @@ import numpy as np
 
 from ... import __version__
 from ...core import distributed, outdir
-from ...core.device import pick_device, resolve_precision
+from ...core.device import pick_device, resolve_precision, torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import read_json
 from ...core.settings import as_dict
 from ...learn import backbones, data, loop
 from ...learn.classifier import Classifier
-from ...learn.loaders import EpochBatches, ImageSet, default_workers, loader
+from ...learn.images import ImageStore
+from ...learn.loaders import EpochBatches
 from ...learn.transforms import data_config
 from .config import PretrainConfig
 
@@ -57,15 +58,16 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         if cfg.lora:
             model = backbones.add_lora(model, arch, cfg.lora_rank)
         net = Classifier(model, len(ds.classes), cfg.lr, cfg.weight_decay)
-        train_set = ImageSet(items, dc)
+        store = ImageStore(items, dc, torch_device(), workers=cfg.workers)
+        items = store.items  # the readable ones
         state = distributed.state()
         world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-        batches = EpochBatches(len(items), cfg.batch_size, cfg.seed, "pretrain", world)
+        batches = EpochBatches(len(store), cfg.batch_size, cfg.seed, "pretrain", world)
+        feed = store.feed(np.arange(len(store)), batches)
         spe = batches.steps_per_epoch
-        workers = cfg.workers if cfg.workers is not None else default_workers(ds.in_memory, len(items), cfg.image_size)
 
         def stream(start: int, stop: int):
-            for x, y in loader(train_set, batches, start, stop, workers):
+            for x, y in feed.stream(start, stop):
                 yield [(x, y)]
 
         records = loop.run(net, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s: (s + 1) % spe == 0,

@@ -1,0 +1,178 @@
+"""DomainBed's training augmentation, batched on the device the images live on, a random draw per image.
+
+DomainBed augments each image with torchvision's RandomResizedCrop(SIZE, scale=(0.7, 1.0)),
+RandomHorizontalFlip(), ColorJitter(0.3, 0.3, 0.3, 0.3) and RandomGrayscale() (p = 0.1) on the CPU,
+in DataLoader workers. Augur keeps decoded images as one uint8 tensor on the GPU (learn/images.py), so
+the augmentation runs there, on the whole batch at once, and the CPU only draws numbers.
+
+Why by hand: torchvision's v2 transforms take a batch but draw one set of parameters for all of it;
+kornia draws per image, but from the global generator in batch order. Here every parameter of an
+image is a pure function of that image's own seed (the loader's per-sample seed: `_Batches._share`),
+so a run resumed at step k, or split over N processes, augments each image as the uninterrupted
+one-process run does. The draws follow torchvision's own algorithms (`RandomResizedCrop.get_params`:
+ten tries of scale and log-ratio, then the centre-crop fallback; `ColorJitter.get_params`: a random
+order of the four operations and a factor for each), and the pixel operations are torchvision's
+tensor formulas (`_blend` for brightness, contrast and saturation, its HSV conversion for hue, ITU-R
+601 luma for greyscale). The crop-and-resize is one `grid_sample` call over the batch (bilinear or
+bicubic, as the backbone's data config asks; the crop is never smaller than the output, so no
+antialiasing is involved).
+
+Images are float in [0, 1] through the operations and normalised with the backbone's mean and std at
+the end. The same code runs on the CPU, so CI tests what the GPU runs.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+SCALE = (0.7, 1.0)
+RATIO = (3.0 / 4.0, 4.0 / 3.0)
+JITTER = 0.3  # brightness, contrast, saturation in [0.7, 1.3], hue in [-0.3, 0.3]
+GREY_P = 0.1
+TRIES = 10
+# Uniform draws per image: 10 tries x (scale, ratio, top, left), flip, 4 for the jitter order, 4 factors, greyscale.
+_N_DRAWS = 4 * TRIES + 1 + 4 + 4 + 1
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def uniforms(seeds: np.ndarray, k: int) -> np.ndarray:
+    """k independent uniforms in [0, 1) per seed: splitmix64 of (seed, i), vectorised. Each row depends on
+    its own seed only."""
+    with np.errstate(over="ignore"):
+        z = np.asarray(seeds, dtype=np.uint64)[:, None] * _GOLDEN + (np.arange(1, k + 1, dtype=np.uint64) * _MIX1)
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
+
+
+def draw(seeds: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Every random parameter of DomainBed's augmentation, for square SIZE x SIZE images, one row per seed."""
+    u = uniforms(seeds, _N_DRAWS)
+    n = len(u)
+    tries = u[:, : 4 * TRIES].reshape(n, TRIES, 4)
+    area = float(size * size)
+    # RandomResizedCrop.get_params, the ten tries at once; the first try that fits wins.
+    target = area * (SCALE[0] + (SCALE[1] - SCALE[0]) * tries[..., 0])
+    log_lo, log_hi = math.log(RATIO[0]), math.log(RATIO[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * tries[..., 1])
+    w = np.round(np.sqrt(target * aspect))
+    h = np.round(np.sqrt(target / aspect))
+    fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
+    first = fits.argmax(1)
+    rows = np.arange(n)
+    w, h = w[rows, first], h[rows, first]
+    top = np.floor(tries[rows, first, 2] * (size - h + 1))
+    left = np.floor(tries[rows, first, 3] * (size - w + 1))
+    # Fallback when no try fits: the whole (square) image, the centre crop of ratio 1.
+    none = ~fits.any(1)
+    w[none], h[none], top[none], left[none] = size, size, 0, 0
+    rest = u[:, 4 * TRIES:]
+    return {"top": top, "left": left, "h": h, "w": w, "flip": rest[:, 0] < 0.5,
+            "order": np.argsort(rest[:, 1:5], axis=1, kind="stable"),  # a random permutation of the 4 operations
+            "factors": np.concatenate([1.0 - JITTER + 2 * JITTER * rest[:, 5:8], -JITTER + 2 * JITTER * rest[:, 8:9]], 1),
+            "grey": rest[:, 9] < GREY_P}
+
+
+def _grey(x):
+    """ITU-R 601 luma, torchvision's rgb_to_grayscale, keeping the channel axis (B, 1, H, W)."""
+    r, g, b = x.unbind(1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(a, b, ratio):
+    """torchvision's _blend with a per-image ratio: (ratio * a + (1 - ratio) * b) clipped to [0, 1]."""
+    return (ratio * a + (1.0 - ratio) * b).clamp_(0.0, 1.0)
+
+
+def _brightness(x, f):
+    return _blend(x, 0.0, f)
+
+
+def _contrast(x, f):
+    return _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
+
+
+def _saturation(x, f):
+    return _blend(x, _grey(x), f)
+
+
+def _hue(x, f):
+    import torch
+    from torchvision.transforms._functional_tensor import _hsv2rgb, _rgb2hsv
+
+    hsv = _rgb2hsv(x)
+    h = (hsv[:, 0] + f.view(-1, 1, 1)) % 1.0
+    return _hsv2rgb(torch.stack((h, hsv[:, 1], hsv[:, 2]), 1))
+
+
+_OPS = (_brightness, _contrast, _saturation, _hue)  # ColorJitter's fn_idx numbering
+
+
+class Augment:
+    """DomainBed's augmentation of uint8 (B, 3, S, S) batches into normalised float ones (see the module
+    docstring)."""
+
+    def __init__(self, mean, std, size: int, interpolation: str = "bilinear"):
+        self.mean, self.std, self.size = tuple(mean), tuple(std), size
+        self.mode = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
+        self._stats: dict[Any, tuple] = {}
+
+    def _norm(self, x):
+        import torch
+
+        key = (x.device, x.dtype)
+        if key not in self._stats:
+            self._stats[key] = (torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1),
+                                torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1))
+        mean, std = self._stats[key]
+        return (x - mean) / std
+
+    def normalize(self, x8):
+        """uint8 (B, 3, S, S) -> float normalised, the evaluation transform (no augmentation)."""
+        return self._norm(x8.float().div_(255.0))
+
+    def __call__(self, x8, seeds: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        device, b, s = x8.device, x8.shape[0], x8.shape[-1]
+        p = draw(seeds, s)
+        # The crop (and the flip) as one affine map of normalised output coordinates to input ones,
+        # align_corners=False: x_in = (w / S) x_out + (2 left + w) / S - 1 (negated scale: flipped).
+        sx = np.where(p["flip"], -p["w"] / s, p["w"] / s)
+        theta = np.zeros((b, 2, 3), dtype=np.float32)
+        theta[:, 0, 0] = sx
+        theta[:, 0, 2] = (2 * p["left"] + p["w"]) / s - 1
+        theta[:, 1, 1] = p["h"] / s
+        theta[:, 1, 2] = (2 * p["top"] + p["h"]) / s - 1
+        theta_t = torch.from_numpy(theta).to(device, non_blocking=True)
+        x = x8.float().div_(255.0)
+        grid = F.affine_grid(theta_t, [b, 3, s, s], align_corners=False)
+        x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
+        if self.mode == "bicubic":
+            x = x.clamp_(0.0, 1.0)
+        factors = torch.from_numpy(p["factors"].astype(np.float32)).to(device, non_blocking=True)
+        # ColorJitter applies its four operations in a random order per image: at each position, each
+        # operation runs on the images that have it there (index lists known here, on the host).
+        for pos in range(4):
+            for op in range(4):
+                rows = np.flatnonzero(p["order"][:, pos] == op)
+                if len(rows) == 0:
+                    continue
+                idx = torch.from_numpy(rows).to(device, non_blocking=True)
+                sub = x.index_select(0, idx)
+                f = factors.index_select(0, idx)[:, op]
+                sub = _OPS[op](sub, f if op == 3 else f.view(-1, 1, 1, 1))
+                x = x.index_copy(0, idx, sub)
+        grey = np.flatnonzero(p["grey"])
+        if len(grey):
+            idx = torch.from_numpy(grey).to(device, non_blocking=True)
+            x = x.index_copy(0, idx, _grey(x.index_select(0, idx)).expand(-1, 3, -1, -1))
+        return self._norm(x)
