@@ -9,7 +9,7 @@ LLAMA_DEFAULT_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C
 # pip caches the built wheel by version only: a non-default build must bypass that cache.
 LLAMA_PIP_FLAGS := $(if $(filter-out $(LLAMA_DEFAULT_ARGS),$(LLAMA_CMAKE_ARGS)),--no-cache-dir --force-reinstall --no-deps,)
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -39,6 +39,11 @@ bench: venv
 	$(PY) benchmarks/bench_extrapolate.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_render.py
+
+# The GPU checks in one call (at most ~8 minutes on one GPU): every stage on CUDA, the GPU-visible tests, the
+# render and training benchmarks on CUDA, out-of-memory and shard cases. Logs and figures: gpu-check-out/.
+gpu-check: venv
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

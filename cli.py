@@ -44,9 +44,26 @@ class AugurGroup(click.Group):
             if message is None:
                 raise
             _fail(message, 1)
+        except RuntimeError as e:
+            if type(e).__name__ != "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+                raise
+            _fail(gpu_out_of_memory(), 1)
         if standalone_mode:
             sys.exit(0)
         return rv
+
+
+def gpu_out_of_memory() -> str:
+    """The one line for a CUDA out-of-memory error outside rendering (which names its own levers)."""
+    import torch
+
+    try:
+        free, total = torch.cuda.mem_get_info()
+        memory = f"{total / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"
+    except Exception:  # noqa: BLE001 - only for the message
+        memory = "unknown"
+    return (f"CUDA ran out of memory (GPU memory {memory}); try a smaller --batch-size or --image-size, "
+            "--precision bf16 or fp16, or --lora; a re-run resumes from the last checkpoint")
 
 
 class DefaultGroup(AugurGroup):

@@ -1,25 +1,31 @@
-"""Training throughput of the shared loop (`pretrain`, `dg`) against a bare forward/backward loop, side by
-side, and the DataLoader-fed throughput on a folder of 224 px JPEGs.
+"""Training throughput of every stage against a bare PyTorch loop on the same device, side by side in one run.
 
-1. RotatedDigits, resnet18, 32 px, no augmentation on either side. The bare loop is plain PyTorch over
-   pre-built tensors (no data loading, checkpointing, evaluation or non-finite-step check), with the
-   step the stage takes: `pretrain` one batch of 64; `dg` DomainBed's step, one minibatch of 16 from each
-   of the 5 training environments, concatenated as ERM does (80 images). Goal: >= 0.90 of the bare loop.
-   Each repeat runs bare, pretrain and dg in a rotated order; the best repeat of each is compared (noise
-   only slows a run down) and the per-repeat ratios show the spread. The stage figure is its own
-   images/s over training steps after the first checkpoint interval (which pays one-time kernel choice).
-   DomainBed's augmentation (on by default in `dg`) is measured too, as its own line.
-2. A DomainBed-layout folder of 224 px JPEGs (the digits, upscaled): images/s of the DataLoader alone
-   (decode, augmentation, normalisation; the workers `dg` picks for a folder that does not fit in memory),
-   of a bare resnet18 step at 224 px, and of `dg` training on the folder.
+    python benchmarks/bench_train.py --device cpu|cuda [--sizes 32,224] [--repeats 2] [--no-shared-core]
 
-    python benchmarks/bench_train.py [--repeats 3] [--precisions fp32,bf16] [--jpeg-images 600]
+For each size (32 px with resnet18, 224 px with resnet50) and each stage, the stage's own images/s (the
+steady rate its loop records after the first checkpoint interval, which pays one-time kernel choice)
+against a bare loop doing the same step on data already on the device (random tensors; no data
+loading, augmentation, checkpointing, evaluation, non-finite guard or logging), at the stage's
+precision (bf16 autocast where the GPU has it, fp32 on a CPU):
+
+- pretrain: one batch of 64 (32 px) or 32 (224 px), AdamW;
+- dg ERM and dg CORAL: one minibatch of 16 (32 px) or 8 (224 px) from each of 5 training environments,
+  Adam (CORAL's bare step adds its penalty over the 5 feature batches);
+- cl replay: batches of 64 / 32 of a task's images plus the memory, AdamW.
+
+Data: the built-in digits (1,797 images, in memory), no augmentation on either side. On a GPU the
+bare loop's step time is the GPU's own (a synthetic batch already there), printed with the
+utilisation the driver reports. Goals: >= 0.9 of the bare loop on a CPU, >= 0.8 on a GPU.
+Last lines: `worst stage/bare ratio: X.XX`, then on a CPU the shared-core case (a busy neighbour
+process started and stopped here; the default thread choice against the best one):
+`shared-core default/best: X.XX`.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,44 +36,59 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from toolkit.core.files import read_json  # noqa: E402
-from toolkit.learn import backbones, data  # noqa: E402
-from toolkit.stages.dg.config import DGConfig  # noqa: E402
-from toolkit.stages.dg.stage import run_dg  # noqa: E402
-from toolkit.stages.pretrain.config import PretrainConfig  # noqa: E402
-from toolkit.stages.pretrain.stage import pretrain  # noqa: E402
-
-SIZE, PT_BATCH, DG_BATCH, ENVS = 32, 64, 16, 5
+ENVS = 5
+CASES = {32: ("resnet18", 64, 16, 60, 20), 224: ("resnet50", 32, 8, 16, 8)}  # arch, batch, per-env batch, steps, freq
 
 
-def bare_loop(image_size: int, batch: int, steps: int, lora: bool, precision: str,
-              x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> float:
-    """images/s of a plain AdamW loop on random batches of pre-built tensors (after 5 warm-up steps)."""
-    if x is None:
-        x = torch.randn(1024, 3, image_size, image_size)
-        y = torch.randint(0, 10, (1024,))
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare_loop(arch: str, size: int, batch: int, envs: int, steps: int, device: str, precision: str,
+              optimizer: str, coral: bool = False) -> tuple[float, float]:
+    """(images/s, ms per step) of a plain loop on pre-built device tensors, after 5 warm-up steps."""
+    from toolkit.learn import backbones
+
     torch.manual_seed(0)
-    model = backbones.create("resnet18", image_size)
-    if lora:
-        model = backbones.add_lora(model, "resnet18", 8)
+    model = backbones.create(arch, size)
     head = torch.nn.Linear(backbones.num_features(model), 10)
-    net = torch.nn.Sequential(model, head)
-    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    net.train()
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Sequential(model, head).to(device).train()
+    opt = (torch.optim.Adam if optimizer == "adam" else torch.optim.AdamW)(net.parameters(), lr=1e-4)
+    x = torch.randn(max(512, batch * envs * 2), 3, size, size, device=device)
+    y = torch.randint(0, 10, (len(x),), device=device)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    autocast = torch.autocast(device, dtype=dtype, enabled=precision != "fp32")
+    g = torch.Generator(device=device).manual_seed(0)
+    n = batch * envs
     t0 = None
     for step in range(steps + 5):
         if step == 5:
+            _sync(device)
             t0 = time.perf_counter()
-        idx = torch.randint(0, len(x), (batch,), generator=g)
+        idx = torch.randint(0, len(x), (n,), device=device, generator=g)
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = loss_fn(net(x[idx]), y[idx])
+            if coral:
+                feats = model(x[idx])
+                logits = head(feats)
+                loss = torch.nn.functional.cross_entropy(logits, y[idx])
+                parts = feats.float().split(batch)
+                pen = 0
+                for i in range(envs):
+                    for j in range(i + 1, envs):
+                        a, b = parts[i], parts[j]
+                        ca, cb = a - a.mean(0), b - b.mean(0)
+                        pen = pen + (a.mean(0) - b.mean(0)).pow(2).mean() + (
+                            (ca.T @ ca) / (len(a) - 1) - (cb.T @ cb) / (len(b) - 1)).pow(2).mean()
+                loss = loss + pen / (envs * (envs - 1) / 2)
+            else:
+                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
         loss.backward()
         opt.step()
-    return steps * batch / (time.perf_counter() - t0)
+    _sync(device)
+    dt = time.perf_counter() - t0
+    return steps * n / dt, 1000 * dt / steps
 
 
 def steady(records: list[dict]) -> float:
@@ -75,112 +96,130 @@ def steady(records: list[dict]) -> float:
     return float(np.mean(rates[1:] if len(rates) > 1 else rates))
 
 
-def pretrain_rate(tmp: Path, lora: bool, precision: str, k: int) -> float:
-    cfg = PretrainConfig(data="digits", backbone="resnet18", image_size=SIZE, batch_size=PT_BATCH, epochs=4,
-                         lora=lora, precision=precision, quiet=True)
-    card = pretrain(cfg, tmp / f"pt-{lora}-{precision}-{k}")
-    return steady(card["history"])
+def stage_rate(stage: str, work: Path, size: int, k: int) -> float:
+    from toolkit.core.files import read_json, read_jsonl
+
+    arch, batch, env_batch, steps, freq = CASES[size]
+    out = work / f"{stage}-{size}-{k}"
+    if stage == "pretrain":
+        from toolkit.stages.pretrain.config import PretrainConfig
+        from toolkit.stages.pretrain.stage import pretrain
+
+        epochs = max(2, -(-steps * batch // 1797))
+        card = pretrain(PretrainConfig(data="digits", backbone=arch, image_size=size, batch_size=batch,
+                                       epochs=epochs, quiet=True), out)
+        return steady(card["history"])
+    if stage in ("dg-ERM", "dg-CORAL"):
+        from toolkit.stages.dg.config import DGConfig
+        from toolkit.stages.dg.stage import run_dg
+
+        run_dg(DGConfig(data="digits", algorithm=stage[3:], test_domains=["75"], steps=steps, checkpoint_freq=freq,
+                        batch_size=env_batch, image_size=size, backbone=arch, augment=False,
+                        selection=["training-domain"], quiet=True), out)
+        (records,) = [read_json(p)["records"] for p in out.glob("runs/*/records.json")]
+        return steady(records)
+    from toolkit.stages.cl.config import CLConfig
+    from toolkit.stages.cl.stage import run_cl
+
+    run_cl(CLConfig(strategy="replay", backbone=arch, image_size=size, batch_size=batch, epochs=2, quiet=True,
+                    initial_classes=2, increment=2), out)
+    rows = read_jsonl(out / "results.jsonl")
+    rates = [r["images_per_second"] for r in rows[1:] if r.get("images_per_second")]  # tasks with a memory
+    return float(np.mean(rates))
 
 
-def dg_rate(tmp: Path, lora: bool, precision: str, k: int, augment: bool = False, data_dir: str = "digits",
-            size: int = SIZE, batch: int = DG_BATCH, steps: int = 80, freq: int = 20) -> float:
-    out = tmp / f"dg-{lora}-{precision}-{augment}-{size}-{k}"
-    cfg = DGConfig(data=data_dir, test_domains=[data.load(data_dir, report=False).domains[-1].name]
-                   if data_dir != "digits" else ["75"], steps=steps, checkpoint_freq=freq, batch_size=batch,
-                   image_size=size, backbone="resnet18", lora=lora, precision=precision, augment=augment,
-                   selection=["training-domain"], quiet=True)
-    run_dg(cfg, out)
-    (records,) = [read_json(p)["records"] for p in out.glob("runs/*/records.json")]
-    return steady(records)
+BARE = {"pretrain": ("adamw", False, 1), "dg-ERM": ("adam", False, ENVS), "dg-CORAL": ("adam", True, ENVS),
+        "cl-replay": ("adamw", False, 1)}
 
 
-def jpeg_folder(root: Path, n: int) -> Path:
-    """Two domains of the digits as 224 px JPEGs (DomainBed layout)."""
-    from PIL import Image
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    for i in range(n):
-        img = Image.fromarray((255 - d.images[i] * 16).clip(0, 255).astype(np.uint8)).convert("RGB")
-        img = img.resize((224, 224), Image.BICUBIC)
-        folder = root / ("a" if i % 2 else "b") / str(d.target[i])
-        folder.mkdir(parents=True, exist_ok=True)
-        img.save(folder / f"{i}.jpg", quality=90)
-    return root
+def gpu_utilisation() -> str:
+    try:
+        return f"{torch.cuda.utilization()}%"
+    except Exception:  # no NVML here
+        return "n/a"
 
 
-def loader_rate(folder: Path) -> tuple[float, int]:
-    from toolkit.learn.loaders import EpochBatches, ImageSet, default_workers, loader
-    from toolkit.learn.transforms import data_config
+def busy() -> subprocess.Popen:
+    """One CPU-bound neighbour process (what a second experiment or an IDE indexing is)."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
-    ds = data.load(str(folder), report=False)
-    items = ds.pooled()
-    dc = data_config(backbones.create("resnet18", 224), 224)
-    workers = default_workers(False, len(items), 224)
-    images = ImageSet(items, dc, augment=True)
-    batches = EpochBatches(len(items), 32, 0, "bench")
-    t0 = time.perf_counter()
-    n = 0
-    for x, _ in loader(images, batches, 0, batches.steps_per_epoch, workers):
-        n += len(x)
-    return n / (time.perf_counter() - t0), workers
+
+def shared_core(work: Path) -> tuple[float, dict[int, float]]:
+    """dg ERM at 32 px beside one busy neighbour: the default thread choice, and every explicit count."""
+    from toolkit.core.device import cpu_count
+
+    def run(threads: int | None, tag: str) -> float:
+        env = {**os.environ}
+        cmd = [sys.executable, "-m", "cli", "dg", "--test-domains", "75", "--steps", "30", "--checkpoint-freq", "10",
+               "--image-size", "32", "--batch-size", "16", "--no-augment", "--selection", "training-domain",
+               "--quiet", "--out", str(work / f"shared-{tag}")]
+        if threads is not None:
+            cmd += ["--threads", str(threads)]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, env=env, check=True, capture_output=True)
+        return time.perf_counter() - t0
+
+    neighbour = busy()
+    try:
+        default = run(None, "default")
+        explicit = {n: run(n, f"t{n}") for n in range(1, cpu_count() + 1)}
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    return default, explicit
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--precisions", default="fp32,bf16")
-    ap.add_argument("--jpeg-images", type=int, default=600)
-    ap.add_argument("--no-jpeg", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--sizes", default=None, help="32,224 (default: both on a GPU, 32 on a CPU)")
+    ap.add_argument("--stages", default="pretrain,dg-ERM,dg-CORAL,cl-replay")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--no-shared-core", action="store_true")
     args = ap.parse_args()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        for precision in args.precisions.split(","):
-            for lora in (False, True):
-                mode = f"{'LoRA' if lora else 'full'} {precision}"
-                runs = {
-                    "bare-pt": lambda k: bare_loop(SIZE, PT_BATCH, 60, lora, precision),
-                    "pretrain": lambda k: pretrain_rate(tmp, lora, precision, k),
-                    "bare-dg": lambda k: bare_loop(SIZE, DG_BATCH * ENVS, 60, lora, precision),
-                    "dg": lambda k: dg_rate(tmp, lora, precision, k),
-                    "dg+augment": lambda k: dg_rate(tmp, lora, precision, k, augment=True),
-                }
-                got: dict[str, list[float]] = {name: [] for name in runs}
-                for k in range(args.repeats):
-                    names = list(runs)
-                    for name in names[k % len(names):] + names[:k % len(names)]:  # rotate who goes first
-                        print(f"{mode} repeat {k + 1}/{args.repeats}: {name}", file=sys.stderr)
-                        got[name].append(runs[name](k))
-                rows.append((mode, got))
-        jpeg = None
-        if not args.no_jpeg:
-            print("224 px JPEG folder ...", file=sys.stderr)
-            folder = jpeg_folder(tmp / "jpegs", args.jpeg_images)
-            lr, workers = loader_rate(folder)
-            bare224 = bare_loop(224, 32, 8, False, "fp32")
-            dg224 = dg_rate(tmp, False, "fp32", 0, augment=True, data_dir=str(folder), size=224, batch=16,
-                            steps=12, freq=4)
-            jpeg = (lr, workers, bare224, dg224)
+    if args.device == "cpu" and torch.cuda.is_available():
+        torch.cuda.is_available = lambda: False  # every stage on the CPU
+    from toolkit.core.device import resolve_precision
 
-    print(f"resnet18, RotatedDigits, {SIZE}px, CPU {torch.get_num_threads()} threads, best of {args.repeats} "
-          f"interleaved repeats (training images/s); goal >= 0.90 of the bare loop")
-    print(f"{'mode':<10} {'bare 64':>8} {'pretrain':>9} {'ratio':>6} {'per repeat':>16} {'bare 5x16':>9} {'dg':>7} "
-          f"{'ratio':>6} {'per repeat':>16} {'dg+augment':>10}")
-    for mode, got in rows:
-        line = f"{mode:<10}"
-        for bare, stage, w in (("bare-pt", "pretrain", 9), ("bare-dg", "dg", 7)):
-            b, s = got[bare], got[stage]
-            paired = " ".join(f"{x / y:.2f}" for x, y in zip(s, b))
-            line += f" {max(b):>{8 if bare == 'bare-pt' else 9}.0f} {max(s):>{w}.0f} {max(s) / max(b):>6.2f} {paired:>16}"
-        line += f" {max(got['dg+augment']):>10.0f}"
-        print(line)
-    if jpeg:
-        lr, workers, bare224, dg224 = jpeg
-        print(f"224 px JPEG folder ({args.jpeg_images} images): DataLoader alone (decode + DomainBed augmentation, "
-              f"{workers} worker(s)) {lr:.0f} img/s; bare resnet18 step at 224 px {bare224:.1f} img/s; "
-              f"dg on the folder {dg224:.1f} img/s ({dg224 / bare224:.2f} of the bare step)")
-    print(f"peak resident memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    precision = resolve_precision("auto", args.device, "train")
+    sizes = [int(s) for s in (args.sizes or ("32,224" if args.device == "cuda" else "32")).split(",")]
+    stages = args.stages.split(",")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for size in sizes:
+            arch, batch, env_batch, steps, _ = CASES[size]
+            for stage in stages:
+                optimizer, coral, envs = BARE[stage]
+                b = batch if envs == 1 else env_batch
+                bare, stage_got, ms = [], [], []
+                for k in range(args.repeats):
+                    rate, step_ms = bare_loop(arch, size, b, envs, max(steps, 20), args.device, precision, optimizer,
+                                              coral)
+                    bare.append(rate)
+                    ms.append(step_ms)
+                    stage_got.append(stage_rate(stage, work, size, k))
+                    print(f"{size}px {stage} repeat {k + 1}: bare {rate:.0f} img/s, stage {stage_got[-1]:.0f} img/s",
+                          file=sys.stderr)
+                results.append((size, arch, stage, max(bare), max(stage_got), min(ms)))
+        shared = None
+        if args.device == "cpu" and not args.no_shared_core:
+            print("shared-core case (one busy neighbour) ...", file=sys.stderr)
+            shared = shared_core(work)
+    name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{name}, precision {precision}, digits, no augmentation; best of {args.repeats} repeats, images/s")
+    print(f"{'size':>5} {'backbone':<9} {'stage':<10} {'bare':>8} {'stage':>8} {'ratio':>6} {'bare ms/step':>13}")
+    for size, arch, stage, bare, got, ms in results:
+        print(f"{size:>5} {arch:<9} {stage:<10} {bare:>8.0f} {got:>8.0f} {got / bare:>6.2f} {ms:>13.1f}")
+    if args.device == "cuda":
+        print(f"GPU utilisation reported by the driver at the end: {gpu_utilisation()}")
+    print(f"worst stage/bare ratio: {min(got / bare for *_, bare, got, _ in results):.2f}")
+    if shared is not None:
+        default, explicit = shared
+        best_n = min(explicit, key=explicit.get)
+        print("beside one busy core, dg wall seconds: default " + f"{default:.1f}, " +
+              ", ".join(f"--threads {n} {t:.1f}" for n, t in explicit.items()))
+        print(f"shared-core default/best: {explicit[best_n] / default:.2f}")
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ def launch_log(res) -> str:
 
 
 # Fields that measure time, not results: a resumed run differs from an uninterrupted one there only.
-TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall"}
+TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall", "rates"}
 
 
 def _strip_timing(obj):

@@ -305,7 +305,7 @@ def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, 
     """DomainBed augments its image folders and never RotatedMNIST: a flip would mirror a digit and reverse its
     rotation. The built-in digits train on exactly the stored images; a folder is augmented unless it says
     otherwise; --augment / --no-augment decide for every environment."""
-    from toolkit.stages.dg.stage import RunSpec, augmented, plan_runs, resolve
+    from toolkit.stages.dg.stage import augmented, resolve
 
     def first_batch(c):
         sw = resolve(c)

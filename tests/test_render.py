@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -40,7 +41,7 @@ def onnx_export(tiny):
 
 @pytest.fixture(scope="session")
 def torch_renderer(tiny):
-    cfg = RenderConfig(model="tiny-lcm", quiet=True)
+    cfg = RenderConfig(model="tiny-lcm", device="cpu", quiet=True)
     return Renderer(resolve_model("tiny-lcm", "torch"), cfg)
 
 
@@ -52,7 +53,8 @@ def prompts(tmp_path) -> Path:
 
 
 def cfg(**kw) -> RenderConfig:
-    return RenderConfig(**{"model": "tiny-lcm", "quiet": True, **kw})
+    """The CPU unless a test asks for another device: most tests here are about what a CPU guarantees."""
+    return RenderConfig(**{"model": "tiny-lcm", "quiet": True, "device": "cpu", **kw})
 
 
 def images(out: Path) -> dict[str, bytes]:
@@ -107,7 +109,7 @@ def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_re
 def test_accelerate_launch_shards_then_merges(prompts, tmp_path, tiny, torch_renderer):
     """Real `accelerate launch` (torchrun underneath, gloo on CPU): a shard per process, merged at the end."""
     out = tmp_path / "acc"
-    res = accelerate_launch(["render", str(prompts), "--out", str(out), "--quiet"])
+    res = accelerate_launch(["render", str(prompts), "--out", str(out), "--device", "cpu", "--quiet"])
     assert res.returncode == 0, launch_log(res)
     assert sorted(p.name for p in out.glob("manifest*.jsonl")) == [
         "manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl", "manifest.jsonl"]
@@ -141,7 +143,7 @@ def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, to
     render(prompts, ref, cfg(images_per_prompt=4), renderer=torch_renderer)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "cli", "render", str(prompts), "--out", str(out), "--images-per-prompt", "4",
-           "--batch-size", "1", "--quiet"]
+           "--batch-size", "1", "--device", "cpu", "--quiet"]
     manifest = out / "manifest.jsonl"
     run_then_kill(cmd, lambda: manifest.exists() and len(manifest.read_text().splitlines()) >= 3)
     rows = read_jsonl(manifest)
@@ -151,9 +153,9 @@ def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, to
         f.write('{"image_id": "heron--orig')
     damaged = out / rows[0]["path"]
     damaged.write_bytes(b"not a png")
-    assert not list(out.rglob("*.part"))
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
+    assert not list(out.rglob("*.part"))  # a writer killed mid-file left a temp file: the resume cleared it
     assert "already done" in res.stdout
     done = int(res.stdout.split("new, ")[1].split(" already")[0])
     assert done == len(rows) - 1  # the damaged one was redone
@@ -214,12 +216,40 @@ def test_tiny_vae_and_slicing_switches(prompts, tmp_path, tiny):
     taesd = AutoencoderTiny(encoder_block_out_channels=(16, 16), decoder_block_out_channels=(16, 16),
                             num_encoder_blocks=(1, 1), num_decoder_blocks=(1, 1), latent_channels=4)
     taesd.save_pretrained(tmp_path / "taesd")
+    plain = tmp_path / "plain"
+    render(prompts, plain, cfg())
+    sliced = tmp_path / "sliced"
+    render(prompts, sliced, cfg(attention_slicing=True, vae_slicing=True))
+    # slicing changes how much is computed at once, not what: the same pixels but for float rounding
+    # (measured: one image of six with pixels 1/255 apart), where another decoder changes them all
+    def pixels(folder, rel):
+        return np.asarray(Image.open(folder / rel), dtype=np.int16)
+
+    assert sorted(images(sliced)) == sorted(images(plain))
+    assert max(np.abs(pixels(sliced, rel) - pixels(plain, rel)).max() for rel in images(plain)) <= 1
     out = tmp_path / "out"
-    c = cfg(tiny_vae=str(tmp_path / "taesd"), attention_slicing=True, vae_slicing=True)
-    res = render(prompts, out, c)
+    res = render(prompts, out, cfg(tiny_vae=str(tmp_path / "taesd")))
     assert res["rendered"] == len(ROWS)
     row = read_jsonl(out / "manifest.jsonl")[0]
     assert row["tiny_vae"]["sha256"] and row["tiny_vae"]["model"].endswith("taesd")
+    # another decoder draws other pixels from the same latents
+    for rel in images(out):
+        assert np.abs(pixels(plain, rel) - pixels(out, rel)).mean() > 5, rel
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_images_repeat_and_a_resume_keeps_batch_and_gpu(prompts, tmp_path, tiny):
+    """On CUDA: fp16 by default, the same bytes when run again at the same batch size; the manifest records the
+    batch and the GPU; a resume at another batch size is refused with one line (its images would differ)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        render(prompts, out, cfg(device="auto", batch_size=3, images_per_prompt=2))
+    assert images(a) == images(b)
+    row = read_jsonl(a / "manifest.jsonl")[0]
+    assert (row["device"], row["dtype"], row["compute_batch"]) == ("cuda", "fp16", 3) and row["gpu"]["name"]
+    (a / "manifest.jsonl").unlink()  # as if killed before the end: a resume
+    res = cli("render", str(prompts), "--out", str(a), "--batch-size", "4", "--images-per-prompt", "2", "--quiet")
+    one_line_error(res, "in batches of 3", "--batch-size 3", code=1)
 
 
 # ------------------------------------------------------------------ bad input through the CLI

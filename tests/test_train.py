@@ -191,7 +191,7 @@ def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path, monkeypatch
 
 
 def test_mixed_precision_through_accelerate(tmp_path):
-    fp32 = pretrain(pcfg(epochs=2), tmp_path / "fp32")
+    fp32 = pretrain(pcfg(epochs=2, precision="fp32"), tmp_path / "fp32")
     # One thread: oneDNN's multi-threaded bf16 convolution backward gives sporadic NaN gradients on this CPU
     # (measured: 1-4 skipped steps of 58 at 2 threads, now and then a diverged run; none at 1 thread). The
     # guard absorbs a few; this test is about bf16 arithmetic, not that race (README: fp32 on CPU, what auto picks).

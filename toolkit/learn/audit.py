@@ -7,7 +7,8 @@ device", RanPAC's head did this), or the host reads a value the GPU computed (`.
 
 `DeviceAudit` is a torch function mode that records both while it is active:
 - a tensor factory (`torch.zeros`, `eye`, `rand`, `tensor`, ... every function torch's own default-
-  device machinery intercepts) called from Augur's code without `device=`;
+  device machinery intercepts) called without `device=` from Augur's code or a user's (anything but
+  installed libraries and the standard library, whose internals are theirs to answer for);
 - a host read of a *device-derived* tensor: the audit marks the tensors it is given (the model's
   parameters and buffers, the batch) and every result of an operation that touched a marked tensor,
   so `int(self.update_count)` is caught while `torch.randperm(n, device="cpu").tolist()` (a host-side
@@ -33,6 +34,23 @@ from torch.overrides import TorchFunctionMode
 
 _TOOLKIT = str(Path(__file__).resolve().parent.parent)
 _HERE = str(Path(__file__).resolve())
+
+
+def _library_roots() -> tuple[str, ...]:
+    import site
+    import sysconfig
+
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    # an editable install of Augur lives in a checkout, not in site-packages: still ours
+    return tuple(sorted(r for r in roots if r and not _TOOLKIT.startswith(r)))
+
+
+_LIBRARIES = _library_roots()
+
+
+def _ours(filename: str) -> bool:
+    return not filename.startswith(_LIBRARIES) and not filename.startswith("<")
 
 _HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu,
                torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__,
@@ -69,6 +87,13 @@ def _caller() -> tuple[str, int] | None:
             return name, f.f_lineno
         f = f.f_back
     return None
+
+
+def _show(where: tuple[str, int]) -> str:
+    name = where[0]
+    if name.startswith(os.path.dirname(_TOOLKIT)):
+        name = os.path.relpath(name, os.path.dirname(_TOOLKIT))
+    return f"{name}:{where[1]}"
 
 
 def _flat(obj: Any):
@@ -113,16 +138,14 @@ class DeviceAudit(TorchFunctionMode):
         where = None
         if func in self._factories and kwargs.get("device") is None:
             where = _caller()
-            if where is not None and where[0].startswith(_TOOLKIT):
-                self._found(f"{getattr(func, '__name__', func)}() without device= at "
-                            f"{os.path.relpath(where[0], os.path.dirname(_TOOLKIT))}:{where[1]}")
+            if where is not None and _ours(where[0]):
+                self._found(f"{getattr(func, '__name__', func)}() without device= at {_show(where)}")
         inputs = list(_flat(args)) + list(_flat(kwargs))
         touched = any(self.marked(t) for t in inputs)
         if self.host_reads and func in _HOST_READS and touched:
             where = where or _caller()
-            if where is not None and where[0].startswith(_TOOLKIT):
-                self._found(f"host read ({getattr(func, '__name__', func)}) of a device tensor at "
-                            f"{os.path.relpath(where[0], os.path.dirname(_TOOLKIT))}:{where[1]}")
+            if where is not None and _ours(where[0]):
+                self._found(f"host read ({getattr(func, '__name__', func)}) of a device tensor at {_show(where)}")
         out = func(*args, **kwargs)
         if touched:
             self.mark(*_flat(out))

@@ -134,6 +134,7 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
     state = distributed.state()
     world = (state.process_index, state.num_processes) if state is not None else (0, 1)
     counts: list[list[list[int]]] = []
+    rates: list[float | None] = []  # training images/s of each task (None: it trained nothing)
     start = 0
     done = sorted(p for p in (out / "tasks").glob("task-*") if (p / "state.json").is_file()) if (out / "tasks").is_dir() else []
     if done:
@@ -144,12 +145,14 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
         meta = json.loads((last / "state.json").read_text(encoding="utf-8"))
         strategy.load_extra(meta["extra"])
         counts, start = meta["counts"], meta["task"] + 1
+        rates = meta.get("rates", [None] * len(counts))
     main = distributed.is_main_process()
     for t in range(start, len(tasks)):
         task_classes = tasks[t]
         items = [it for it in train_rows if it[1] in task_classes]
         with audit.phase():
             strategy.begin_task(t, task_classes, items)
+        rate = None
         if strategy.trains_on(t) and cfg.epochs:
             train = strategy.training_items(items)
             if len(train) < 2:
@@ -162,24 +165,30 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
                 for x, y in feed.stream(a, b):
                     yield [(x, y)]
 
-            loop.run(strategy, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s, spe=spe: (s + 1) % spe == 0,
-                     ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
-                     precision=cfg.precision, progress=cfg.progress, desc=f"cl {name} task {t + 1}/{len(tasks)}")
+            records = loop.run(strategy, stream, total_steps=cfg.epochs * spe,
+                               is_checkpoint=lambda s, spe=spe: (s + 1) % spe == 0,
+                               ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
+                               precision=cfg.precision, progress=cfg.progress,
+                               desc=f"cl {name} task {t + 1}/{len(tasks)}")
+            # the steady rate: epochs after the first (which pays one-time kernel choice), when there are some
+            steady = [r["images_per_second"] for r in records[1:]] or [r["images_per_second"] for r in records]
+            rate = float(np.mean(steady)) if steady else None
         strategy.to(torch_device())
         with audit.phase():
             strategy.end_task(t, task_classes, items)
             counts.append([_score(strategy, ctx, [it for it in test_rows if it[1] in tasks[j]]) for j in range(t + 1)])
+        rates.append(rate)
         if main:
-            _save_task(out, t, strategy, counts, save_file)
+            _save_task(out, t, strategy, counts, rates, save_file)
             kill_point("cl.after_task")
-            _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0)
+            _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0)
             loop.clear(out / "checkpoint" / f"task-{t:03d}")
         distributed.wait_for_everyone()
         if cfg.progress and main:
             print(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
                   f"classes {metrics(counts)['last_accuracy']:.3f}", file=sys.stderr)
     if main:
-        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0)
+        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0)
         heatmap(result["accuracy_matrix"], out / "accuracy_matrix.png",
                 f"{name}, {cfg.protocol()} ({w.describe()})")
         loop.clear(out / "checkpoint")
@@ -202,7 +211,7 @@ def _score(strategy, ctx, items) -> list[int]:
     return [int(correct) if correct is not None else 0, len(items)]
 
 
-def _save_task(out: Path, t: int, strategy, counts, save_file) -> None:
+def _save_task(out: Path, t: int, strategy, counts, rates, save_file) -> None:
     import json
     import shutil
 
@@ -212,15 +221,15 @@ def _save_task(out: Path, t: int, strategy, counts, save_file) -> None:
     tmp.mkdir(parents=True)
     state = {k: v.detach().cpu().contiguous() for k, v in strategy.state_dict().items()}
     save_file(loop.dedupe(state), str(tmp / "strategy.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"task": t, "counts": counts, "extra": strategy.checkpoint_extra()}),
-                                    encoding="utf-8")
+    (tmp / "state.json").write_text(json.dumps({"task": t, "counts": counts, "rates": rates,
+                                                "extra": strategy.checkpoint_extra()}), encoding="utf-8")
     publish_dir(tmp, final)
     for old in (out / "tasks").glob("task-*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, split_note, t0) -> dict[str, Any]:
+def _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0) -> dict[str, Any]:
     """One row per finished step; the last line is the run's final row once every task is done."""
     device = pick_device()
     base = {"strategy": name, "hparams": hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
@@ -234,7 +243,7 @@ def _write_results(cfg, out, name, hp, classes, order, tasks, counts, arch, w, s
         sub = counts[: t + 1]
         m = metrics(sub)
         rows.append({**base, "step": t, "final": t == len(tasks) - 1, "counts": sub,
-                     "accuracy_matrix": matrix(sub, len(tasks)), **m})
+                     "accuracy_matrix": matrix(sub, len(tasks)), "images_per_second": rates[t], **m})
     rows[-1]["wall_seconds"] = time.perf_counter() - t0
     write_jsonl(out / "results.jsonl", rows)
     return rows[-1]

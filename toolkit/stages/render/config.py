@@ -25,7 +25,9 @@ class RenderConfig:
     steps: int | None = setting(None, "Denoising steps (default: the card's).", min=1, max=1000)
     guidance: float | None = setting(None, "Guidance scale (default: the card's).", min=0.0, max=100.0)
     size: int | None = setting(None, "Image side in pixels (default: the card's).", min=8, max=4096, multiple_of=8)
-    batch_size: int = setting(4, "Images per pipeline call (does not change the images).", min=1, max=1024)
+    batch_size: int = setting(4, "Images per pipeline call. On a CPU every image is computed alone, so it does not "
+                                 "change the images; on a GPU it does (recorded; a resume must keep it).", min=1,
+                              max=1024)
     images_per_prompt: int = setting(1, "Images per prompt row, each with its own seed.", min=1, max=100000)
     seed: int = seed_setting()
     shard: str | None = setting(None, "i/n: render only this shard of the images (merge with `augur render "
@@ -42,6 +44,14 @@ class RenderConfig:
                                          "10% faster with bf16, no gain in fp32; see the README).")
     compile: bool = setting(False, "torch.compile the UNet and the VAE decoder (inductor; minutes of compiling "
                                    "at start, then faster; needs a C++ compiler on a CPU).")
+    compile_mode: str = setting("default", "torch.compile's mode with --compile (reduce-overhead and max-autotune use "
+                                           "CUDA graphs on a GPU).",
+                                choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"))
+    fuse_qkv: bool = setting(False, "Fuse the attention's query, key and value projections into one matrix "
+                                    "multiplication (torch; UNet and VAE; other float rounding).")
+    writers: int | None = setting(None, "Threads that encode, hash and write the PNGs while the next batch renders "
+                                        "(default: up to 8 on a GPU, 2 on a CPU).", min=1, max=64, none_word="auto",
+                                  recipe=False)
     quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
 
     @property
@@ -54,9 +64,9 @@ class RenderConfig:
     def check(self) -> None:
         parse_shard(self.shard)
         if self.backend != "torch" and (self.tiny_vae or self.attention_slicing or self.vae_slicing
-                                        or self.vae_tiling or self.cpu_offload or self.compile):
-            raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile and --cpu-offload "
-                                          "apply to the torch backend only")
+                                        or self.vae_tiling or self.cpu_offload or self.compile or self.fuse_qkv):
+            raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile, --fuse-qkv and "
+                                          "--cpu-offload apply to the torch backend only")
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

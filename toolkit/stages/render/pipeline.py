@@ -6,8 +6,15 @@ arithmetic: convolution and matrix kernels pick their blocking by the batch shap
 rounding (measured on an AMD EPYC: UNet outputs differ by ~1e-6 between batch 1 and 4, enough to
 move a few pixels by 1/255). So on a CPU every image is computed in a batch of exactly one: the same
 row gives the same bytes whatever --batch-size, shard or process, for a given CPU and thread count.
-On CUDA images are computed in batches of --batch-size for speed; they repeat exactly for the same
-batch size (deterministic cuDNN), and the manifest records the batch they were computed in.
+On CUDA images are computed in batches of --batch-size for speed: they repeat exactly for the same
+batch size on the same GPU and software (deterministic cuDNN, its autotuner off), and differ at another
+batch size or on another GPU. So on CUDA the batch size and the GPU (name, CUDA, cuDNN and torch
+versions) are part of what decides the pixels (`settings`): the manifest records them and a resume or
+a shard that differs is refused (stage.py).
+
+The images leave the pipeline as tensors (`output_type="pt"`) and become uint8 where they were made,
+so a GPU sends a quarter of the bytes and the host does no per-pixel work; the arithmetic is numpy's
+(clip, x255, round half to even), so the pixels are those of the numpy path.
 """
 
 from __future__ import annotations
@@ -168,13 +175,20 @@ class Renderer:
 
     def settings(self) -> dict[str, Any]:
         """What decides the pixels: the run's identity and every manifest row carry it."""
-        return {"backend": self.cfg.backend, "device": self.device, "dtype": self.dtype, "scheduler": self.scheduler,
-                "steps": self.steps, "guidance": self.guidance, "size": self.size,
-                "negative_prompt": self.negative_prompt if self.takes_negative else None,
-                "tiny_vae": self.tiny_vae, "lora": self.lora, "variant": self.variant,
-                "compute_batch": self.compute_batch,
-                "channels_last": self.cfg.channels_last and self.cfg.backend == "torch",
-                "compile": self.cfg.compile}
+        out = {"backend": self.cfg.backend, "device": self.device, "dtype": self.dtype, "scheduler": self.scheduler,
+               "steps": self.steps, "guidance": self.guidance, "size": self.size,
+               "negative_prompt": self.negative_prompt if self.takes_negative else None,
+               "tiny_vae": self.tiny_vae, "lora": self.lora, "variant": self.variant,
+               "compute_batch": self.compute_batch,
+               "channels_last": self.cfg.channels_last and self.cfg.backend == "torch",
+               "compile": self.cfg.compile}
+        if self.cfg.fuse_qkv:
+            out["fuse_qkv"] = True
+        if self.cfg.compile and self.cfg.compile_mode != "default":
+            out["compile_mode"] = self.cfg.compile_mode
+        if self.device == "cuda":
+            out["gpu"] = gpu_identity()
+        return out
 
     def provenance(self) -> dict[str, Any]:
         """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
@@ -198,9 +212,14 @@ class Renderer:
             generator=[torch.Generator("cpu").manual_seed(u.seed) for u in units])
         if self.takes_negative and self.negative_prompt:
             kwargs["negative_prompt"] = [u.row.get("negative_prompt") or self.negative_prompt for u in units]
+        torch_out = self.cfg.backend == "torch"
+        if torch_out:
+            kwargs["output_type"] = "pt"
         try:
             with torch.inference_mode():
                 images = self.pipe(**kwargs).images
+                if torch_out:
+                    return self._to_uint8(images, units)
         except torch.cuda.OutOfMemoryError:
             raise out_of_memory(self.resolved.card.name, "while rendering with") from None
         except Exception as e:
@@ -214,13 +233,36 @@ class Renderer:
                              f"torch's cache: delete {cache_dir()} and re-run (or render without --compile)") from None
         images = np.asarray(images, dtype=np.float32)
         if not np.isfinite(images).all():
-            # NaN would be written as a black or garbage PNG, with a valid hash, and pass for done.
-            bad = [u.image_id for u, im in zip(units, images) if not np.isfinite(im).all()]
-            hint = ("a VAE overflowing in reduced precision does this: try --precision fp32, then re-run to resume"
-                    if self.dtype != "fp32" else "are the model's weights intact?")
-            raise AugurError(f"the model produced non-finite pixels for {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
-                             f" on {self.cfg.backend}/{self.device}/{self.dtype}; nothing was written for them ({hint})")
+            self._non_finite([u for u, im in zip(units, images) if not np.isfinite(im).all()])
         return list((np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8))
+
+    def _to_uint8(self, images, units: list[Unit]):
+        """(B, 3, H, W) in [0, 1] on the device -> uint8 H x W x 3 arrays; one check and one copy per batch."""
+        import torch
+
+        x = images.float()
+        finite = torch.isfinite(x).flatten(1).all(1)
+        x = (x.clamp_(0.0, 1.0) * 255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        finite, x = finite.cpu().numpy(), x.cpu().numpy()
+        if not finite.all():
+            self._non_finite([u for u, ok in zip(units, finite) if not ok])
+        return list(x)
+
+    def _non_finite(self, bad: list[Unit]) -> None:
+        # NaN would be written as a black or garbage PNG, with a valid hash, and pass for done.
+        ids = [u.image_id for u in bad]
+        hint = ("a VAE overflowing in reduced precision does this: try --precision fp32, then re-run to resume"
+                if self.dtype != "fp32" else "are the model's weights intact?")
+        raise AugurError(f"the model produced non-finite pixels for {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                         f" on {self.cfg.backend}/{self.device}/{self.dtype}; nothing was written for them ({hint})")
+
+
+def gpu_identity() -> dict[str, Any]:
+    """What a GPU's images depend on besides the settings: the GPU and the software that drives it."""
+    import torch
+
+    return {"name": torch.cuda.get_device_name(), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "torch": torch.__version__.split("+")[0]}
 
 
 def _quiet_libraries() -> None:

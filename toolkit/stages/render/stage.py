@@ -7,6 +7,11 @@
 
 Folder and file names are derived from labels injectively (`core.names.path_name`); the manifest
 keeps the exact labels, and training reads labels from it, not from folder names.
+
+The device is never kept waiting for the disk: a batch's PNGs are encoded, hashed and written by a
+pool of writer threads (PIL's encoder and hashlib release the GIL) while the next batch renders, and
+the batch's manifest rows are appended once all its files are on disk, in order. A kill anywhere
+leaves whole files and a manifest that lists only finished ones.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import io
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +125,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     resolved: Resolved = renderer.resolved
     identity = {"prompts_sha256": sha256_file(prompts), "model": resolved.card.name, "model_sha256": resolved.sha256,
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, **renderer.settings()}
+    _refuse_other_gpu_batch(out, identity)
     claim = outdir.claim(out, "render", identity, hint="use another --out, or delete that folder",
                          shard=shard if shard[1] > 1 else None, extra={"prompts": str(prompts.resolve())})
     try:
@@ -130,24 +137,32 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="render", unit="img",
                    disable=not cfg.progress, file=sys.stderr)
         t_render = time.perf_counter()
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start: start + cfg.batch_size]
-            arrays = renderer(batch)
-            new_rows = []
-            for u, arr in zip(batch, arrays):
-                info = {"image_id": u.image_id, "row_id": u.row["id"], "class": u.row["class"],
-                        "domain": u.row["domain"], "prompt": u.row["prompt"], "seed": u.seed, "index": u.index, **base}
-                if renderer.takes_negative and renderer.negative_prompt:
-                    info["negative_prompt"] = u.row.get("negative_prompt") or renderer.negative_prompt
-                data = png_bytes(arr, info)
-                write_bytes(out / relpath(u), data)
-                new_rows.append({**info, "path": relpath(u), "sha256": sha256_bytes(data)})
-                kill_point("render.after_png")
+        pending: tuple[list[Unit], list] | None = None  # the batch whose files the writers are writing
+
+        def finish(batch_units, futures) -> None:
+            new_rows = [f.result() for f in futures]  # in order; a writer's error surfaces here
             append_jsonl(manifest, new_rows)
             kill_point("render.after_batch")
             done.update({r["image_id"]: r for r in new_rows})
-            bar.update(len(batch))
-            bar.set_postfix(img_s=f"{(start + len(batch)) / max(time.perf_counter() - t_render, 1e-9):.2f}")
+            bar.update(len(batch_units))
+
+        with ThreadPoolExecutor(max_workers=writer_threads(cfg, renderer.device), thread_name_prefix="png") as pool:
+            try:
+                for start in range(0, len(todo), cfg.batch_size):
+                    batch = todo[start: start + cfg.batch_size]
+                    arrays = renderer(batch)
+                    if pending is not None:
+                        finish(*pending)
+                    pending = (batch, [pool.submit(_write_image, out, u, arr, base, renderer) for u, arr in
+                                       zip(batch, arrays)])
+                    bar.set_postfix(img_s=f"{(start + len(batch)) / max(time.perf_counter() - t_render, 1e-9):.2f}")
+                if pending is not None:
+                    finish(*pending)
+                    pending = None
+            except BaseException:
+                for f in (pending[1] if pending else []):
+                    f.cancel()
+                raise
         bar.close()
         # Canonical order once complete, whatever the interruptions: the unit order.
         write_jsonl(manifest, [done[u.image_id] for u in units])
@@ -164,6 +179,51 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
                      f"{renderer.steps} steps, {renderer.size}px; {wall:.1f} s → {manifest}")}
+
+
+def writer_threads(cfg: RenderConfig, device: str) -> int:
+    from ...core.device import cpu_count
+
+    if cfg.writers:
+        return cfg.writers
+    return max(1, min(8 if device == "cuda" else 2, cpu_count()))
+
+
+def _write_image(out: Path, u: Unit, arr, base: dict[str, Any], renderer: Renderer) -> dict[str, Any]:
+    """One image: its provenance, PNG bytes, an atomic write; returns its manifest row (a writer thread)."""
+    info = {"image_id": u.image_id, "row_id": u.row["id"], "class": u.row["class"], "domain": u.row["domain"],
+            "prompt": u.row["prompt"], "seed": u.seed, "index": u.index, **base}
+    if renderer.takes_negative and renderer.negative_prompt:
+        info["negative_prompt"] = u.row.get("negative_prompt") or renderer.negative_prompt
+    data = png_bytes(arr, info)
+    write_bytes(out / relpath(u), data)
+    kill_point("render.after_png")
+    return {**info, "path": relpath(u), "sha256": sha256_bytes(data)}
+
+
+def _refuse_other_gpu_batch(out: Path, identity: dict[str, Any]) -> None:
+    """GPU images depend on the batch size and the GPU: a resume or shard that differs in them would mix
+    images of two computations in one folder. One line saying what the folder was made with."""
+    record = out / "render.json"
+    if not record.is_file():
+        return
+    try:
+        old = read_json(record).get("identity") or {}
+    except AugurError:
+        return
+    if old.get("device") != "cuda" and identity.get("device") != "cuda":
+        return
+    diff = [k for k in ("device", "compute_batch", "gpu") if old.get(k) != identity.get(k)]
+    if not diff:
+        return
+    def made(ident):
+        gpu = ident.get("gpu") or {}
+        where = gpu.get("name", ident.get("device", "?"))
+        return f"{where} in batches of {ident.get('compute_batch')}"
+
+    raise AugurError(f"{out} was rendered on {made(old)}, and GPU images depend on both; this run would render on "
+                     f"{made(identity)}: resume with the same GPU and --batch-size {old.get('compute_batch')}, "
+                     "or use another --out")
 
 
 def merge(out: Path) -> dict[str, Any]:
