@@ -10,7 +10,8 @@ precision (bf16 autocast where the GPU has it, fp32 on a CPU):
 
 - pretrain: one batch of 64 (32 px) or 32 (224 px), AdamW;
 - dg ERM and dg CORAL: one minibatch of 16 (32 px) or 8 (224 px) from each of 5 training environments,
-  Adam (CORAL's bare step adds its penalty over the 5 feature batches);
+  Adam (ERM concatenates them; CORAL, as DomainBed, passes each environment through the network on its
+  own and adds the mean and covariance penalty over the pairs);
 - cl replay: batches of 64 / 32 of a task's images plus the memory, AdamW.
 
 Data: the built-in digits (1,797 images, in memory), no augmentation on either side. On a GPU the
@@ -70,10 +71,11 @@ def bare_loop(arch: str, size: int, batch: int, envs: int, steps: int, device: s
         opt.zero_grad(set_to_none=True)
         with autocast:
             if coral:
-                feats = model(x[idx])
-                logits = head(feats)
-                loss = torch.nn.functional.cross_entropy(logits, y[idx])
-                parts = feats.float().split(batch)
+                # DomainBed's CORAL step: one featurizer pass per environment, then the pairwise penalty
+                parts = [model(xi) for xi in x[idx].split(batch)]
+                loss = sum(torch.nn.functional.cross_entropy(head(f), yi) for f, yi in zip(parts, y[idx].split(batch)))
+                loss = loss / envs
+                parts = [f.float() for f in parts]
                 pen = 0
                 for i in range(envs):
                     for j in range(i + 1, envs):

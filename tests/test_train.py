@@ -209,9 +209,15 @@ def test_mixed_precision_through_accelerate(tmp_path):
 
     a, b = (load_file(str(tmp_path / m / "backbone.safetensors")) for m in ("fp32", "bf16"))
     assert all(v.dtype == torch.float32 for v in b.values() if v.is_floating_point())
+    other = pretrain(pcfg(epochs=2, precision="fp32", seed=1), tmp_path / "seed1")
+    wc = load_file(str(tmp_path / "seed1" / "backbone.safetensors"))["conv1.weight"]
     wa, wb = a["conv1.weight"], b["conv1.weight"]
-    # bf16 autocast rounds the arithmetic: other weights, but near the fp32 ones, not another run
-    assert not torch.equal(wa, wb) and float((wa - wb).norm() / wa.norm()) < 0.1
+    # bf16 autocast rounds the arithmetic: other weights, but near the fp32 ones of the same run, far nearer
+    # than another seed's (measured: 0.21 relative on this CPU, 0.23 on an H200, where fp32 convolutions use
+    # TF32; another seed: ~1.4)
+    rel = lambda u, v: float((u - v).norm() / u.norm())  # noqa: E731
+    assert not torch.equal(wa, wb) and rel(wa, wb) < 0.5 * rel(wa, wc), (rel(wa, wb), rel(wa, wc))
+    assert other["seed"] == 1
     res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--out", str(tmp_path / "f16"), "--precision", "fp16",
                                     "--epochs", "1", "--image-size", "16", "--quiet"])
     if torch.cuda.is_available():  # fp16 with the gradient scaler where there is a GPU

@@ -18,7 +18,11 @@ bicubic, as the backbone's data config asks; the crop is never smaller than the 
 antialiasing is involved).
 
 Images are float in [0, 1] through the operations and normalised with the backbone's mean and std at
-the end. The same code runs on the CPU, so CI tests what the GPU runs.
+the end. Two ways to run the same operations: `__call__` takes the seeds and runs each colour
+operation on the images that have it at that position (index lists known on the host: the cheapest
+on a CPU); `on_device` takes the drawn parameters already on the device (`pack`, copied there ahead
+of time by learn/images.py) and selects per image with masks, so a GPU step never waits for a
+host-to-device copy. tests/test_augment.py checks that both give the same images, on the CPU.
 """
 
 from __future__ import annotations
@@ -115,6 +119,23 @@ def _hue(x, f):
 _OPS = (_brightness, _contrast, _saturation, _hue)  # ColorJitter's fn_idx numbering
 
 
+PACKED = 15  # per image: theta (2 x 3), the four jitter factors, the jitter order (4), greyscale
+
+
+def pack(p: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """`draw`'s parameters as one float32 row per image: the crop-and-flip affine map, factors, order, greyscale."""
+    n = len(p["flip"])
+    out = np.zeros((n, PACKED), dtype=np.float32)
+    out[:, 0] = np.where(p["flip"], -p["w"] / size, p["w"] / size)
+    out[:, 2] = (2 * p["left"] + p["w"]) / size - 1
+    out[:, 4] = p["h"] / size
+    out[:, 5] = (2 * p["top"] + p["h"]) / size - 1
+    out[:, 6:10] = p["factors"]
+    out[:, 10:14] = p["order"]
+    out[:, 14] = p["grey"]
+    return out
+
+
 class Augment:
     """DomainBed's augmentation of uint8 (B, 3, S, S) batches into normalised float ones (see the module
     docstring)."""
@@ -138,27 +159,41 @@ class Augment:
         """uint8 (B, 3, S, S) -> float normalised, the evaluation transform (no augmentation)."""
         return self._norm(x8.float().div_(255.0))
 
-    def __call__(self, x8, seeds: np.ndarray):
-        import torch
+    def _crop(self, x8, theta):
+        """The crop (and the flip) as one affine map of normalised output coordinates to input ones,
+        align_corners=False: x_in = (w / S) x_out + (2 left + w) / S - 1 (a negated scale flips)."""
         import torch.nn.functional as F
 
-        device, b, s = x8.device, x8.shape[0], x8.shape[-1]
-        p = draw(seeds, s)
-        # The crop (and the flip) as one affine map of normalised output coordinates to input ones,
-        # align_corners=False: x_in = (w / S) x_out + (2 left + w) / S - 1 (negated scale: flipped).
-        sx = np.where(p["flip"], -p["w"] / s, p["w"] / s)
-        theta = np.zeros((b, 2, 3), dtype=np.float32)
-        theta[:, 0, 0] = sx
-        theta[:, 0, 2] = (2 * p["left"] + p["w"]) / s - 1
-        theta[:, 1, 1] = p["h"] / s
-        theta[:, 1, 2] = (2 * p["top"] + p["h"]) / s - 1
-        theta_t = torch.from_numpy(theta).to(device, non_blocking=True)
+        b, s = x8.shape[0], x8.shape[-1]
         x = x8.float().div_(255.0)
-        grid = F.affine_grid(theta_t, [b, 3, s, s], align_corners=False)
+        grid = F.affine_grid(theta.reshape(b, 2, 3), [b, 3, s, s], align_corners=False)
         x = F.grid_sample(x, grid, mode=self.mode, padding_mode="border", align_corners=False)
-        if self.mode == "bicubic":
-            x = x.clamp_(0.0, 1.0)
-        factors = torch.from_numpy(p["factors"].astype(np.float32)).to(device, non_blocking=True)
+        return x.clamp_(0.0, 1.0) if self.mode == "bicubic" else x
+
+    def on_device(self, x8, packed):
+        """The same augmentation from `pack`ed parameters already on x8's device: the colour operations
+        are selected per image with masks (each runs on the whole batch at each of the four positions)."""
+        import torch
+
+        x = self._crop(x8, packed[:, :6])
+        factors, order = packed[:, 6:10], packed[:, 10:14]
+        for pos in range(4):
+            for op in range(4):
+                f = factors[:, op]
+                out = _OPS[op](x, f if op == 3 else f.view(-1, 1, 1, 1))
+                x = torch.where((order[:, pos] == op).view(-1, 1, 1, 1), out, x)
+        grey = packed[:, 14].view(-1, 1, 1, 1) > 0.5
+        x = torch.where(grey, _grey(x).expand(-1, 3, -1, -1), x)
+        return self._norm(x)
+
+    def __call__(self, x8, seeds: np.ndarray):
+        import torch
+
+        device, s = x8.device, x8.shape[-1]
+        p = draw(seeds, s)
+        packed = pack(p, s)
+        x = self._crop(x8, torch.from_numpy(packed[:, :6]).to(device))
+        factors = torch.from_numpy(p["factors"].astype(np.float32)).to(device)
         # ColorJitter applies its four operations in a random order per image: at each position, each
         # operation runs on the images that have it there (index lists known here, on the host).
         for pos in range(4):
@@ -166,13 +201,13 @@ class Augment:
                 rows = np.flatnonzero(p["order"][:, pos] == op)
                 if len(rows) == 0:
                     continue
-                idx = torch.from_numpy(rows).to(device, non_blocking=True)
+                idx = torch.from_numpy(rows).to(device)
                 sub = x.index_select(0, idx)
                 f = factors.index_select(0, idx)[:, op]
                 sub = _OPS[op](sub, f if op == 3 else f.view(-1, 1, 1, 1))
                 x = x.index_copy(0, idx, sub)
         grey = np.flatnonzero(p["grey"])
         if len(grey):
-            idx = torch.from_numpy(grey).to(device, non_blocking=True)
+            idx = torch.from_numpy(grey).to(device)
             x = x.index_copy(0, idx, _grey(x.index_select(0, idx)).expand(-1, 3, -1, -1))
         return self._norm(x)

@@ -9,7 +9,10 @@ step by DataLoader workers into uint8 batches, pinned, copied without blocking, 
 device the same way.
 
 Which images a step takes is decided by the samplers of learn/loaders.py (a pure function of the seed
-and the step), so a resumed run trains on what the uninterrupted run did. Images that fail to decode
+and the step), so a resumed run trains on what the uninterrupted run did. On a GPU the host works ahead:
+the rows (and augmentation parameters) of the next CHUNK steps are computed at once, pinned and copied
+to the device without blocking; a copy from ordinary (pageable) memory would make every step wait for
+the GPU to finish the one before. Images that fail to decode
 are left out with a warning when the data is decoded up front; when it is streamed, the next readable
 image stands in (the epoch never dies).
 """
@@ -28,6 +31,7 @@ from .loaders import DECODED_CACHE_BYTES, StepSampler, _Batches, default_workers
 from .transforms import DataConfig
 
 GPU_SHARE = 0.25  # of the free GPU memory, for one dataset's decoded images
+CHUNK = 32  # steps whose rows are prepared and copied to the device in one go (GPU)
 
 
 def decode(src, dc: DataConfig) -> np.ndarray:
@@ -184,6 +188,13 @@ class ImageStore:
                    y.to(self.device, non_blocking=True))
 
 
+def _to_device(array: np.ndarray, device):
+    """A host array on the device without making the device's queue wait: through pinned memory."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory().to(device, non_blocking=True)
+
+
 class Feed:
     """The training batches of one sampler over some rows of a store: (x, y) on the device per step."""
 
@@ -199,6 +210,9 @@ class Feed:
     def stream(self, start: int, stop: int) -> Iterator[tuple[Any, Any]]:
         """Steps [start, stop): the step's (x, y), augmented under each sample's own seed when asked."""
         store = self.store
+        if store.resident and store.device.type == "cuda":
+            yield from self._stream_ahead(start, stop)
+            return
         if store.resident:
             for step in range(start, stop):
                 keys = self.batches.batch(step)
@@ -209,10 +223,32 @@ class Feed:
             return
         from torch.utils.data import DataLoader
 
-        items = [store.items[r] for r in self.rows]
+        items = [store.items[r] for r in self.rows]  # streamed: decoded per step by the workers
         loader = DataLoader(_Stream(items, store.dc), batch_sampler=StepSampler(self.batches, start, stop),
                             num_workers=store.workers, collate_fn=_collate, persistent_workers=False,
                             pin_memory=store.device.type == "cuda")
         for x8, y, seeds in loader:
             yield (self._finish(x8.to(store.device, non_blocking=True), seeds),
                    y.to(store.device, non_blocking=True))
+
+    def _stream_ahead(self, start: int, stop: int) -> Iterator[tuple[Any, Any]]:
+        """The GPU path: CHUNK steps' rows (and packed augmentation parameters) copied ahead in one go."""
+        from .augment import draw, pack
+
+        store = self.store
+        for a in range(start, stop, CHUNK):
+            keys = [self.batches.batch(step) for step in range(a, min(stop, a + CHUNK))]
+            ends = np.cumsum([len(k) for k in keys])
+            flat = [k for ks in keys for k in ks]
+            pos = np.fromiter((k[0] for k in flat), dtype=np.int64, count=len(flat))
+            rows = _to_device(self.rows[pos], store.device)
+            params = None
+            if self.augment:
+                seeds = np.fromiter((k[1] for k in flat), dtype=np.int64, count=len(flat))
+                params = _to_device(pack(draw(seeds, store.dc.size), store.dc.size), store.device)
+            for i, end in enumerate(ends):
+                lo = 0 if i == 0 else ends[i - 1]
+                r = rows[lo:end]
+                x8, y = store.images.index_select(0, r), store.labels.index_select(0, r)
+                x = store.augment.on_device(x8, params[lo:end]) if self.augment else store.augment.normalize(x8)
+                yield x, y

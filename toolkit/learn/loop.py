@@ -29,6 +29,7 @@ implements `update(minibatches) -> dict of floats` as DomainBed's algorithms do,
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import sys
@@ -172,12 +173,12 @@ def _grads_finite(params):
     """A 0-dim bool tensor on the gradients' device (nothing is read back here)."""
     import torch
 
-    # A NaN or inf anywhere makes its tensor's sum non-finite; unlike a norm's squares, a sum of sane
-    # gradients cannot overflow into a false alarm.
-    sums = [p.grad.sum() for p in params if p.grad is not None]
-    if not sums:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
         return True
-    return torch.isfinite(torch.stack(sums)).all()
+    # The largest |g| of every tensor in one multi-tensor kernel: NaN and inf survive a max, and unlike a
+    # sum of squares, sane gradients cannot overflow into a false alarm.
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads, float("inf")))).all()
 
 
 def seed_step(seed: int, step: int) -> None:
@@ -214,8 +215,9 @@ def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None
     tmp = ckpt / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
-    save_file(dedupe(state), str(tmp / "model.safetensors"))
+    # clone: buffers may be views of one flat tensor (see _flatten_buffers), which safetensors refuses
+    state = {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}
+    save_file(state, str(tmp / "model.safetensors"))
     optim = {name: opt.state_dict() for name, opt in learner.optimizers().items()}
     if acc.scaler is not None:
         optim["_scaler"] = acc.scaler.state_dict()
@@ -228,19 +230,6 @@ def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None
         if old != final and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     fsync_dir(ckpt)
-
-
-def dedupe(state: dict) -> dict:
-    """safetensors refuses tensors sharing memory; keep one copy of each."""
-    seen: dict[int, str] = {}
-    out = {}
-    for k, v in state.items():
-        ptr = v.data_ptr() if v.numel() else -1
-        if ptr != -1 and ptr in seen:
-            v = v.clone()
-        seen.setdefault(ptr, k)
-        out[k] = v
-    return out
 
 
 def _load(path: Path, learner, acc) -> dict[str, Any]:
@@ -299,6 +288,10 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     # pass in training mode changes (BatchNorm's). Memories and accumulators are the learner's own business.
     buffers = [b for m in learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                for b in m.buffers() if b.is_floating_point()]
+    if trainer.on_device and buffers:
+        # One tensor holding them all (each buffer a view of it): saving and restoring them is then two
+        # kernels a step instead of three per buffer, which on a small network is most of a GPU step.
+        buffers = [_flatten_buffers(learner)]
     log = _Log(acc.device)
     t0 = time.perf_counter()
     shown = 0.0
@@ -320,7 +313,8 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
                            for x, y in minibatches]
             if checker is not None:
                 checker.mark(*(t for mb in minibatches for t in mb))
-            learner.train()
+            if not learner.training:  # after an evaluation (a module walk every step costs a small GPU step)
+                learner.train()
             saved = [b.clone() for b in buffers] if trainer.guard else []
             trainer.begin_step()
             with acc.autocast():
@@ -385,6 +379,20 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     return records
 
 
+def _flatten_buffers(learner):
+    """Make every floating-point BatchNorm buffer of `learner` a view of one new contiguous tensor; return it."""
+    import torch
+
+    owners = [(m, name, b) for m in learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+              for name, b in m._buffers.items() if b is not None and b.is_floating_point()]
+    flat = torch.cat([b.detach().reshape(-1) for _, _, b in owners])
+    offset = 0
+    for m, name, b in owners:
+        m._buffers[name] = flat[offset: offset + b.numel()].view_as(b)
+        offset += b.numel()
+    return flat
+
+
 def _step_audit(audit, learner):
     """The device audit around one step when AUGUR_AUDIT is set (learn/audit.py), else nothing."""
     from contextlib import nullcontext
@@ -411,16 +419,20 @@ class _Log:
         import torch
 
         self.steps += 1
-        self.skipped = self.skipped + (~ok if torch.is_tensor(ok) else (not ok))
+        on_device = torch.is_tensor(ok)
+        self.skipped = self.skipped + (~ok if on_device else (not ok))
         for k, v in info.items():
             if v is None:
                 continue
-            if torch.is_tensor(v):
-                v = v.detach().to(torch.float64)
-            else:
-                v = torch.tensor(float(v), dtype=torch.float64, device=self.device if torch.is_tensor(ok) else "cpu")
-            good = torch.isfinite(v) & ok if torch.is_tensor(ok) else (torch.isfinite(v) & bool(ok))
-            self.sums[k] = self.sums.get(k, 0.0) + torch.where(good, v, torch.zeros_like(v))
+            if not torch.is_tensor(v):  # a host value (a penalty weight): summed on the host
+                if on_device or (ok and math.isfinite(float(v))):
+                    self.sums[k] = self.sums.get(k, 0.0) + float(v)
+                    self.counts[k] = self.counts.get(k, 0) + 1
+                    self.last[k] = float(v)
+                continue
+            v = v.detach().to(torch.float64)
+            good = torch.isfinite(v) & ok if on_device else (torch.isfinite(v) & bool(ok))
+            self.sums[k] = self.sums.get(k, 0.0) + torch.where(good, v, 0.0)
             self.counts[k] = self.counts.get(k, 0) + good.to(torch.int64)
             self.last[k] = v
 

@@ -219,8 +219,9 @@ def _save_task(out: Path, t: int, strategy, counts, rates, save_file) -> None:
     tmp = out / "tasks" / f".task-{t:03d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in strategy.state_dict().items()}
-    save_file(loop.dedupe(state), str(tmp / "strategy.safetensors"))
+    # clone: tensors sharing memory (tied weights, buffers the loop made views of one tensor) are refused
+    state = {k: v.detach().cpu().clone() for k, v in strategy.state_dict().items()}
+    save_file(state, str(tmp / "strategy.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"task": t, "counts": counts, "rates": rates,
                                                 "extra": strategy.checkpoint_extra()}), encoding="utf-8")
     publish_dir(tmp, final)
