@@ -17,6 +17,11 @@ import pytest
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="augur-test-home-"))
 os.environ["AUGUR_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AUGUR_CACHE_DIR", None)
+# One thread count for every process a test starts: the count changes float sums, and a test comparing two
+# processes' bytes must not depend on the load the automatic choice (core/threads.py) sees at each start.
+# The choice itself is tested with this variable removed (test_threads.py).
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else (os.cpu_count() or 1)))
 # Offline as users run it: the hub libraries must never try the network, and say so when they would.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -90,19 +95,15 @@ def gguf_path(llm) -> Path:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_then_kill(cmd: list[str], ready, env: dict | None = None, timeout: float = 300) -> None:
-    """Start a real `augur` process and SIGKILL it as soon as `ready()` holds (a crash, mid-run)."""
-    import signal
+def killed_at(cmd: list[str], point: str, env: dict | None = None, timeout: float = 600) -> None:
+    """Run a real `augur` process that SIGKILLs itself at the named kill point (toolkit/core/faults.py): a
+    crash at a known moment, not a race between a polling test and a process that may finish first."""
+    import os
     import subprocess
-    import time
 
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.02)
-    assert proc.poll() is None, f"the run ended before it could be interrupted: {proc.communicate()}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    res = subprocess.run(cmd, cwd=ROOT, env={**(env or os.environ), "AUGUR_KILL_AT": point}, capture_output=True,
+                         text=True, timeout=timeout)
+    assert res.returncode == -9, (point, res.returncode, res.stderr[-2000:])
 
 
 def accelerate_launch(args: list[str], processes: int = 2, timeout: float = 900):
@@ -127,8 +128,10 @@ def launch_log(res) -> str:
     return err if len(err) <= 6000 else f"{err[:4000]}\n[...]\n{err[-2000:]}"
 
 
-# Fields that measure time, not results: a resumed run differs from an uninterrupted one there only.
-TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall", "rates"}
+# Fields that describe a process, not its results (time, throughput, what a cache served, the summary line
+# that prints them): a resumed run differs from an uninterrupted one there only.
+TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall", "rates", "generation_seconds",
+                 "tokens_per_second", "new_tokens", "used_tokens", "cached_requests", "cached", "line"}
 
 
 def _strip_timing(obj):
@@ -139,7 +142,7 @@ def _strip_timing(obj):
     return obj
 
 
-def file_digests(root: Path, masked_text: tuple[str, ...] = ()) -> dict[str, str]:
+def file_digests(root: Path, masked_text: tuple[str, ...] = (), own_path: bool = False) -> dict[str, str]:
     """Every file under `root` (our lock files aside) by relative path: its sha256, or for JSON and JSONL the
     sha256 of its content with timing fields removed, or for `masked_text` suffixes its text with every
     number of seconds or images per second masked. What 'byte for byte, timing aside' compares."""
@@ -153,19 +156,22 @@ def file_digests(root: Path, masked_text: tuple[str, ...] = ()) -> dict[str, str
             continue
         rel = p.relative_to(root).as_posix()
         data = p.read_bytes()
+        if own_path and p.suffix in (".json", ".jsonl", ".md", ".html", ".txt"):
+            data = data.replace(str(root).encode(), b"<root>")
         if p.suffix == ".json":
             data = json.dumps(_strip_timing(json.loads(data)), sort_keys=True).encode()
         elif p.suffix == ".jsonl":
             data = "\n".join(json.dumps(_strip_timing(json.loads(line)), sort_keys=True)
                              for line in data.decode().splitlines() if line.strip()).encode()
         elif p.suffix in masked_text:
-            data = re.sub(rb"\d+(\.\d+)? (s\b|img/s)", b"<t>", data)
+            data = re.sub(rb"\d+(\.\d+)? (s\b|img/s|tok/s|new tokens)|\d+/\d+ requests cached", b"<t>", data)
         out[rel] = hashlib.sha256(data).hexdigest()
     return out
 
 
-def assert_same_files(ref: Path, got: Path, masked_text: tuple[str, ...] = ()) -> None:
-    a, b = file_digests(ref, masked_text), file_digests(got, masked_text)
+def assert_same_files(ref: Path, got: Path, masked_text: tuple[str, ...] = (), own_path: bool = False) -> None:
+    """`got` holds the files `ref` does, byte for byte but for timing (and, with own_path, the folder's own path)."""
+    a, b = file_digests(ref, masked_text, own_path), file_digests(got, masked_text, own_path)
     assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
     differ = [k for k in a if a[k] != b[k]]
     assert not differ, f"files differ from the uninterrupted run: {differ}"

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from cli import main
-from conftest import assert_same_files, run_then_kill
+from conftest import assert_same_files, killed_at
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_jsonl
 from toolkit.learn.images import ImageStore
@@ -409,8 +409,9 @@ def test_resume_after_kill_is_exact(tmp_path):
     ref = tmp_path / "ref"
     assert CliRunner().invoke(main, [*args, "--out", str(ref)]).exit_code == 0
     out = tmp_path / "killed"
-    run_then_kill([sys.executable, "-m", "cli", *args, "--out", str(out)],
-                  lambda: bool(list(out.glob("checkpoint/task-002/step-*"))))
+    # 3 epochs a task, a checkpoint each: the 7th is task 3's first, so the kill lands inside task 3
+    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], "loop.after_checkpoint:7")
+    assert list(out.glob("checkpoint/task-002/step-*")) and not list(out.glob("tasks/task-002"))
     res = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
     # every file, byte for byte (timing fields aside): results, accuracy matrix, the final task's weights

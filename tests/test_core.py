@@ -139,6 +139,7 @@ def test_claims_refuse_foreign_folders_and_second_writers(tmp_path):
     c = outdir.claim(out, "dg", {"a": 1})
     with pytest.raises(AugurError, match="another process is writing to"):
         outdir.claim(out, "dg", {"a": 1})
+    (out / "runs").mkdir()  # the run wrote something: its settings now belong to the folder
     c.release()
     again = outdir.claim(out, "dg", {"a": 1})
     assert again.resumed
@@ -164,6 +165,24 @@ def test_claims_refuse_foreign_folders_and_second_writers(tmp_path):
     assert not (tmp_path / "pt" / "backbone.safetensors").exists()
 
 
+def test_a_run_that_wrote_nothing_does_not_pin_its_settings(tmp_path):
+    """A first run that fails before writing (a truncated model, a corrupt weights file) leaves no record: the
+    corrected command is a new run, not 'another run with other settings'. One that wrote something stays."""
+    out = tmp_path / "o"
+    outdir.claim(out, "extrapolate", {"model": "truncated.gguf"}).release()  # failed: no finish()
+    assert not out.exists()  # it made the folder, and takes it back
+    outdir.claim(out, "extrapolate", {"model": "good.gguf"}).finish()
+    assert outdir.claim(out, "extrapolate", {"model": "good.gguf"}).resumed
+    (tmp_path / "existing").mkdir()
+    outdir.claim(tmp_path / "existing", "dg", {"w": "corrupt"}).release()
+    assert (tmp_path / "existing").is_dir() and not (tmp_path / "existing" / "dg.json").exists()  # not ours to remove
+    c = outdir.claim(tmp_path / "wrote", "dg", {"w": 1})
+    (tmp_path / "wrote" / "runs").mkdir()
+    c.release()
+    with pytest.raises(AugurError, match="differs in: w"):
+        outdir.claim(tmp_path / "wrote", "dg", {"w": 2})
+
+
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     out = tmp_path / "o"
     code = ("import sys, time; sys.path.insert(0, %r); from toolkit.core import outdir; "
@@ -180,8 +199,9 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path):
 
 def test_leftover_temp_files_are_cleared_on_claim(tmp_path):
     out = tmp_path / "o"
-    outdir.claim(out, "render", {"x": 1}).release()
-    (out / "d" / "c").mkdir(parents=True)
+    c = outdir.claim(out, "render", {"x": 1})
+    (out / "d" / "c").mkdir(parents=True)  # the killed run had started writing
+    c.release()
     for p in (out / ".manifest.jsonl.abc.part", out / "d" / "c" / ".img.png.xyz.part"):
         p.write_text("torn")
     (out / ".state.tmp").mkdir()
@@ -217,14 +237,26 @@ def test_a_shard_keeps_the_folder_when_its_upgrade_is_refused(tmp_path):
 def test_a_shard_waits_out_a_sibling_shards_exclusive_moment(tmp_path):
     """A shard alone in the folder holds it exclusive while it clears temp files; a sibling starting
     then waits (a whole run holding the folder is refused at once: test above)."""
-    import threading
-
     out = tmp_path / "o"
-    outdir.claim(out, "render", {"x": 1}, shard=(0, 2)).release()
+    first = outdir.claim(out, "render", {"x": 1}, shard=(0, 2))
+    (out / "d").mkdir()
+    first.release()
     moment = outdir.Lock(out / outdir.LOCK, True, str(out))
-    threading.Timer(0.5, moment.release).start()
-    c = outdir.claim(out, "render", {"x": 1}, shard=(1, 2))
-    assert moment.fd == -1 and c.resumed
+    real, refused = outdir._lock, []
+
+    def lock(fd, exclusive):  # the sibling's moment ends when the shard has been refused once: an event, no clock
+        got = real(fd, exclusive)
+        if not got and not exclusive and not refused:
+            refused.append(fd)
+            moment.release()
+        return got
+
+    outdir._lock = lock
+    try:
+        c = outdir.claim(out, "render", {"x": 1}, shard=(1, 2))
+    finally:
+        outdir._lock = real
+    assert refused and moment.fd == -1 and c.resumed  # it was refused, waited, and then got the folder
     c.release()
 
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import run_then_kill
+from conftest import assert_same_files, killed_at
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl
 from toolkit.learn import data
@@ -256,18 +256,13 @@ def test_resume_after_kill_is_exact(three_domains, tmp_path):
     out = tmp_path / "killed"
     key = RunSpec(("rot15",), 0, 0).key
     ckpt = out / "runs" / key / "checkpoint"
-    run_then_kill([sys.executable, "-m", "cli", *args, "--out", str(out)],
-                  lambda: any(p.name >= "step-000000010" for p in ckpt.glob("step-*")) if ckpt.is_dir() else False)
+    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], "loop.after_checkpoint:3")  # step 10 saved
+    assert "step-000000010" in [p.name for p in ckpt.glob("step-*")]
     assert not (out / "results.jsonl").exists()
     res = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "images_per_second"} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "ref" / "results.jsonl")) == strip(read_jsonl(out / "results.jsonl"))
-    ref_rec = read_json(tmp_path / "ref" / "runs" / key / "records.json")["records"]
-    got_rec = read_json(out / "runs" / key / "records.json")["records"]
-    assert [r["acc"] for r in ref_rec] == [r["acc"] for r in got_rec]
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
-        p.relative_to(tmp_path / "ref").as_posix() for p in (tmp_path / "ref").rglob("*"))  # nothing left over
+    # every file byte for byte (timing fields aside): results, every checkpoint record, nothing left over
+    assert_same_files(tmp_path / "ref", out)
 
 
 def test_hyperparameters_are_typed_and_recorded(three_domains, tmp_path):

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
+from conftest import assert_same_files
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +179,7 @@ def killed_then_resumed(args: list[str], point: str, out: Path, ref: Path) -> su
     again = cli(*args, "--out", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     assert tree(out) == tree(ref), (point, sorted(tree(out) ^ tree(ref)))  # nothing extra left behind
+    assert_same_files(ref, out, own_path=True)  # and every file byte for byte, timing fields aside
     return again
 
 
@@ -191,6 +193,7 @@ def render_ref(tmp_path_factory, tiny):
     return args, root / "ref"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["render.after_png:3", "render.after_batch:2", "append@manifest:2",
                                    "rename@manifest.jsonl", "rename@contact_sheet", "rename@.png:4"])
 def test_render_resumes_to_the_same_bytes_from_every_kill_point(tmp_path, render_ref, point):
@@ -202,6 +205,7 @@ def test_render_resumes_to_the_same_bytes_from_every_kill_point(tmp_path, render
             assert (out / rel).read_bytes() == (ref / rel).read_bytes(), rel
 
 
+@pytest.mark.slow
 def test_extrapolate_resumes_from_its_kill_points(tmp_path):
     args = ["extrapolate", "domains", "--classes", "heron,guitar", "-n", "2", "--quiet"]
     env_cache = {"AUGUR_CACHE_DIR": str(tmp_path / "ref-cache")}
@@ -219,6 +223,7 @@ def test_extrapolate_resumes_from_its_kill_points(tmp_path):
         assert tree(out) == tree(ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:3", "loop.after_checkpoint:1", "rename@progress", "pretrain.after_save"])
 def test_pretrain_resumes_from_its_kill_points(tmp_path, point):
     args = ["pretrain", "--data", "digits", "--epochs", "2", "--image-size", "16", "--batch-size", "256", "--quiet"]
@@ -233,6 +238,7 @@ def test_pretrain_resumes_from_its_kill_points(tmp_path, point):
     assert tree(out) == tree(ref)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:5", "loop.after_checkpoint:2", "dg.after_run", "dg.before_results"])
 def test_dg_resumes_from_its_kill_points(tmp_path, point):
     args = ["dg", "--test-domains", "0", "--steps", "12", "--checkpoint-freq", "4", "--image-size", "16",
@@ -244,6 +250,7 @@ def test_dg_resumes_from_its_kill_points(tmp_path, point):
     assert strip(read_jsonl(ref / "results.jsonl")) == strip(read_jsonl(tmp_path / "out" / "results.jsonl"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:7", "cl.after_task:2", "cl.after_task:5"])
 def test_cl_resumes_from_its_kill_points(tmp_path, point):
     args = ["cl", "--strategy", "replay", "--epochs", "1", "--image-size", "16", "--quiet"]
@@ -254,6 +261,7 @@ def test_cl_resumes_from_its_kill_points(tmp_path, point):
     assert [strip(r) for r in read_jsonl(ref / "results.jsonl")] == [strip(r) for r in read_jsonl(tmp_path / "out" / "results.jsonl")]
 
 
+@pytest.mark.slow
 def test_run_resumes_between_stages(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("name: r\nstages:\n  extrapolate: {mode: domains, classes: [heron], domains_per_class: 1}\n"
@@ -268,13 +276,20 @@ def test_run_resumes_between_stages(tmp_path):
 def test_two_renders_of_one_run_never_corrupt_it(tmp_path, render_ref):
     args, ref = render_ref
     out = tmp_path / "out"
-    slow = {"AUGUR_DELAY_AT": "render.after_batch=1.5"}  # the first writer is still at work when the second comes
+    # The first writer holds after its first batch until the second has been refused: no guessing how long
+    # a fresh Python takes to import torch.
+    release = tmp_path / "release"
+    hold = {"AUGUR_HOLD_AT": f"render.after_batch={release}"}
     first = subprocess.Popen([sys.executable, "-m", "cli", *args, "--batch-size", "1", "--out", str(out)], cwd=ROOT,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **slow})
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "manifest.jsonl").exists():
-        time.sleep(0.05)
-    second = cli(*args, "--batch-size", "1", "--out", str(out))
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **hold})
+    try:
+        reached = Path(f"{release}.reached")
+        while not reached.exists():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.02)
+        second = cli(*args, "--batch-size", "1", "--out", str(out))
+    finally:
+        release.write_text("go")
     assert second.returncode == 1 and "another process is writing to" in second.stderr, second.stderr
     assert first.wait(timeout=300) == 0
     rows = read_jsonl(out / "manifest.jsonl")
@@ -337,3 +352,114 @@ def test_read_only_folders_give_one_line_for_every_stage(small_disk, sandbox, ti
                  ["run", str(ROOT / "recipes" / "quickstart.yaml")]):
         res = augur(*args, "--out", str(ro / args[0]))
         one_line(res, 1, "read-only")
+
+
+# ----------------------------------------------------------------------------- what the second outside audit found
+def test_a_torn_last_line_of_dg_results_is_repaired_not_appended_to(tmp_path):
+    """A kill in the middle of appending results.jsonl leaves a fragment; the next run cuts it off instead of
+    writing its rows onto it (which lost that row and made every later run fail on line 2)."""
+    args = ["dg", "--test-domains", "0", "--steps", "2", "--checkpoint-freq", "1", "--image-size", "16",
+            "--batch-size", "8", "--selection", "training-domain", "--quiet"]
+    out = tmp_path / "out"
+    assert augur(*args, "--out", str(out)).exit_code == 0
+    good = (out / "results.jsonl").read_text()
+    with open(out / "results.jsonl", "a") as f:
+        f.write('{"trial": "te')  # a torn row
+    res = augur(*args, "--seeds", "0,1", "--out", str(out))  # a second trial appends
+    assert res.exit_code == 0, res.output
+    rows = read_jsonl(out / "results.jsonl")  # every line parses
+    assert len(rows) == 2 and (out / "results.jsonl").read_text().startswith(good)
+    assert augur(*args, "--seeds", "0,1", "--out", str(out)).exit_code == 0  # and later runs still read it
+
+
+def test_a_failed_first_run_does_not_pin_its_settings(sandbox):
+    """extrapolate with a truncated model, dg with corrupt weights: they fail; the corrected command is a new
+    run, not 'another run with other settings'."""
+    (sandbox / "truncated.gguf").write_bytes(b"GGUF" + b"\0" * 64)
+    one_line(augur("extrapolate", "domains", "--classes", "dog", "-n", "1", "--model", "truncated.gguf",
+                   "--out", "ex"), 1)
+    assert not (sandbox / "ex").exists()
+    (sandbox / "corrupt.safetensors").write_bytes(b"not weights")
+    one_line(augur("dg", "--weights", "corrupt.safetensors", "--test-domains", "0", "--steps", "2", "--out", "dg"), 1,
+             "cannot read the weights")
+    res = augur("dg", "--weights", "none", "--test-domains", "0", "--steps", "2", "--checkpoint-freq", "1",
+                "--image-size", "16", "--batch-size", "8", "--quiet", "--out", "dg")
+    assert res.exit_code == 0, res.output
+
+
+def test_dg_on_two_domains_says_before_training_what_leave_one_out_cannot_do(sandbox):
+    two = sandbox / "two"
+    for d in ("a", "b"):
+        for c in ("x", "y"):
+            (two / d / c).mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(np.full((8, 8, 3), 20 * i + (d == "b") * 100, np.uint8)).save(two / d / c / f"{i}.png")
+    one_line(augur("dg", "--data", str(two), "--selection", "leave-one-out", "--steps", "2", "--out", "o"), 1,
+             "leave-one-domain-out selection on 2 domains", "3 or more domains")
+    assert not (sandbox / "o").exists()  # refused before anything trained or was written
+    res = augur("dg", "--data", str(two), "--steps", "2", "--checkpoint-freq", "1", "--image-size", "16",
+                "--batch-size", "4", "--quiet", "--out", "o")  # the default selections: one run a domain
+    assert res.exit_code == 0, res.output
+    assert {r["test_domain"] for r in read_jsonl(sandbox / "o" / "results.jsonl")} == {"a", "b"}
+
+
+def test_csv_import_keeps_ids_unique_and_says_what_it_merged_or_dropped(sandbox):
+    f = sandbox / "items.csv"
+    f.write_text("subtype,item_name,item_description,SD_prompt,extra\n"
+                 "tools,x,one,a photo of x,1\ntools,x,two,a photo of x again,2\nother,x-2,three,a photo,3\n"
+                 "other,x,four,x in the other subtype,4\n")
+    res = augur("extrapolate", "import", str(f), "--out", "imp")
+    assert res.exit_code == 0, res.output
+    ids = [r["id"] for r in read_jsonl(sandbox / "imp" / "prompts.jsonl")]
+    assert len(ids) == len(set(ids)) == 4
+    assert "class 'x' appears under 2 subtypes (tools, other)" in res.stderr
+    assert "column(s) extra" in res.stderr
+    run = json.loads((sandbox / "imp" / "run.json").read_text())
+    assert run["provenance"]["ignored_columns"] == ["extra"] and run["provenance"]["merged_classes"] == {
+        "x": ["tools", "other"]}
+    assert augur("render", str(sandbox / "imp" / "prompts.jsonl"), "--model", "tiny-lcm", "--device", "cpu",
+                 "--quiet", "--out", "r").exit_code == 0  # which render accepts
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("name: r\nstages:\n  dg: {seeds: []}\n", "stages.dg.seeds: give at least one value"),
+    ("name: r\nstages:\n  dg: {steps: 3}\n  dg: {steps: 4}\n", "key 'dg' is given twice"),
+    ("name: r\nstages:\n  cl: {class_orders: [nofile.txt]}\n", "stages.cl.class_orders: nofile.txt is neither a seed"),
+    ("name: r\nstages:\n  extrapolate: {}\n  render: {}\n  pretrain: {data: pretrain}\n",
+     "stages.pretrain.data: 'pretrain' is a stage"),
+])
+def test_recipes_that_would_fail_at_run_time_fail_the_dry_run(sandbox, text, fragment):
+    recipe = sandbox / "r.yaml"
+    recipe.write_text(text)
+    one_line(augur("run", str(recipe), "--out", "o", "--dry-run"), 1, fragment)
+    assert not (sandbox / "o").exists()
+
+
+def test_report_and_class_order_with_foreign_files(sandbox):
+    (sandbox / "dgrun").mkdir()
+    (sandbox / "dgrun" / "dg.json").write_text('{"stage": "dg", "identity": {}}')
+    (sandbox / "dgrun" / "results.jsonl").write_text('{"something": "else"}\n')
+    res = augur("report", "dgrun")
+    assert res.exit_code == 0, res.output  # a report, without the foreign rows
+    assert "not DG result rows" in (sandbox / "dgrun" / "report" / "report.md").read_text()
+    (sandbox / "order.bin").write_bytes(bytes(range(256)))
+    one_line(augur("cl", "--class-order", "order.bin", "--out", "o"), 1, "order.bin", "cannot read")
+
+
+def test_the_refusal_says_force_once(sandbox):
+    assert augur("pretrain", "--data", "digits", "--epochs", "1", "--image-size", "16", "--quiet",
+                 "--out", "bb").exit_code == 0
+    line = one_line(augur("pretrain", "--data", "digits", "--epochs", "2", "--image-size", "16", "--out", "bb"), 1)
+    assert line.count("--force") == 1, line
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_line(small_disk):
+    """safetensors reports a failed write as its own error type ("os error 28"): still one line, and the resume
+    afterwards is exact (the checkpoint was not published)."""
+    out = small_disk / "pt"
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"\0" * (560 * 1024))
+    res = cli("pretrain", "--data", "digits", "--epochs", "1", "--image-size", "16", "--quiet", "--out", str(out))
+    assert res.returncode == 1, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: ") and "no space left" in line and "Traceback" not in res.stderr

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import run_then_kill
+from conftest import assert_same_files, killed_at
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json
 from toolkit.run.recipe import load_recipe, run_recipe
@@ -145,13 +145,18 @@ def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):
     recipe.write_text(SMALL.replace("images_per_prompt: 3, batch_size: 2", "images_per_prompt: 6, batch_size: 1"))
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "cli", "run", str(recipe), "--out", str(out), "--quiet"]
-    run_then_kill(cmd, lambda: bool(list(out.glob("extrapolate-*/DONE.json"))))
+    killed_at(cmd, "run.after_stage:1")  # extrapolate done, render not started
     assert not list(out.glob("render-*/DONE.json"))
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     assert "extrapolate: cached" in res.stderr and "render: running" in res.stderr
     assert len(list(out.glob("render-*/images/manifest.jsonl"))) == 1
     assert not list(out.rglob("*.part")) and not list(out.rglob(".*.tmp"))
+    ref = tmp_path / "ref"  # the same recipe, never interrupted: every file the same, timing and paths aside
+    res = subprocess.run([*cmd[:-3], "--out", str(ref), "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert_same_files(ref, out, masked_text=(".md", ".html"), own_path=True)
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import accelerate_launch, launch_log, run_then_kill
+from conftest import accelerate_launch, killed_at, launch_log
 from toolkit import models
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
 from toolkit.stages.render.config import RenderConfig
@@ -145,7 +145,7 @@ def test_resume_after_kill_torn_manifest_and_corrupt_image(prompts, tmp_path, to
     cmd = [sys.executable, "-m", "cli", "render", str(prompts), "--out", str(out), "--images-per-prompt", "4",
            "--batch-size", "1", "--device", "cpu", "--quiet"]
     manifest = out / "manifest.jsonl"
-    run_then_kill(cmd, lambda: manifest.exists() and len(manifest.read_text().splitlines()) >= 3)
+    killed_at(cmd, "render.after_batch:3")  # three batches of one image written, the fourth under way
     rows = read_jsonl(manifest)
     assert 3 <= len(rows) < 24
     # A crash can tear the manifest's last line and leave a damaged image: both are redone.

@@ -87,12 +87,14 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """One write per call with O_APPEND, then fsync: rows are whole or (a torn last line) dropped on read."""
+    """One write per call with O_APPEND, then fsync: rows are whole or (a torn last line) dropped on read.
+    A last line torn by an earlier crash is cut off first, so the new rows never join it."""
     data = "".join(dumps_row(r) + "\n" for r in rows).encode("utf-8")
     if not data:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(path)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         view = memoryview(data)
@@ -104,6 +106,69 @@ def append_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         os.close(fd)
 
 
+def repair_torn_tail(path: Path) -> bool:
+    """Cut an unterminated last line (a kill in the middle of an append) off a JSONL file; True if it did."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return False
+        os.lseek(fd, size - 1, os.SEEK_SET)
+        if os.read(fd, 1) == b"\n":
+            return False
+        end, chunk = size, 1 << 16
+        while end > 0:  # the last newline, searched backwards
+            start = max(0, end - chunk)
+            os.lseek(fd, start, os.SEEK_SET)
+            block = os.read(fd, end - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                end = start + i + 1
+                break
+            end = start
+        os.ftruncate(fd, end)
+        os.fsync(fd)
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def io_errors(path: str | Path) -> Iterator[None]:
+    """Writers that report a failed write in their own exception type (safetensors: "... (os error 28)";
+    torch.save: "file write failed") raise the OSError it was instead, so a full disk is one line."""
+    import errno
+    import re
+
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as e:  # safetensors_rust.SafetensorError, RuntimeError from torch's zip writer
+        text = str(e)
+        m = re.search(r"os error (\d+)", text)
+        code = int(m.group(1)) if m else None
+        if code is None and ("write failed" in text or "No space left" in text):
+            try:
+                code = errno.ENOSPC if shutil.disk_usage(Path(path).parent).free < (1 << 20) else None
+            except OSError:
+                code = None
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def save_safetensors(tensors: dict, path: str | Path) -> None:
+    """safetensors' save_file, a failed write raised as the OSError it was (io_errors)."""
+    from safetensors.torch import save_file
+
+    with io_errors(path):
+        save_file(tensors, str(path))
+
+
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
@@ -113,6 +178,11 @@ def _read(path: Path) -> str:
         raise AugurError(f"{path}: is a folder, not a file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise AugurError(f"{path}: cannot read ({e.__class__.__name__})") from None
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file; a missing, binary or unreadable one is one line naming it."""
+    return _read(Path(path))
 
 
 def read_json(path: str | Path) -> Any:
@@ -202,6 +272,7 @@ def publish_dir(tmp: Path, final: Path) -> None:
             with open(p, "rb+") as f:
                 os.fsync(f.fileno())
     fsync_dir(tmp)
+    kill_point("publish", str(final))
     old = final.with_name(f".{final.name}.old.tmp")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)

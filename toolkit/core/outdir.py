@@ -13,6 +13,10 @@ Every stage calls `claim(out, stage, identity)` before it writes anything:
   over, but never touches a foreign folder.
 - Once the claim is exclusive, temp files left by a killed run (`.NAME.XXXX.part`, `.NAME.tmp/`) are
   removed: a resumed run leaves nothing behind that an uninterrupted one would not.
+- A run that fails before it has written anything (a truncated model, a corrupt weights file) does not
+  pin its settings: its record goes with it (and the folder, if the run made it), so the corrected
+  command is not refused as "another run". Once anything is written, the record stays: the folder can
+  only be resumed with the same settings.
 """
 
 from __future__ import annotations
@@ -139,18 +143,39 @@ class Claim:
     identity: dict[str, Any]
     locks: list[Lock] = field(default_factory=list)
     resumed: bool = False  # the folder already held this run
+    wrote_record: bool = False  # this claim wrote the record (a new run, or a --force restart)
+    made_folder: bool = False  # the folder did not exist before
+    finished: bool = False
 
     @property
     def record(self) -> Path:
         return self.out / MARKERS[self.stage]
 
     def release(self) -> None:
+        if self.locks and not self.finished and self.wrote_record and self.locks[0].exclusive:
+            self._forget_if_empty()
         for lock in reversed(self.locks):
             lock.release()
         self.locks.clear()
 
+    def _forget_if_empty(self) -> None:
+        """A failed run that wrote nothing but its record leaves nothing (see the module docstring)."""
+        try:
+            rest = [p for p in self.out.iterdir() if p.name != self.record.name and not p.name.startswith(".")]
+            if rest:
+                return
+            self.record.unlink(missing_ok=True)
+            if self.made_folder:
+                for p in self.out.iterdir():  # our dot files: the lock, a temp file of the record
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                self.out.rmdir()
+        except OSError:
+            pass  # leaving a record behind is the old behaviour, not a new failure
+
     def finish(self) -> None:
         """Clear leftovers when no other writer remains (shards), then let go."""
+        self.finished = True
         if self.locks and (self.locks[0].exclusive or self.locks[0].try_exclusive()):
             remove_partials(self.out)
         self.release()
@@ -189,6 +214,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
     """Take `out` for a run of `stage` with `identity` (see the module docstring)."""
     out = check_out_path(Path(out))
     _refuse_foreign(out, stage)  # before anything is created in a folder that is not ours
+    made_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     shared = shard is not None
     locks = [Lock(out / LOCK, exclusive=not shared, holder=str(out))]
@@ -196,7 +222,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         if shared:
             i, n = shard
             locks.append(Lock(out / f".augur-shard-{i}-of-{n}.lock", True, f"{out} (shard {i}/{n})"))
-        c = Claim(out, stage, _normal(identity), locks)
+        c = Claim(out, stage, _normal(identity), locks, made_folder=made_folder)
         # Content first, then the record: a run writes its record before anything else, so content
         # seen here (a sibling shard's, written meanwhile) comes with a record to compare with.
         nonempty = _has_content(out)
@@ -212,10 +238,11 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
                 else:
                     keys = set(old_identity or {}) | set(c.identity)
                     diff = sorted(k for k in keys if (old_identity or {}).get(k) != c.identity.get(k))
+                    hint = hint or "use another --out"
+                    if stage in ("extrapolate", "pretrain") and "--force" not in hint:
+                        hint += ", or pass --force to replace it"
                     raise AugurError(f"{out} holds a {stage} run with other settings (differs in: "
-                                     f"{', '.join(diff) or 'its record'}); {hint or 'use another --out'}"
-                                     + ("" if stage not in ("extrapolate", "pretrain") else
-                                        ", or pass --force to replace it"))
+                                     f"{', '.join(diff) or 'its record'}); {hint}")
             elif force and locks[0].exclusive:
                 _wipe(out)
             else:
@@ -229,6 +256,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         if not c.resumed or not c.record.is_file():
             write_json(c.record, {"stage": stage, "identity": c.identity, "toolkit_version": __version__,
                                   **(extra or {})})
+            c.wrote_record = True
         return c
     except BaseException:
         for lock in reversed(locks):

@@ -103,6 +103,8 @@ def check_value(value: Any, tp: Any, spec: Spec) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"expected {_describe(inner)}, got {type(value).__name__}")
+        if not value:  # as on the command line, where '' is refused: an empty list would silently do nothing
+            raise ValueError("give at least one value (or leave the setting out for its default)")
         return [check_value(v, item, spec) for v in value]
     if origin is dict:
         if not isinstance(value, dict):

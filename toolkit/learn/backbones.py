@@ -112,6 +112,7 @@ def resolve_weights(weights: str | Path | None, backbone: str | None) -> tuple[s
     if p.is_file():
         arch = backbone or "resnet18"
         family(arch)
+        _check_readable(p)  # a corrupt file is one line now, not after the run has claimed its folder
         return arch, Weights("file", arch, p, None, sha256_file(p))
     if p.exists():
         raise AugurError(f"{p}: no backbone weights (a folder made by `augur pretrain`, or a .safetensors file)")
@@ -127,6 +128,20 @@ def resolve_weights(weights: str | Path | None, backbone: str | None) -> tuple[s
         return arch or backbone or "resnet18", Weights("card", arch, path, text, sha)
     raise AugurError(f"--weights {text}: not 'none', 'imagenet', a backbone folder, a .safetensors file or a "
                      "backbone card")
+
+
+def _check_readable(path: Path) -> None:
+    """A weights file that will not load: safetensors' header is parsed (cheap), anything else loaded."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own type for a corrupt header
+            raise AugurError(f"{path}: cannot read the weights ({e.__class__.__name__})") from None
+    else:
+        _read_state(path)
 
 
 def _read_state(path: Path) -> dict:
@@ -231,10 +246,10 @@ def norm_state(model) -> dict[str, Any]:
 
 
 def _save(state, path: Path) -> None:
-    from safetensors.torch import save_file
+    from ..core.files import save_safetensors
 
     with atomic_write(path) as tmp:
-        save_file(state, str(tmp))
+        save_safetensors(state, tmp)
 
 
 def save_pretrained(model, out: Path, *, name: str, lora: bool, base_state: dict | None, card: dict[str, Any]) -> dict:
@@ -245,7 +260,10 @@ def save_pretrained(model, out: Path, *, name: str, lora: bool, base_state: dict
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     if lora:
-        model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+        from ..core.files import io_errors
+
+        with io_errors(out / "adapter"):
+            model.save_pretrained(str(out / "adapter"), safe_serialization=True)
         _save(norm_state(model), out / "adapter" / "norm_state.safetensors")
         if base_state is not None:
             _save(base_state, out / "base.safetensors")

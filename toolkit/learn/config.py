@@ -32,6 +32,9 @@ class LoopSettings:
     workers: int | None = setting(None, "DataLoader worker processes (default: 0 when decoded images fit in "
                                         "memory, else up to 8).", min=0, max=64, none_word="auto")
     seed: int = seed_setting()
+    threads: int | None = setting(None, "CPU threads torch computes with (default: the cores other processes leave "
+                                        "free, at least one; recorded in every result).", min=1, max=1024,
+                                  none_word="auto", recipe=False)
     quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
 
     @property

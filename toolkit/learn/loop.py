@@ -43,7 +43,7 @@ from ..core.cache import derive_seed
 from ..core.device import resolve_precision
 from ..core.errors import AugurError
 from ..core.faults import kill_point
-from ..core.files import fsync_dir, publish_dir, write_json
+from ..core.files import fsync_dir, io_errors, publish_dir, save_safetensors, write_json
 
 CKPT_PREFIX = "step-"
 
@@ -209,7 +209,6 @@ def latest_checkpoint(ckpt: Path) -> Path | None:
 
 def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None:
     import torch
-    from safetensors.torch import save_file
 
     final = ckpt / f"{CKPT_PREFIX}{step:09d}"
     tmp = ckpt / f".{final.name}.tmp"
@@ -217,11 +216,12 @@ def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None
     tmp.mkdir(parents=True)
     # clone: buffers may be views of one flat tensor (see _flatten_buffers), which safetensors refuses
     state = {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}
-    save_file(state, str(tmp / "model.safetensors"))
+    save_safetensors(state, tmp / "model.safetensors")
     optim = {name: opt.state_dict() for name, opt in learner.optimizers().items()}
     if acc.scaler is not None:
         optim["_scaler"] = acc.scaler.state_dict()
-    torch.save(optim, tmp / "optimizers.pt")
+    with io_errors(tmp / "optimizers.pt"):
+        torch.save(optim, tmp / "optimizers.pt")
     (tmp / "progress.json").write_text(json.dumps({**progress, "extra": learner.checkpoint_extra()}),
                                        encoding="utf-8")
     publish_dir(tmp, final)
@@ -263,7 +263,8 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     whatever `evaluate(learner)` measured.
     """
     import torch
-    from tqdm import tqdm
+
+    from ..core.progress import progress as progress_bar
 
     precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", "train")
     acc = accelerator_for(precision)
@@ -295,8 +296,7 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     log = _Log(acc.device)
     t0 = time.perf_counter()
     shown = 0.0
-    bar = tqdm(total=total_steps, initial=start, desc=desc, unit="step", leave=False, file=sys.stderr,
-               disable=not progress or not main)
+    bar = progress_bar(total_steps, desc, unit="step", initial=start, disable=not progress or not main)
     from . import audit
 
     stream = iter(batches(start, total_steps))
@@ -346,8 +346,8 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
         if is_checkpoint(step) or step == total_steps - 1:
             means, skipped = log.read()
             if skipped and main:
-                tqdm.write(f"warning: {skipped} step(s) before step {step} had a non-finite loss or gradient "
-                           f"({precision}) and were skipped", file=sys.stderr)
+                bar.write(f"warning: {skipped} step(s) before step {step} had a non-finite loss or gradient "
+                          f"({precision}) and were skipped", file=sys.stderr)
             if skipped > log.steps // 2:
                 bar.close()
                 raise AugurError(f"training diverged: {skipped} of {log.steps} steps before step {step} had "

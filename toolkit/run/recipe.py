@@ -134,10 +134,29 @@ PARSERS = {
 }
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML takes the last silently)."""
+
+
+def _mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (line "
+                                                    f"{seen[key] + 1} and line {key_node.start_mark.line + 1})",
+                                                    key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
 def load_recipe(path: Path) -> Recipe:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeys)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise AugurError(f"{path}: no such recipe") from None
     except IsADirectoryError:
@@ -186,6 +205,13 @@ def needs(name: str, st: Any) -> list[str]:
     if name == "report":
         return [s for s in STAGE_ORDER if s != "report"]
     return []
+
+
+def _check_ref(where: str, stage: str, key: str, value) -> None:
+    if value in STAGE_ORDER and value != REFS.get((stage, key)):
+        allowed = REFS.get((stage, key))
+        raise AugurError(f"{where}.{stage}.{key}: '{value}' is a stage, and its output does not feed {stage}.{key}"
+                         + (f" (it takes '{allowed}', or a folder)" if allowed else " (give a folder)"))
 
 
 def pretrain_arch(recipe: Recipe) -> str | None:
@@ -244,18 +270,49 @@ def check_whole(recipe: Recipe) -> None:
                       where=f"{where}.dg.hp: ")
 
 
+# Which earlier stage's output a key may name (anything else there is a path, a card or a built-in).
+REFS = {("pretrain", "data"): "render", ("dg", "synthetic"): "render", ("dg", "weights"): "pretrain",
+        ("cl", "weights"): "pretrain"}
+
+
 def preflight(recipe: Recipe) -> None:
-    """Before any stage runs: data folders exist, models are present (or can be assembled here)."""
+    """Before any stage runs (and in --dry-run): data folders and files exist, a stage's name stands only for an
+    output that feeds that key, models are present (or can be assembled here)."""
     where = f"{recipe.path}: stages"
     for stage, key in (("pretrain", "data"), ("dg", "data"), ("dg", "synthetic"), ("cl", "data")):
         st = recipe.stages.get(stage)
         if st is None:
             continue
         value = getattr(st.base if stage == "cl" else st, key)
-        if value in (None, "digits") or value in OUTPUT_REFS:
+        _check_ref(where, stage, key, value)
+        if value in (None, "digits") or value == REFS.get((stage, key)):
             continue
         if not Path(value).expanduser().is_dir():
             raise AugurError(f"{where}.{stage}.{key}: {value} is not a folder here")
+    for stage in ("dg", "cl"):
+        st = recipe.stages.get(stage)
+        if st is None:
+            continue
+        for value in (st.weights if stage == "cl" else [st.weights]):
+            _check_ref(where, stage, "weights", value)
+            if value in ("none", "imagenet", "pretrain"):
+                continue
+            p = Path(value).expanduser()
+            if not p.exists() and value not in models.load_cards():
+                raise AugurError(f"{where}.{stage}.weights: {value} is not a file, folder or model card here")
+    cl = recipe.stages.get("cl")
+    for order in (cl.class_orders if cl is not None else []):
+        if order.strip().isdigit():
+            continue
+        p = Path(order).expanduser()
+        if not p.is_file():
+            raise AugurError(f"{where}.cl.class_orders: {order} is neither a seed nor a file here")
+        from ..core.files import read_text
+
+        try:
+            read_text(p)
+        except AugurError as e:
+            raise AugurError(f"{where}.cl.class_orders: {e}") from None
     names = []
     ex = recipe.stages.get("extrapolate")
     if ex is not None and not ex.model.endswith(".gguf"):
@@ -309,6 +366,8 @@ def run_recipe(path: Path, run_dir: Path, dry_run: bool = False, progress: bool 
             from .smoke import smoke_recipe
 
             recipe = smoke_recipe(recipe, run_dir / "smoke-data", build=False)
+        else:
+            preflight(recipe)  # what would stop the run: the dry run says it now
         return plan(recipe, run_dir)
     if not smoke:
         preflight(recipe)  # before the run folder is even made

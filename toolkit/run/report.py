@@ -26,6 +26,10 @@ from ..core.files import read_json, read_jsonl, write_text
 from ..core.outdir import MARKERS
 from ..core.tables import format_table
 
+DG_ROW_KEYS = {"label", "selection", "test_domain", "trial_seed", "hparams_seed", "val_acc", "test_acc", "dataset",
+               "backbone", "weights"}
+CL_ROW_KEYS = {"strategy", "weights", "backbone", "protocol", "incremental_accuracy", "average_incremental_accuracy",
+               "last_accuracy", "average_forgetting", "class_order", "seed"}
 SECTIONS = ("Domain generalization", "Continual learning", "Generated images", "Extrapolated prompts",
             "Pretrained backbone", "Provenance", "Recipe")
 PACKAGES = ("torch", "diffusers", "transformers", "optimum-onnx", "onnxruntime", "peft", "timm", "accelerate",
@@ -120,6 +124,59 @@ def _finish(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int) -> 
     _pyplot().close(fig)
 
 
+def plan_status(root: Path) -> list[list[str]]:
+    """For a run folder: [stage, status, folder] for every stage of its plan (done, incomplete: what is
+    there, not started); [] for anything else."""
+    if stage_of(root) != "run" or not (root / "plan.json").is_file():
+        return []
+    plan = read_json(root / "plan.json")
+    rows = []
+    for s in plan.get("plan", []):
+        folder = Path(s["folder"])
+        if s["stage"] == "report":
+            state = "this report"
+        elif (folder / "DONE.json").is_file():
+            state = "done"
+        elif folder.is_dir():
+            state = f"incomplete: {stage_progress(s['stage'], folder, plan.get('stages', {}).get(s['stage'], {}))}"
+        else:
+            state = "not started"
+        rows.append([s["stage"], state, folder.name])
+    return rows
+
+
+def stage_progress(stage: str, folder: Path, section: dict[str, Any]) -> str:
+    """What an unfinished stage folder holds, in a few words."""
+    try:
+        if stage == "extrapolate":
+            return "the LLM's requests are cached as they finish; prompts.jsonl not written yet"
+        if stage == "render":
+            images = folder / "images"
+            done = sum(len(read_jsonl(m, tolerate_torn_tail=True)) for m in images.glob("manifest*.jsonl"))
+            ident = read_json(images / "render.json")["identity"] if (images / "render.json").is_file() else {}
+            prompts = read_json(images / "render.json").get("prompts") if (images / "render.json").is_file() else None
+            total = (len(read_jsonl(Path(prompts))) * ident.get("images_per_prompt", 1)
+                     if prompts and Path(prompts).is_file() else None)
+            return f"{done} of {total} images" if total else f"{done} images"
+        if stage == "pretrain":
+            steps = [read_json(p / "progress.json")["step"] + 1 for p in (folder / "checkpoint").glob("step-*")
+                     if (p / "progress.json").is_file()]
+            return f"{max(steps)} steps trained, no backbone saved yet" if steps else "no epoch finished yet"
+        if stage == "dg":
+            runs = len(list(folder.glob("runs/*/records.json")))
+            return f"{runs} run(s) finished, results.jsonl not complete"
+        if stage == "cl":
+            total = 1
+            for key in ("strategies", "weights", "class_orders"):
+                total *= len(section.get(key) or [1])
+            done = sum(1 for f in folder.glob("*/results.jsonl")
+                       if any(r.get("final") for r in read_jsonl(f, tolerate_torn_tail=True)))
+            return f"{done} of {total} runs finished"
+    except (AugurError, KeyError, TypeError, ValueError):
+        pass
+    return "started"
+
+
 def write_report(root: Path, out: Path | None = None, title: str = "Augur run") -> dict[str, Any]:
     root = Path(root)
     if not root.is_dir():
@@ -134,6 +191,10 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
     md: list[str] = [f"# {title}", "", f"Made from `{root}` by augur {__version__}.", ""]
     images: list[str] = []
     prov: list[list[Any]] = []
+    status = plan_status(root)
+    if status:
+        # A run stopped half-way must not read as a complete one: every stage of the plan, and how far it got.
+        md.extend(["## Stages of the plan", "", format_table(["stage", "status", "folder"], status, "markdown"), ""])
 
     def section(name: str) -> None:
         md.extend([f"## {name}", ""])
@@ -144,8 +205,13 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
         md.extend([f"![{alt}]({name})", ""])
 
     # ---- results first
-    dg_rows = [r for f in folders.get("dg", []) if (f / "results.jsonl").is_file()
-               for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
+    read = [r for f in folders.get("dg", []) if (f / "results.jsonl").is_file()
+            for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
+    dg_rows = [r for r in read if DG_ROW_KEYS <= set(r)]  # a foreign results.jsonl is not read as DG results
+    if read and not dg_rows:
+        section(SECTIONS[0])
+        md.extend([f"(results.jsonl holds {len(read)} row(s), none of them DG result rows: not DG result rows, "
+                   "left out.)", ""])
     if dg_rows:
         from ..stages.dg.collect import tables
 
@@ -155,14 +221,17 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
         _bars([r for r in dg_rows if r["selection"] == dg_rows[0]["selection"]], out / "dg_bars.png")
         images.append("dg_bars.png")
         md.extend([f"![DG accuracy per held-out domain ({dg_rows[0]['selection']})](dg_bars.png)", ""])
+        if len(dg_rows) < len(read):
+            md.extend([f"({len(read) - len(dg_rows)} row(s) of results.jsonl are not DG result rows and were left out.)",
+                       ""])
         for f in folders["dg"]:
-            ident = read_json(f / "dg.json")["identity"]
+            ident = read_json(f / "dg.json").get("identity") or {}
             prov.append(["dg", ident.get("algorithm"), ident.get("weights_sha256") or "random init",
                          ident.get("seed", ""), f"{ident.get('backbone')}, {ident.get('image_size')} px, "
                                                 f"data {ident.get('data')}"])
-    cl_results = [read_jsonl(f / "results.jsonl")[-1] for f in folders.get("cl", [])
-                  if (f / "results.jsonl").is_file()]
-    cl_results = [r for r in cl_results if r.get("final")]
+    cl_results = [rows[-1] for f in folders.get("cl", []) if (f / "results.jsonl").is_file()
+                  for rows in [read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)] if rows]
+    cl_results = [r for r in cl_results if r.get("final") and CL_ROW_KEYS <= set(r)]
     if cl_results:
         from ..stages.cl.stage import table as cl_table
 

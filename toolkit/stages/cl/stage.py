@@ -18,6 +18,7 @@ import numpy as np
 
 from ... import __version__
 from ...core import distributed, outdir
+from ...core import threads as core_threads
 from ...core.cache import derive_seed
 from ...core.device import pick_device, resolve_precision, threads, torch_device
 from ...core.errors import AugurError
@@ -63,7 +64,9 @@ def class_order(cfg: CLConfig, classes: list[str]) -> list[int]:
     p = Path(text).expanduser()
     if not p.is_file():
         raise AugurError(f"--class-order {text}: neither a seed nor an order file")
-    listed = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from ...core.files import read_text
+
+    listed = [line.strip() for line in read_text(p).splitlines() if line.strip()]
     missing = sorted(set(classes) - set(listed))
     extra = sorted(set(listed) - set(classes))
     if missing or extra or len(listed) != len(set(listed)):
@@ -89,6 +92,7 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
 
     out = Path(out)
     t0 = time.perf_counter()
+    choice = core_threads.apply(cfg.threads)
     name = STRATEGIES.canonical(cfg.strategy)
     strategy_cls = STRATEGIES.get(name)
     hp = {**{k: v.default for k, v in strategy_cls.hparams.items()},
@@ -107,7 +111,7 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     distributed.wait_for_everyone()
     try:
         result = _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks,
-                      arch, w, t0)
+                      arch, w, t0, choice)
         if claim is not None:
             claim.finish()
         return result
@@ -116,9 +120,12 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
             claim.release()
 
 
-def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks, arch, w, t0):
+def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks, arch, w, t0,
+         choice):
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from ...core.files import save_safetensors as save_file
 
     torch.manual_seed(cfg.seed)
     backbone = backbones.build(arch, w, cfg.image_size)
@@ -181,14 +188,14 @@ def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, spl
         if main:
             _save_task(out, t, strategy, counts, rates, save_file)
             kill_point("cl.after_task")
-            _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0)
+            _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice)
             loop.clear(out / "checkpoint" / f"task-{t:03d}")
         distributed.wait_for_everyone()
         if cfg.progress and main:
             print(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
                   f"classes {metrics(counts)['last_accuracy']:.3f}", file=sys.stderr)
     if main:
-        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0)
+        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice)
         heatmap(result["accuracy_matrix"], out / "accuracy_matrix.png",
                 f"{name}, {cfg.protocol()} ({w.describe()})")
         loop.clear(out / "checkpoint")
@@ -230,14 +237,14 @@ def _save_task(out: Path, t: int, strategy, counts, rates, save_file) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0) -> dict[str, Any]:
+def _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice) -> dict[str, Any]:
     """One row per finished step; the last line is the run's final row once every task is done."""
     device = pick_device()
     base = {"strategy": name, "hparams": hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
             "order": [classes[c] for c in order], "tasks": [[classes[c] for c in task] for task in tasks],
             "backbone": arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
             "split": split_note, "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "seed": cfg.seed, "device": device, "threads": threads(),
+            "lr": cfg.lr, "seed": cfg.seed, "device": device, "threads": threads(), "threads_choice": choice.why,
             "precision": resolve_precision(cfg.precision, device, "train"), "toolkit_version": __version__}
     rows = []
     for t in range(len(counts)):

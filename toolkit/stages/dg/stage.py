@@ -28,6 +28,7 @@ import numpy as np
 
 from ... import __version__
 from ...core import distributed, outdir
+from ...core import threads as core_threads
 from ...core.device import pick_device, resolve_precision, threads
 from ...core.errors import AugurError
 from ...core.faults import kill_point
@@ -196,6 +197,7 @@ class Sweep:
     freq: int
     dc: Any = None
     store: Any = None
+    threads: Any = None  # core.threads.ThreadChoice
 
     def images(self, cfg: DGConfig) -> None:
         """Decode every environment's images into one store on the training device (learn/images.py)."""
@@ -242,6 +244,7 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     sw = resolve(cfg)
+    sw.threads = core_threads.apply(cfg.threads)
     runs, tests = plan_runs(cfg, sw.real_names, sw.synthetic_names)
     identity = {k: v for k, v in as_dict(cfg).items()
                 if k not in ("seeds", "trials", "hparams_seed", "test_domains", "selection", "hp", "lr",
@@ -427,7 +430,7 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,
             "holdout_fraction": cfg.holdout_fraction, "device": device,
             "precision": resolve_precision(cfg.precision, device, "train"), "threads": threads(),
-            "toolkit_version": __version__}
+            "threads_choice": sw.threads.why if sw.threads else None, "toolkit_version": __version__}
     rows = []
     for spec, res in results.items():
         if cfg.data_free or cfg.single_source:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ LAYOUTS = {
 }
 
 
-def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
+def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]], list[str]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -44,6 +45,7 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
     if layout is None:
         raise AugurError(f"{path}: columns {', '.join(header) or 'none'}; expected "
                          + " or ".join(", ".join(cols) for cols in LAYOUTS.values()))
+    ignored = [h for h in header if h and h not in LAYOUTS[layout]]
     rows = []
     try:
         for lineno, row in enumerate(reader, start=2):
@@ -58,13 +60,13 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]]]:
         raise AugurError(f"{path}: not valid CSV ({e})") from None
     if not rows:
         raise AugurError(f"{path}: no class rows")
-    return layout, rows
+    return layout, rows, ignored
 
 
 def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     path, out = Path(path), Path(out)
-    layout, rows = read_rows(path)
+    layout, rows, ignored = read_rows(path)
     name_col = "species_common_name" if layout == "biological" else "item_name"
     desc_col = "species_description" if layout == "biological" else "item_description"
     realm = (realm or path.stem).strip()
@@ -78,7 +80,8 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
     try:
         classes: dict[str, dict[str, Any]] = {}
         slugs = class_slugs(list(dict.fromkeys(row[name_col] for _, row in rows)))
-        prompt_rows, counts = [], {}
+        prompt_rows, counts, used = [], {}, set()
+        groups_of: dict[str, list[str]] = {}
         for lineno, row in rows:
             name = row[name_col]
             prov = {"source": "premonition-csv", "file": path.name, "sha256": digest, "line": lineno,
@@ -88,16 +91,32 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
                                  "provenance": prov}
                 if layout == "biological":
                     classes[name]["latin_name"] = row["species_latin_name"]
+            if row["subtype"] not in groups_of.setdefault(name, []):
+                groups_of[name].append(row["subtype"])
             k = counts[name] = counts.get(name, 0) + 1
-            prompt_rows.append({"id": slugs[name] + (f"-{k}" if k > 1 else ""), "class": name, "class_phrase": name,
+            # ids are unique in the file: "x" twice and a class "x-2" must not both make "x-2"
+            row_id, extra = slugs[name] + (f"-{k}" if k > 1 else ""), 1
+            while row_id in used:
+                extra += 1
+                row_id = f"{slugs[name]}-{k}-{extra}"
+            used.add(row_id)
+            prompt_rows.append({"id": row_id, "class": name, "class_phrase": name,
                                 "domain": "photo", "group": row["subtype"], "prompt": row["SD_prompt"],
                                 "provenance": prov})
+        merged = {name: groups for name, groups in groups_of.items() if len(groups) > 1}
+        for name, groups in merged.items():  # one class, one label: the first subtype names its group
+            print(f"warning: {path.name}: class '{name}' appears under {len(groups)} subtypes "
+                  f"({', '.join(groups)}); it is one class, in group '{groups[0]}'", file=sys.stderr)
+        if ignored:
+            print(f"warning: {path.name}: column(s) {', '.join(ignored)} are not part of the {layout} layout and "
+                  "were not imported", file=sys.stderr)
         wall = time.perf_counter() - t0
         groups = sorted({c["group"] for c in classes.values()})
         line = (f"extrapolate import: {len(classes)} classes in {len(groups)} groups, {len(prompt_rows)} prompts "
                 f"from {path.name} ({layout} layout); {wall:.1f} s → {out / 'prompts.jsonl'}")
         run = {"provenance": {"stage": "extrapolate", "mode": "import", "file": str(path.resolve()), "sha256": digest,
-                              "layout": layout, "realm": realm, "model": "Premonition paper (imported)",
+                              "layout": layout, "realm": realm, "ignored_columns": ignored,
+                              "merged_classes": merged, "model": "Premonition paper (imported)",
                               "model_sha256": digest, "seed": None, "templates": ["premonition-csv"],
                               "toolkit_version": __version__},
                "per_group": [{"group": g, "status": "ok", "kept": sum(c["group"] == g for c in classes.values()),

@@ -10,14 +10,12 @@ free and an interrupted run resumes. Output rows are written only when the whole
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm import tqdm
 
 from ... import __version__
 from ...core import outdir, paths
@@ -26,6 +24,7 @@ from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import sha256_file, write_json, write_jsonl
 from ...core.names import check_label
+from ...core.progress import progress
 from ...core.settings import as_dict
 from ... import models
 from . import classnames
@@ -148,8 +147,7 @@ class ListGenerator:
                      desc: str | None = None) -> list[ListResult]:
         """A ListResult per item; `accept_for(i)` makes item i's acceptor when its turn comes (acceptors may
         share state, e.g. the realm's taken names, so items are accepted in order)."""
-        bar = tqdm(total=len(items), desc=desc, unit="item", disable=desc is None or not self.cfg.progress,
-                   file=sys.stderr, leave=False)
+        bar = progress(len(items), desc, unit="item", disable=desc is None or not self.cfg.progress)
         got: dict[tuple[int, int], dict[str, Any]] = {}  # (item, attempt) -> generation, not consumed yet
         tickets: dict[tuple[int, int], Ticket] = {}  # requests in flight
         results: list[ListResult] = []

@@ -16,6 +16,7 @@ import numpy as np
 
 from ... import __version__
 from ...core import distributed, outdir
+from ...core import threads as core_threads
 from ...core.device import pick_device, resolve_precision, torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
@@ -33,6 +34,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     import torch
 
     out = Path(out)
+    choice = core_threads.apply(cfg.threads)
     arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
     ds = data.load(cfg.data)
     items = ds.pooled()
@@ -79,7 +81,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                 "train": {**as_dict(cfg), "backbone": arch,
                           "precision": resolve_precision(cfg.precision, pick_device(), "train")},
                 "image_size": cfg.image_size, "seed": cfg.seed, "history": history, **w.provenance(),
-                "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)"}
+                "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)",
+                **choice.provenance()}
         if main:  # under `accelerate launch` the others only trained
             backbones.save_pretrained(net.backbone, out, name=arch, lora=cfg.lora, base_state=base_state, card=card)
             kill_point("pretrain.after_save")

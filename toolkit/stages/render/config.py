@@ -52,6 +52,9 @@ class RenderConfig:
     writers: int | None = setting(None, "Threads that encode, hash and write the PNGs while the next batch renders "
                                         "(default: up to 8 on a GPU, 2 on a CPU).", min=1, max=64, none_word="auto",
                                   recipe=False)
+    threads: int | None = setting(None, "CPU threads torch computes with (default: the cores other processes leave "
+                                        "free, at least one; recorded in every manifest row).", min=1, max=1024,
+                                  none_word="auto", recipe=False)
     quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
 
     @property

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import models
+from ...core import threads as core_threads
 from ...core.device import pick_device, resolve_precision, threads
 from ...core.errors import AugurError
 from ...core.files import sha256_tree
@@ -117,6 +118,7 @@ class Renderer:
         import torch
 
         self.cfg, self.resolved = cfg, resolved
+        self.threads = core_threads.apply(cfg.threads)
         self.backend = BACKENDS.get(cfg.backend)
         self.device = pick_device(cfg.device)
         self.dtype = resolve_precision(cfg.precision, self.device, "render")
@@ -192,7 +194,7 @@ class Renderer:
 
     def provenance(self) -> dict[str, Any]:
         """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
-        return {"threads": threads()}
+        return {"threads": threads(), "threads_choice": self.threads.why}
 
     def __call__(self, units: list[Unit]):
 

@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-from tqdm import tqdm
 
 from ... import __version__
 from ...core import outdir
@@ -34,6 +31,7 @@ from ...core.faults import kill_point
 from ...core.files import (append_jsonl, atomic_write, read_json, read_jsonl, sha256_bytes, sha256_file, write_bytes,
                            write_jsonl)
 from ...core.names import check_label, path_name
+from ...core.progress import progress
 from .config import RenderConfig
 from .pipeline import Renderer, Resolved, Unit, resolve_model
 
@@ -134,8 +132,8 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         todo = [u for u in units if u.image_id not in done]
         base = {"model": resolved.card.name, "model_sha256": resolved.sha256, **renderer.settings(),
                 **renderer.provenance(), "run_seed": cfg.seed, "toolkit_version": __version__}
-        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="render", unit="img",
-                   disable=not cfg.progress, file=sys.stderr)
+        bar = progress(len(units), "render", unit="img", initial=len(units) - len(todo), disable=not cfg.progress,
+                       leave=True)
         t_render = time.perf_counter()
         pending: tuple[list[Unit], list] | None = None  # the batch whose files the writers are writing
 
