@@ -1,6 +1,7 @@
-"""The `augur` command: one thin Click command per pipeline stage over the stage functions in toolkit/.
+"""The `augur` command: the model registry, `augur run RECIPE`, and every pipeline stage's command.
 
-Every stage's options are generated from its settings dataclass (toolkit/core/settings.py), so the
+Each stage brings its own command (toolkit/stages/<name>/command.py, found through the stage
+registry), its options generated from its settings dataclass (toolkit/core/settings.py), so the
 command, the recipe schema and the validation cannot disagree. Errors follow one policy
 (toolkit/core/errors.py): usage errors exit 2 with one line, user and environment errors exit 1 with
 one line; only bugs show a traceback.
@@ -14,8 +15,7 @@ from pathlib import Path
 import click
 
 from toolkit import __version__
-from toolkit.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, AugurError, UsageError, environment_message
-from toolkit.core.settings import click_options, from_cli
+from toolkit.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, AugurError, environment_message
 
 
 def _fail(message: str, code: int) -> None:
@@ -66,29 +66,10 @@ def gpu_out_of_memory() -> str:
             "--precision bf16 or fp16, or --lora; a re-run resumes from the last checkpoint")
 
 
-class DefaultGroup(AugurGroup):
-    """`augur render PROMPTS ...` runs the default subcommand; `augur render merge DIR` the named one."""
-
-    default = "images"
-
-    def parse_args(self, ctx, args):
-        if not args or args[0] not in self.commands:
-            args = [self.default, *args]
-        return super().parse_args(ctx, args)
-
-    def format_usage(self, ctx, formatter):
-        formatter.write_usage(ctx.command_path, f"[{self.default} options] | {' | '.join(self.commands)} ...")
-
-
 @click.group(cls=AugurGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="augur")
 def main() -> None:
     """Augur: turn an LLM's imagination into training data, offline."""
-
-
-def hp_option(f):
-    return click.option("--hp", "hp", multiple=True, metavar="KEY=VALUE",
-                        help="A hyper-parameter, checked against its declared type and range (repeatable).")(f)
 
 
 # ---------------------------------------------------------------- models
@@ -111,12 +92,11 @@ def models_list() -> None:
 @models.command("verify")
 @click.argument("name")
 def models_verify(name: str) -> None:
-    """Check the local copy of NAME against its card's sha256."""
-    from toolkit.models import get_card, local_path, verify
+    """Check the local copy of NAME against its card's sha256 (an embedded model is assembled first)."""
+    from toolkit.models.store import ensure
 
-    card = get_card(name)
-    digest = verify(card)
-    click.echo(f"{name}: verified sha256 {digest} at {local_path(card)}")
+    _, path, digest = ensure(name)
+    click.echo(f"{name}: verified sha256 {digest} at {path}")
 
 
 @models.command("import")
@@ -160,228 +140,11 @@ def models_pull(name: str, tiny: bool) -> None:
 @click.option("--parity-size", type=click.IntRange(8, 4096), help="Image size for the parity check (default: the card's).")
 def models_export_onnx(name, quantize, parity_size) -> None:
     """Export diffusers model NAME, as its card defines it, to ONNX; register NAME-onnx; report parity."""
-    from toolkit.models.onnx_export import export_onnx
+    from toolkit.stages.render.onnx_export import export_onnx
 
     for target, info in export_onnx(name, quantize, parity_size).items():
         click.echo(f"{target}: {info['path']} (sha256 {info['sha256'][:12]}…), parity vs torch fp32: "
                    f"max pixel difference {info['parity_max_pixel_diff']:.0f}/255")
-
-
-# ---------------------------------------------------------------- extrapolate
-from toolkit.stages.extrapolate.config import DomainsConfig, RealmConfig  # noqa: E402
-
-
-@main.group()
-def extrapolate() -> None:
-    """Stage 1: the LLM imagines domains (per class) or classes (per realm), or imports the paper's prompts."""
-
-
-def _report(run: dict, unit: str) -> None:
-    items = run.get("classes") or run.get("per_group") or []
-    for it in items:
-        if it["status"] != "ok":
-            click.echo(f"warning: {unit} '{it.get('class') or it.get('group')}' is {it['status']}: "
-                       f"{it['kept']}/{it['wanted']} after {it['attempts']} attempts "
-                       f"(rejected: {it['rejected'] or 'none'})", err=True)
-    click.echo(run["summary"]["line"])
-
-
-@extrapolate.command("domains")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click_options(DomainsConfig)
-def extrapolate_domains_cmd(out, **kw):
-    """Novel domains per class → OUT/prompts.jsonl (Beyond Finite Data)."""
-    from toolkit.stages.extrapolate.stage import extrapolate_domains
-
-    _report(extrapolate_domains(from_cli(DomainsConfig, kw), out), "class")
-
-
-@extrapolate.command("realm")
-@click.argument("realm")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click_options(RealmConfig)
-def extrapolate_realm_cmd(realm, out, **kw):
-    """Related classes of a REALM with visual descriptions → OUT/classes.jsonl, prompts.jsonl (Premonition)."""
-    from toolkit.stages.extrapolate.stage import extrapolate_realm
-
-    _report(extrapolate_realm(from_cli(RealmConfig, kw, realm=realm), out), "group")
-
-
-@extrapolate.command("import")
-@click.argument("csv_file", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--realm", help="The realm the file describes (default: from its file name).")
-@click.option("--force", is_flag=True, help="Replace an earlier import in --out.")
-def extrapolate_import_cmd(csv_file, out, realm, force):
-    """Read a Premonition prompt CSV (the paper's own) into OUT/classes.jsonl + prompts.jsonl."""
-    from toolkit.stages.extrapolate.importer import import_csv
-
-    click.echo(import_csv(csv_file, out, realm=realm, force=force)["summary"]["line"])
-
-
-# ---------------------------------------------------------------- render
-from toolkit.stages.render.config import RenderConfig  # noqa: E402
-
-
-@main.group(cls=DefaultGroup)
-def render() -> None:
-    """Stage 2: prompts → images in the DomainBed layout (augur render PROMPTS.jsonl --out DIR)."""
-
-
-@render.command("images")
-@click.argument("prompts", type=click.Path(path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (DomainBed layout).")
-@click_options(RenderConfig)
-def render_images(prompts, out, **kw) -> None:
-    """Render every row of PROMPTS (a prompts.jsonl) into OUT; re-run the same command to resume."""
-    import dataclasses
-
-    from toolkit.core import distributed
-    from toolkit.stages.render.stage import merge, render as render_run
-
-    cfg = from_cli(RenderConfig, kw)
-    state = distributed.state() if cfg.shard is None else None  # under `accelerate launch`: a shard per process
-    if state is not None:
-        cfg = dataclasses.replace(cfg, shard=f"{state.process_index}/{state.num_processes}",
-                                  quiet=cfg.quiet or not state.is_main_process)
-    click.echo(render_run(prompts, out, cfg)["line"])
-    if state is not None:
-        # Every process has finished its shard once all reach the barrier; one of them merges.
-        state.wait_for_everyone()
-        if state.is_main_process:
-            click.echo(merge(out)["line"])
-
-
-@render.command("merge")
-@click.argument("out", type=click.Path(path_type=Path))
-def render_merge(out) -> None:
-    """Merge the shard manifests of OUT into OUT/manifest.jsonl (and draw its contact sheet)."""
-    from toolkit.stages.render.stage import merge
-
-    click.echo(merge(out)["line"])
-
-
-# ---------------------------------------------------------------- pretrain
-from toolkit.stages.pretrain.config import PretrainConfig  # noqa: E402
-
-
-@main.command("pretrain")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (the backbone).")
-@click_options(PretrainConfig)
-def pretrain_cmd(out, **kw):
-    """Stage 3: train a backbone on synthetic images; keep the backbone, drop the head (Premonition)."""
-    from toolkit.core.distributed import is_main_process
-    from toolkit.stages.pretrain.stage import pretrain
-
-    card = pretrain(from_cli(PretrainConfig, kw), out)
-    if is_main_process():
-        click.echo(card["line"])
-
-
-# ---------------------------------------------------------------- dg
-from toolkit.stages.dg.config import DGConfig  # noqa: E402
-
-
-class TrainGroup(DefaultGroup):
-    default = "train"
-
-
-@main.group(cls=TrainGroup)
-def dg() -> None:
-    """Stage 4: domain generalization, DomainBed's protocol (augur dg --data DIR --out DIR; augur dg collect DIR...)."""
-
-
-@dg.command("train")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, runs/).")
-@click.option("--list", "list_", is_flag=True, help="Print the algorithms and their hyper-parameters, then exit.")
-@hp_option
-@click_options(DGConfig)
-def dg_cmd(out, list_, hp, **kw):
-    """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
-    if list_:
-        from toolkit.stages.dg.hparams import ALGORITHM_HPARAMS, HPARAM_CLASSES, SWAD_HPARAMS, declared
-
-        for name in ALGORITHM_HPARAMS:
-            own = ", ".join(f"{k}: {v.describe()}" for k, v in ALGORITHM_HPARAMS[name].items()) or "no own hyper-parameters"
-            click.echo(f"{name}: {own}")
-        click.echo("every algorithm, by hyper-parameter class (picked from --weights and the data's image size):")
-        for hclass, about in HPARAM_CLASSES.items():
-            pretrained = hclass == "resnet"
-            shared = {k: v for k, v in declared("DANN", hclass, pretrained).items() if k not in ALGORITHM_HPARAMS["DANN"]}
-            click.echo(f"  {hclass} ({about}): " + ", ".join(f"{k}: {v.describe()}" for k, v in shared.items())
-                       + " (lr_g, lr_d, weight_decay_g: DANN and CDANN only; freeze_bn follows the weights)")
-        click.echo("with --swad: " + ", ".join(f"{k}: {v.describe()}" for k, v in SWAD_HPARAMS.items()))
-        return
-    if out is None:
-        raise UsageError("Missing option '--out'.")
-    from toolkit.core.distributed import is_main_process
-    from toolkit.core.settings import parse_hparams
-    from toolkit.stages.dg.hparams import declared
-    from toolkit.stages.dg.stage import run_dg
-
-    cfg = from_cli(DGConfig, kw)
-    # Names, types and ranges are the same in every hyper-parameter class; the class (and so the defaults)
-    # is resolved by the stage once it has read the data.
-    cfg.hp = parse_hparams(hp, declared(cfg.algorithm, "resnet", cfg.weights != "none", cfg.swad), cfg.algorithm)
-    res = run_dg(cfg, out)
-    if is_main_process():
-        click.echo(res["table"])
-        click.echo(f"dg: {len(res['rows'])} result rows → {res['results']}")
-
-
-@dg.command("collect")
-@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--latex", is_flag=True, help="LaTeX tables (default: Markdown).")
-def dg_collect(dirs, latex):
-    """DomainBed's collect_results tables from one or more `augur dg` folders."""
-    from toolkit.stages.dg.collect import collect
-
-    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
-
-
-# ---------------------------------------------------------------- cl
-from toolkit.stages.cl.config import CLConfig  # noqa: E402
-
-
-@main.group(cls=TrainGroup)
-def cl() -> None:
-    """Stage 5: class-incremental learning (augur cl --strategy NAME --out DIR; augur cl collect DIR...)."""
-
-
-@cl.command("train")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, accuracy_matrix.png).")
-@click.option("--list", "list_", is_flag=True, help="Print the strategies and their hyper-parameters, then exit.")
-@hp_option
-@click_options(CLConfig)
-def cl_cmd(out, list_, hp, **kw):
-    """Train through the tasks; re-run the same command to resume at the task it was on."""
-    from toolkit.stages.cl.strategies import STRATEGIES
-
-    if list_:
-        for name, cls in STRATEGIES.items():
-            params = ", ".join(f"{k}: {v.describe()}" for k, v in cls.hparams.items()) or "no hyper-parameters"
-            click.echo(f"{name}: {params} -- {cls.about}")
-        return
-    if out is None:
-        raise UsageError("Missing option '--out'.")
-    from toolkit.core.settings import parse_hparams
-    from toolkit.stages.cl.stage import run_cl, table
-
-    cfg = from_cli(CLConfig, kw)
-    cfg.hp = parse_hparams(hp, STRATEGIES.get(cfg.strategy).hparams, f"strategy '{cfg.strategy}'")
-    res = run_cl(cfg, out)
-    click.echo(table([res]))
-    click.echo(f"cl: {res['protocol']} → {Path(out) / 'results.jsonl'}, {Path(out) / 'accuracy_matrix.png'}")
-
-
-@cl.command("collect")
-@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--latex", is_flag=True, help="A LaTeX table (default: Markdown).")
-def cl_collect(dirs, latex):
-    """One table from the final rows of every results.jsonl under DIRS: mean ± std over class orders."""
-    from toolkit.stages.cl.stage import collect
-
-    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
 
 
 # ---------------------------------------------------------------- recipes and reports
@@ -394,24 +157,20 @@ def cl_collect(dirs, latex):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run_cmd(recipe, out, dry_run, smoke, quiet):
     """Run a YAML RECIPE's stages in order; only what changed is redone, a killed run resumes."""
+    from toolkit.core.distributed import is_main_process
     from toolkit.run.recipe import run_recipe
 
     steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet, smoke=smoke)
-    for s in steps:
+    for s in steps if is_main_process() else []:
         state = "cached" if s["cached"] else ("to run" if dry_run else "done")
         click.echo(f"{s['stage']:<12} {state:<7} {s['folder']}")
 
 
-@main.command("report")
-@click.argument("folder", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: FOLDER/report).")
-@click.option("--title", default="Augur run", show_default=True)
-def report_cmd(folder, out, title):
-    """Write FOLDER's report (any stage output or run folder) as Markdown and self-contained HTML."""
-    from toolkit.run.report import write_report
+# ---------------------------------------------------------------- the stages, each from its own folder
+from toolkit.stages.descriptor import stages  # noqa: E402
 
-    paths = write_report(folder, out, title)
-    click.echo(f"report: {paths['markdown']} and {paths['html']}")
+for _stage in stages():
+    main.add_command(_stage.command())
 
 
 if __name__ == "__main__":

@@ -57,10 +57,10 @@ def build(work: Path) -> None:
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from toolkit.models.tiny import _write_tokenizer
+    from toolkit.models.builders import write_tokenizer
 
     folder = work / "sd15-random"
-    _write_tokenizer(folder / "tokenizer")
+    write_tokenizer(folder / "tokenizer")
     tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -85,9 +85,11 @@ def build(work: Path) -> None:
 
 
 def export(work: Path) -> None:
-    from toolkit.models.onnx_export import _export
+    from toolkit.models import ModelCard
+    from toolkit.stages.render.onnx_export import export_folder
 
-    _export(work / "sd15-random", work / "sd15-random-onnx")
+    # a card with no render defaults: the folder is exported as it is
+    export_folder(ModelCard(name="sd15-random", kind="diffusers"), work / "sd15-random", work / "sd15-random-onnx")
 
 
 def measure(config: str, size: int, work: Path, repeats: int) -> dict:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's SplitDigits class-incremental table: B2-Inc2 and B4-Inc2, every strategy, class orders
+# docs/results-cl.md's SplitDigits class-incremental tables: B2-Inc2 and B4-Inc2, every strategy, class orders
 # 1993-1995 (the iCaRL / PyCIL seeds), one architecture (EfficientNet-Lite0, 32 px) from three starts:
 #   random init | ImageNet (the embedded weights) | ImageNet + premonition pretraining
 # The premonition backbone: the LLM's classes for the realm "handwritten symbols", drawn by whatever

@@ -134,11 +134,12 @@ TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall"
                  "tokens_per_second", "new_tokens", "used_tokens", "cached_requests", "cached", "line"}
 
 
-def _strip_timing(obj):
+def strip_timing(obj):
+    """`obj` (rows, a record) without its timing fields (TIMING_FIELDS), at any depth."""
     if isinstance(obj, dict):
-        return {k: _strip_timing(v) for k, v in obj.items() if k not in TIMING_FIELDS}
+        return {k: strip_timing(v) for k, v in obj.items() if k not in TIMING_FIELDS}
     if isinstance(obj, list):
-        return [_strip_timing(v) for v in obj]
+        return [strip_timing(v) for v in obj]
     return obj
 
 
@@ -159,9 +160,9 @@ def file_digests(root: Path, masked_text: tuple[str, ...] = (), own_path: bool =
         if own_path and p.suffix in (".json", ".jsonl", ".md", ".html", ".txt"):
             data = data.replace(str(root).encode(), b"<root>")
         if p.suffix == ".json":
-            data = json.dumps(_strip_timing(json.loads(data)), sort_keys=True).encode()
+            data = json.dumps(strip_timing(json.loads(data)), sort_keys=True).encode()
         elif p.suffix == ".jsonl":
-            data = "\n".join(json.dumps(_strip_timing(json.loads(line)), sort_keys=True)
+            data = "\n".join(json.dumps(strip_timing(json.loads(line)), sort_keys=True)
                              for line in data.decode().splitlines() if line.strip()).encode()
         elif p.suffix in masked_text:
             data = re.sub(rb"\d+(\.\d+)? (s\b|img/s|tok/s|new tokens)|\d+/\d+ requests cached", b"<t>", data)

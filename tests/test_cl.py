@@ -21,6 +21,7 @@ from toolkit.learn.loop import Trainer, accelerator_for
 from toolkit.learn.transforms import DataConfig
 from toolkit.stages.cl import strategies as S
 from toolkit.stages.cl.config import CLConfig
+from toolkit.stages.cl.hparams import STRATEGY_HPARAMS
 from toolkit.stages.cl.metrics import matrix, metrics
 from toolkit.stages.cl.stage import class_order, make_tasks, run_cl
 
@@ -97,7 +98,7 @@ def pixels(n: int, n_classes: int = 2, seed: int = 0):
 
 def strategy(cls, hp, items, n_classes=4, batch_size=8):
     c, rows = context(items, n_classes, batch_size)
-    st = cls(Feats(12), {**{k: v.default for k, v in cls.hparams.items()}, **hp}, c)
+    st = cls(Feats(12), {**{k: v.default for k, v in STRATEGY_HPARAMS[cls.name].items()}, **hp}, c)
     st._trainer = Trainer("fp32", accelerator_for("fp32"))
     return st, rows
 

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from cli import main
 from toolkit.core.files import read_jsonl
-from toolkit.run.smoke import make_cl_data, make_dg_data
+from toolkit.stages.smoke_data import make_cl_data, make_dg_data
 from toolkit.stages.cl.strategies import STRATEGIES
 from toolkit.stages.dg.algorithms import ALGORITHMS
 

@@ -15,7 +15,8 @@ from cli import main
 from toolkit import models
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_jsonl, write_jsonl
-from toolkit.models.tiny import ARCHS, pull_tiny
+from toolkit.models.builders import ARCHS
+from toolkit.models.tiny import pull_tiny
 from toolkit.stages.render.config import RenderConfig
 from toolkit.stages.render.stage import render
 

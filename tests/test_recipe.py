@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import assert_same_files, killed_at
+from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
-from toolkit.core.files import read_json
+from toolkit.core.files import read_json, read_jsonl
 from toolkit.run.recipe import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,6 +138,45 @@ def test_report_of_any_folder(small_run, tmp_path):
     assert "## Pretrained backbone" in (tmp_path / "r2" / "report.md").read_text()
     res = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert res.exit_code == 1 and "no Augur output here" in res.output
+
+
+def test_run_under_accelerate_launch_shards_its_render_stage(small_run, tmp_path):
+    """`augur run` under a real `accelerate launch` (2 processes, gloo on CPU): the main process runs the LLM
+    and the report, every process renders its shard and trains, the main one merges and writes the plan;
+    the images are one process's, pixel for pixel (on a CPU the batch does not change them)."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.stages.render.stage import render
+
+    recipe, _, _ = small_run
+    out = tmp_path / "run"
+    res = accelerate_launch(["run", str(recipe), "--out", str(out), "--quiet"])
+    assert res.returncode == 0, launch_log(res)
+    assert res.stdout.count("render ") == 1 and res.stdout.count("done") == 4, res.stdout  # the plan, printed once
+    assert res.stderr.count("render: running") == 1, res.stderr
+    (images,) = out.glob("render-*/images")
+    assert sorted(p.name for p in images.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl",
+                                                                       "manifest.jsonl"]
+    # torchrun gives each process one thread, and the thread count changes float sums: the reference
+    # renders the same prompts with the recipe's settings on one thread, in this process.
+    ref_images = tmp_path / "ref"
+    settings = load_recipe(recipe).stages["render"]
+    render(next(out.glob("extrapolate-*")) / "prompts.jsonl", ref_images,
+           dataclasses.replace(settings, threads=1, quiet=True))
+    rows = {r["image_id"]: r for r in read_jsonl(images / "manifest.jsonl")}
+    ref_rows = {r["image_id"]: r for r in read_jsonl(ref_images / "manifest.jsonl")}
+    assert list(rows) == list(ref_rows) and len(rows) == 12
+    for iid, row in rows.items():
+        assert np.array_equal(np.asarray(Image.open(images / row["path"])),
+                              np.asarray(Image.open(ref_images / ref_rows[iid]["path"])))
+    for stage in ("extrapolate", "render", "pretrain", "report"):
+        (folder,) = out.glob(f"{stage}-*")
+        assert read_json(folder / "DONE.json")["stage"] == stage
+    assert read_json(next(out.glob("pretrain-*")) / "card.json")["images"] == 12
+    assert (next(out.glob("report-*")) / "report.html").is_file()
 
 
 def test_killed_run_resumes_from_the_last_finished_stage(tmp_path):

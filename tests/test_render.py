@@ -34,7 +34,7 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def onnx_export(tiny):
-    from toolkit.models.onnx_export import export_onnx
+    from toolkit.stages.render.onnx_export import export_onnx
 
     return export_onnx("tiny-lcm", quantize="int8")
 
@@ -168,7 +168,7 @@ def test_onnx_export_parity_and_backend(prompts, tmp_path, onnx_export, torch_re
     assert onnx_export["tiny-lcm-onnx"]["parity_max_pixel_diff"] <= 2
     # Measured 1/255 and 2/255 on the tiny model; a broken quantization would be far off.
     assert onnx_export["tiny-lcm-onnx-int8"]["parity_max_pixel_diff"] <= 8
-    from toolkit.models.onnx_export import export_onnx
+    from toolkit.stages.render.onnx_export import export_onnx
 
     again = export_onnx("tiny-lcm", quantize="int8-conv")
     assert again["tiny-lcm-onnx"] == onnx_export["tiny-lcm-onnx"]  # the fp32 export and its record are reused

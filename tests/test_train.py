@@ -17,6 +17,7 @@ from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, sha256_file
 from toolkit.learn import backbones, data, loop
+from toolkit.models.weights import resolve_weights
 from toolkit.learn.classifier import Classifier
 from toolkit.learn.images import ImageStore
 from toolkit.learn.loaders import EpochBatches, InfiniteBatches
@@ -44,7 +45,7 @@ def test_imagenet_efficientnet_lite0_recognises_real_photos():
     import timm.data
     from sklearn.datasets import load_sample_images
 
-    arch, w = backbones.resolve_weights("imagenet", "efficientnet_lite0")
+    arch, w = resolve_weights("imagenet", "efficientnet_lite0")
     assert w.sha256 == "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
     full = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
     state = backbones._positional(backbones._read_state(w.path), arch, w.card)
@@ -69,13 +70,13 @@ def test_imagenet_efficientnet_lite0_recognises_real_photos():
 def test_weights_carry_their_architecture(tmp_path):
     bb = tmp_path / "bb"
     pretrain(pcfg(epochs=1, backbone="resnet18"), bb)
-    assert backbones.resolve_weights(str(bb), None)[0] == "resnet18"
+    assert resolve_weights(str(bb), None)[0] == "resnet18"
     with pytest.raises(AugurError, match="holds a resnet18 backbone, not resnet50"):
-        backbones.resolve_weights(str(bb), "resnet50")
+        resolve_weights(str(bb), "resnet50")
     with pytest.raises(AugurError, match="no ImageNet weights are carded for backbone 'vit_small'"):
-        backbones.resolve_weights("imagenet", "vit_small")
+        resolve_weights("imagenet", "vit_small")
     with pytest.raises(AugurError, match="not present locally"):
-        backbones.resolve_weights("imagenet", "resnet18")  # a hub card nobody imported
+        resolve_weights("imagenet", "resnet18")  # a hub card nobody imported
 
 
 def test_pretrain_lora_saves_and_reloads_identically(tmp_path):
@@ -193,7 +194,7 @@ def test_mixed_precision_through_accelerate(tmp_path):
     fp32 = pretrain(pcfg(epochs=2, precision="fp32"), tmp_path / "fp32")
     # One thread: oneDNN's multi-threaded bf16 convolution backward gives sporadic NaN gradients on this CPU
     # (measured: 1-4 skipped steps of 58 at 2 threads, now and then a diverged run; none at 1 thread). The
-    # guard absorbs a few; this test is about bf16 arithmetic, not that race (README: fp32 on CPU, what auto picks).
+    # guard absorbs a few; this test is about bf16 arithmetic, not that race (docs/verification.md: fp32 on a CPU, what auto picks).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

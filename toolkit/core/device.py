@@ -4,7 +4,7 @@
 - precision: auto picks what is fast *and* dependable on the device: on CUDA, fp16 for rendering (the
   diffusion models' native half precision) and bf16 for training where the GPU has it (fp16 with a
   gradient scaler where it does not); on CPU, fp32 for both (bf16 runs on the oneDNN code that gave
-  sporadic NaN gradients here, and is slower for small networks; see the README). `accelerate launch
+  sporadic NaN gradients here, and is slower for small networks; docs/verification.md). `accelerate launch
   --mixed_precision X` decides for training when given. fp16 on CPU is refused.
 """
 

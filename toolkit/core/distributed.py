@@ -6,7 +6,23 @@ starting a process group, so single-process runs pay nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
+
+
+_alone = 0  # > 0 inside alone(): this process works by itself while the others wait
+
+
+@contextlib.contextmanager
+def alone():
+    """Run a block in this process only (the main one merging shards, an LLM stage): inside it the process
+    acts as a lone one (no shards of its own, no barrier its siblings would never reach)."""
+    global _alone
+    _alone += 1
+    try:
+        yield
+    finally:
+        _alone -= 1
 
 
 def state():
@@ -15,7 +31,7 @@ def state():
     The first call joins the process group and, on CUDA, makes the process's own GPU the current one,
     so that code that just says "cuda" (diffusers' `.to("cuda")`, onnxruntime's device_id) lands there.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if _alone or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     from accelerate import PartialState
 

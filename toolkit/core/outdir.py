@@ -7,9 +7,10 @@ Every stage calls `claim(out, stage, identity)` before it writes anything:
   lock exclusive, so shards of one run may write side by side. A shard that finds itself alone takes
   the folder lock exclusive for a moment (to clear a killed run's temp files); a shard arriving in
   that moment waits it out (up to SHARED_WAIT seconds) rather than failing.
-- The folder records what run it holds (`STAGE.json`: the stage, its identity, the toolkit version).
-  A folder of another stage, a folder of this stage with other settings, and a non-empty folder with
-  no record are refused; `force=True` (the stage's --force) wipes a run of the same stage and starts
+- The folder records what run it holds (`STAGE.json`, or the name the claimer gives: the stage, its
+  identity, the toolkit version). A record is known by its content (a JSON object with "stage" and
+  "identity"), so the core needs no list of stages. A folder of another stage, a folder of this stage
+  with other settings, and a non-empty folder with no record are refused; `force=True` (the stage's --force) wipes a run of the same stage and starts
   over, but never touches a foreign folder.
 - Once the claim is exclusive, temp files left by a killed run (`.NAME.XXXX.part`, `.NAME.tmp/`) are
   removed: a resumed run leaves nothing behind that an uninterrupted one would not.
@@ -36,9 +37,7 @@ from .files import read_json, remove_partials, write_json
 LOCK = ".augur.lock"
 # How long a shard waits for a sibling shard's exclusive moment (clearing temp files over the folder).
 SHARED_WAIT = 30.0
-# The record each stage keeps in its folder; a folder holding one of these belongs to that stage.
-MARKERS = {"extrapolate": "extrapolate.json", "render": "render.json", "pretrain": "pretrain.json",
-           "dg": "dg.json", "cl": "cl.json", "run": "recipe.json"}
+RECORD_KEYS = ("stage", "identity")  # what makes a JSON file at a folder's top a run's record
 
 try:  # POSIX: Linux, macOS, WSL
     import fcntl
@@ -146,10 +145,11 @@ class Claim:
     wrote_record: bool = False  # this claim wrote the record (a new run, or a --force restart)
     made_folder: bool = False  # the folder did not exist before
     finished: bool = False
+    record_name: str = ""
 
     @property
     def record(self) -> Path:
-        return self.out / MARKERS[self.stage]
+        return self.out / (self.record_name or f"{self.stage}.json")
 
     def release(self) -> None:
         if self.locks and not self.finished and self.wrote_record and self.locks[0].exclusive:
@@ -201,19 +201,41 @@ def check_out_path(out: Path) -> Path:
     return out
 
 
+def records(out: Path) -> dict[str, Path]:
+    """The runs' records at the top of `out`, by stage: JSON objects with a stage and an identity."""
+    import json
+
+    found: dict[str, Path] = {}
+    if not out.is_dir():
+        return found
+    for p in sorted(out.glob("*.json")):
+        try:
+            if p.stat().st_size > (1 << 20):  # a record is small; a big JSON is somebody's data
+                continue
+            obj = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(obj, dict) and all(k in obj for k in RECORD_KEYS) and isinstance(obj["stage"], str):
+            found.setdefault(obj["stage"], p)
+    return found
+
+
+def record_of(out: Path) -> str | None:
+    """The stage whose run `out` holds, if any."""
+    found = records(Path(out))
+    return next(iter(found), None)
+
+
 def foreign_stage(out: Path, stage: str) -> str | None:
     """The other stage whose run `out` holds, if any."""
-    for other, marker in MARKERS.items():
-        if other != stage and (out / marker).is_file():
-            return other
-    return None
+    return next((other for other in records(out) if other != stage), None)
 
 
 def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool = False, hint: str = "",
-          shard: tuple[int, int] | None = None, extra: dict[str, Any] | None = None) -> Claim:
+          shard: tuple[int, int] | None = None, extra: dict[str, Any] | None = None, record: str = "") -> Claim:
     """Take `out` for a run of `stage` with `identity` (see the module docstring)."""
     out = check_out_path(Path(out))
-    _refuse_foreign(out, stage)  # before anything is created in a folder that is not ours
+    _refuse_foreign(out, stage, record or f"{stage}.json")  # before anything is created in a folder not ours
     made_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     shared = shard is not None
@@ -222,7 +244,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         if shared:
             i, n = shard
             locks.append(Lock(out / f".augur-shard-{i}-of-{n}.lock", True, f"{out} (shard {i}/{n})"))
-        c = Claim(out, stage, _normal(identity), locks, made_folder=made_folder)
+        c = Claim(out, stage, _normal(identity), locks, made_folder=made_folder, record_name=record)
         # Content first, then the record: a run writes its record before anything else, so content
         # seen here (a sibling shard's, written meanwhile) comes with a record to compare with.
         nonempty = _has_content(out)
@@ -239,8 +261,6 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
                     keys = set(old_identity or {}) | set(c.identity)
                     diff = sorted(k for k in keys if (old_identity or {}).get(k) != c.identity.get(k))
                     hint = hint or "use another --out"
-                    if stage in ("extrapolate", "pretrain") and "--force" not in hint:
-                        hint += ", or pass --force to replace it"
                     raise AugurError(f"{out} holds a {stage} run with other settings (differs in: "
                                      f"{', '.join(diff) or 'its record'}); {hint}")
             elif force and locks[0].exclusive:
@@ -269,14 +289,14 @@ def _has_content(out: Path) -> bool:
     return any(not p.name.startswith(".") for p in out.iterdir())
 
 
-def _refuse_foreign(out: Path, stage: str) -> None:
+def _refuse_foreign(out: Path, stage: str, record: str) -> None:
     if not out.is_dir():
         return
     other = foreign_stage(out, stage)
     if other is not None:
         raise AugurError(f"{out} holds a {other} run, not a {stage} run; use another --out")
     nonempty = _has_content(out)  # before the record: see claim
-    if nonempty and not (out / MARKERS[stage]).is_file():
+    if nonempty and not (out / record).is_file():
         raise AugurError(f"{out} is not empty and holds no {stage} run; use another --out")
 
 

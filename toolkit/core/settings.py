@@ -10,7 +10,8 @@ that declaration come:
 - what the stage function takes (the dataclass instance itself).
 
 Typed hyper-parameters of registered variants (DG algorithms, CL strategies) are `HP` declarations;
-`parse_hparams` converts `--hp key=value` text against them.
+A settings field of type dict is a repeatable `--hp key=value` option; the config's `check()` types
+it against the declarations (`typed_hparams`).
 """
 
 from __future__ import annotations
@@ -215,6 +216,19 @@ def click_options(cls: type, exclude: Iterable[str] = ()) -> Callable:
                 return "[" + "|".join(allowed) + "]"
             return self.spec.metavar
 
+    class KeyValue(click.ParamType):
+        """`key=value` -> (key, value text); the value is typed against its declaration by the config's check()."""
+
+        name = "key=value"
+
+        def convert(self, value, param, ctx):
+            if isinstance(value, tuple):
+                return value
+            key, sep, text = str(value).partition("=")
+            if not sep or not key.strip():
+                self.fail(f"takes key=value, got '{value}'", param, ctx)
+            return key.strip(), text.strip()
+
     exclude = set(exclude)
 
     own = set(getattr(cls, "__annotations__", {}))
@@ -232,14 +246,16 @@ def click_options(cls: type, exclude: Iterable[str] = ()) -> Callable:
             elif inner is bool:
                 off = "--no-" + f.name.replace("_", "-")
                 opt = click.option(f"{name}/{off}", f.name, default=default, show_default=True, help=spec.help)
+            elif typing.get_origin(inner) is dict:  # KEY=VALUE, repeatable (--hp); typed by the config's check()
+                opt = click.option(name, *spec.flags, f.name, type=KeyValue(), multiple=True,
+                                   metavar=spec.metavar or "KEY=VALUE", help=spec.help)
             else:
                 shown = (",".join(map(str, default)) if isinstance(default, list) else
                          (spec.none_word or "none") if default is None else default)
                 opt = click.option(name, *spec.flags, *spec.hidden_flags, f.name, type=Checked(tp, spec),
                                    default=None if default is None else (
                                        ",".join(map(str, default)) if isinstance(default, list) else default),
-                                   show_default=str(shown), help=spec.help,
-                                   multiple=typing.get_origin(inner) is dict)
+                                   show_default=str(shown), help=spec.help)
             fn = opt(fn)
         return fn
 
@@ -254,6 +270,13 @@ def from_cli(cls: type, values: dict[str, Any], **extra: Any) -> Any:
         inner, _ = _unwrap(tp)
         if typing.get_origin(inner) is list and isinstance(kw.get(f.name), str):
             kw[f.name] = parse_text(kw[f.name], tp, spec)
+        if typing.get_origin(inner) is dict and isinstance(kw.get(f.name), (tuple, list)):
+            pairs: dict[str, str] = {}
+            for key, text in kw[f.name]:
+                if key in pairs:
+                    raise UsageError(f"{option_name(f.name)} {key} is given twice")
+                pairs[key] = text
+            kw[f.name] = pairs
     cfg = cls(**{**kw, **extra})
     _cross_check(cfg, lambda name: option_name(name), UsageError)
     return cfg
@@ -374,6 +397,15 @@ def check_hparams(values: dict[str, Any], declared: dict[str, HP], owner: str, e
         except ValueError as e:
             raise error(f"{where}{owner}: {key} {e}") from None
     return out
+
+
+def typed_hparams(values: dict[str, Any], declared: dict[str, HP], owner: str) -> dict[str, Any]:
+    """For a config's check(): `values` typed against `declared`, or SettingError('hp', ...) (which the CLI
+    shows as `--hp: ...` and a recipe as `stages.X.hp: ...`)."""
+    try:
+        return check_hparams(values, declared, owner)
+    except AugurError as e:
+        raise SettingError("hp", str(e)) from None
 
 
 def parse_hparams(items: Iterable[str], declared: dict[str, HP], owner: str) -> dict[str, Any]:

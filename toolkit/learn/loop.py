@@ -40,7 +40,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ..core.cache import derive_seed
-from ..core.device import resolve_precision
 from ..core.errors import AugurError
 from ..core.faults import kill_point
 from ..core.files import fsync_dir, io_errors, publish_dir, save_safetensors, write_json
@@ -207,24 +206,54 @@ def latest_checkpoint(ckpt: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None:
+def write_state(final: Path, learner, progress: dict[str, Any], optimizers: dict[str, Any] | None = None) -> None:
+    """A learner's whole state as one folder renamed into place: weights and buffers (model.safetensors),
+    optimizer states (optimizers.pt, when given) and progress with the learner's JSON extra (progress.json).
+    There is no moment at which half of it is there. The training loop's checkpoints and the CL stage's
+    finished tasks are written by it."""
     import torch
 
-    final = ckpt / f"{CKPT_PREFIX}{step:09d}"
-    tmp = ckpt / f".{final.name}.tmp"
+    final = Path(final)
+    tmp = final.parent / f".{final.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # clone: buffers may be views of one flat tensor (see _flatten_buffers), which safetensors refuses
     state = {k: v.detach().cpu().clone() for k, v in learner.state_dict().items()}
     save_safetensors(state, tmp / "model.safetensors")
-    optim = {name: opt.state_dict() for name, opt in learner.optimizers().items()}
-    if acc.scaler is not None:
-        optim["_scaler"] = acc.scaler.state_dict()
-    with io_errors(tmp / "optimizers.pt"):
-        torch.save(optim, tmp / "optimizers.pt")
+    if optimizers is not None:
+        with io_errors(tmp / "optimizers.pt"):
+            torch.save(optimizers, tmp / "optimizers.pt")
     (tmp / "progress.json").write_text(json.dumps({**progress, "extra": learner.checkpoint_extra()}),
                                        encoding="utf-8")
     publish_dir(tmp, final)
+
+
+def read_state(path: Path, learner, device, optimizers: dict[str, Any] | None = None, strict_keys: bool = True
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What write_state wrote, loaded into `learner` (and its named optimizers); (progress, optimizer states)."""
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(path / "model.safetensors"), device=str(device))
+    missing, unexpected = learner.load_state_dict(state, strict=False)
+    if unexpected and strict_keys:
+        raise AugurError(f"{path}: the checkpoint does not fit this model ({len(unexpected)} unexpected keys)")
+    optim = (torch.load(path / "optimizers.pt", map_location=device, weights_only=True)
+             if (path / "optimizers.pt").is_file() else {})
+    for name, opt in (optimizers or {}).items():
+        if name in optim:
+            opt.load_state_dict(optim[name])
+    progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
+    learner.load_extra(progress.get("extra", {}))
+    return progress, optim
+
+
+def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None:
+    final = ckpt / f"{CKPT_PREFIX}{step:09d}"
+    optim = {name: opt.state_dict() for name, opt in learner.optimizers().items()}
+    if acc.scaler is not None:
+        optim["_scaler"] = acc.scaler.state_dict()
+    write_state(final, learner, progress, optim)
     kill_point("loop.after_checkpoint")
     for old in ckpt.glob(f"{CKPT_PREFIX}*"):
         if old != final and old.is_dir():
@@ -233,26 +262,14 @@ def _save(ckpt: Path, step: int, learner, acc, progress: dict[str, Any]) -> None
 
 
 def _load(path: Path, learner, acc) -> dict[str, Any]:
-    import torch
-    from safetensors.torch import load_file
-
-    state = load_file(str(path / "model.safetensors"), device=str(acc.device))
-    missing, unexpected = learner.load_state_dict(state, strict=False)
-    if unexpected:
-        raise AugurError(f"{path}: the checkpoint does not fit this model ({len(unexpected)} unexpected keys)")
-    optim = torch.load(path / "optimizers.pt", map_location=acc.device, weights_only=True)
-    for name, opt in learner.optimizers().items():
-        if name in optim:
-            opt.load_state_dict(optim[name])
+    progress, optim = read_state(path, learner, acc.device, learner.optimizers())
     if acc.scaler is not None and "_scaler" in optim:
         acc.scaler.load_state_dict(optim["_scaler"])
-    progress = json.loads((path / "progress.json").read_text(encoding="utf-8"))
-    learner.load_extra(progress.get("extra", {}))
     return progress
 
 
 def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: int,
-        is_checkpoint: Callable[[int], bool], ckpt: Path, seed: int, precision: str = "auto",
+        is_checkpoint: Callable[[int], bool], ckpt: Path, seed: int, precision: str = "fp32",
         evaluate: Callable[[Any], dict[str, Any]] | None = None, progress: bool = True, desc: str = "train",
         on_checkpoint: Callable[[Any, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train `learner` for steps [0, total_steps), resuming from the last checkpoint under `ckpt`.
@@ -266,7 +283,8 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
 
     from ..core.progress import progress as progress_bar
 
-    precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu", "train")
+    if precision not in ("fp32", "bf16", "fp16"):  # the stage resolved it once (LoopSettings.train_precision)
+        raise ValueError(f"loop.run takes a resolved precision (fp32, bf16, fp16), got {precision!r}")
     acc = accelerator_for(precision)
     trainer = Trainer(precision, acc)
     for m in learner.modules():  # a wrapper (SWAD) and the algorithm it wraps share the trainer
@@ -352,7 +370,7 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
                 bar.close()
                 raise AugurError(f"training diverged: {skipped} of {log.steps} steps before step {step} had "
                                  f"a non-finite loss or gradient ({precision}); try a lower learning rate, or "
-                                 "--precision fp32 (see the README on bf16 on CPU). The last checkpoint is kept")
+                                 "--precision fp32 (docs/verification.md on bf16 on a CPU). The last checkpoint is kept")
             record = {"step": step, **means, "skipped_steps": skipped, "images": log.images,
                       "images_per_second": log.images / max(time.perf_counter() - t0, 1e-9)}
             if evaluate is not None:

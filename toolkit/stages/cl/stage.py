@@ -9,29 +9,31 @@ per epoch by the training loop: a killed run resumes where it stopped and comput
 
 from __future__ import annotations
 
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ... import __version__
-from ...core import distributed, outdir
 from ...core import threads as core_threads
 from ...core.cache import derive_seed
-from ...core.device import pick_device, resolve_precision, threads, torch_device
+from ...core.device import pick_device, threads, torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
-from ...core.files import atomic_write, publish_dir, write_jsonl
-from ...core.settings import as_dict, check_hparams
+from ...core.files import atomic_write, write_jsonl
+from ...core.settings import as_dict
+from ...core.stagerun import StageRun
 from ...core.tables import format_table
 from ...learn import audit, backbones, data, loop
 from ...learn.images import ImageStore
 from ...learn.loaders import EpochBatches
 from ...learn.transforms import data_config
+from ...models.weights import resolve_weights
 from .config import CLConfig
 from .metrics import matrix, metrics
+from .hparams import STRATEGY_HPARAMS
 from .strategies import STRATEGIES, Context
 
 SPLIT_SEED = "cl-test-split"  # one test split for every strategy, seed and class order
@@ -88,118 +90,153 @@ def make_tasks(order: list[int], initial: int, increment: int) -> list[list[int]
     return [order[:initial]] + [order[i: i + increment] for i in range(initial, n, increment)]
 
 
-def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
+@dataclass
+class Scenario:
+    """The classes, the split, and the tasks the order makes of them."""
 
+    classes: list[str]
+    train_items: list
+    test_items: list
+    split_note: str
+    order: list[int]
+    tasks: list[list[int]]
+
+
+@dataclass
+class Setup:
+    """What a run resolves once before it claims its folder: the strategy, its hyper-parameters, the backbone,
+    the threads and the precision."""
+
+    name: str
+    strategy_cls: Any
+    hp: dict[str, Any]
+    arch: str
+    weights: Any
+    threads: Any
+    precision: str
+
+
+def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     choice = core_threads.apply(cfg.threads)
     name = STRATEGIES.canonical(cfg.strategy)
     strategy_cls = STRATEGIES.get(name)
-    hp = {**{k: v.default for k, v in strategy_cls.hparams.items()},
-          **check_hparams(dict(cfg.hp), strategy_cls.hparams, f"strategy '{name}'", where="--hp: ")}
+    hp = {**{k: v.default for k, v in STRATEGY_HPARAMS[name].items()}, **cfg.hp}  # typed by CLConfig.check()
     classes, train_items, test_items, split_note = load_scenario(cfg)
     order = class_order(cfg, classes)
-    tasks = make_tasks(order, cfg.initial_classes, cfg.increment)
-    arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
+    sc = Scenario(classes, train_items, test_items, split_note, order, make_tasks(order, cfg.initial_classes,
+                                                                                   cfg.increment))
+    arch, w = resolve_weights(cfg.weights, cfg.backbone)
+    setup = Setup(name, strategy_cls, hp, arch, w, choice, cfg.train_precision())  # an impossible precision: refused
     ds_print = data.fingerprint(data.load(cfg.data, report=False, rotated=False))
     identity = {**{k: v for k, v in as_dict(cfg).items() if k not in ("workers", "hp", "strategy")},
                 "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
                 "class_order_resolved": order}
-    resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
-    main = distributed.is_main_process()
-    claim = outdir.claim(out, "cl", identity) if main else None
-    distributed.wait_for_everyone()
-    try:
-        result = _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks,
-                      arch, w, t0, choice)
-        if claim is not None:
-            claim.finish()
+    with StageRun(out, "cl", identity) as run:
+        result = _run(cfg, out, sc, setup, run, t0)
+        run.finish()
         return result
-    finally:
-        if claim is not None:
-            claim.release()
 
 
-def _run(cfg, out, name, strategy_cls, hp, classes, train_items, test_items, split_note, order, tasks, arch, w, t0,
-         choice):
+@dataclass
+class Progress:
+    """What a run has done: the [correct, total] counts after each finished task, and its training rate."""
+
+    counts: list[list[list[int]]]
+    rates: list[float | None]  # training images/s of each task (None: it trained nothing)
+
+    @property
+    def next_task(self) -> int:
+        return len(self.counts)
+
+
+def _build(cfg: CLConfig, sc: Scenario, setup: Setup):
+    """The network, the run's image store (train and test images decoded once, on the training device when
+    they fit), the strategy, and the store rows of the training and test images."""
     import torch
-    from safetensors.torch import load_file
 
-    from ...core.files import save_safetensors as save_file
-
+    device = torch_device()
     torch.manual_seed(cfg.seed)
-    backbone = backbones.build(arch, w, cfg.image_size)
+    backbone = backbones.build(setup.arch, setup.weights, cfg.image_size)
     dc = data_config(backbone, cfg.image_size)
-    # One store for the run: train and test images decoded once, on the training device when they fit.
-    store = ImageStore(train_items + test_items, dc, torch_device(), workers=cfg.workers)
-    n_train = len(train_items)
+    store = ImageStore(sc.train_items + sc.test_items, dc, device, workers=cfg.workers)
+    n_train = len(sc.train_items)
     rows = [(int(r), int(y)) for r, y in zip(range(len(store)), store.labels_np)]
     train_rows = [rows[i] for i, k in enumerate(store.kept) if k < n_train]
     test_rows = [rows[i] for i, k in enumerate(store.kept) if k >= n_train]
-    ctx = Context(store, cfg.seed, len(classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
-    strategy = strategy_cls(backbone, hp, ctx).to(torch_device())
-    state = distributed.state()
-    world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    counts: list[list[list[int]]] = []
-    rates: list[float | None] = []  # training images/s of each task (None: it trained nothing)
-    start = 0
-    done = sorted(p for p in (out / "tasks").glob("task-*") if (p / "state.json").is_file()) if (out / "tasks").is_dir() else []
-    if done:
-        import json
+    ctx = Context(store, cfg.seed, len(sc.classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
+    strategy = setup.strategy_cls(backbone, setup.hp, ctx).to(device)
+    return strategy, ctx, store, train_rows, test_rows
 
-        last = done[-1]
-        strategy.load_state_dict(load_file(str(last / "strategy.safetensors"), device=str(torch_device())), strict=False)
-        meta = json.loads((last / "state.json").read_text(encoding="utf-8"))
-        strategy.load_extra(meta["extra"])
-        counts, start = meta["counts"], meta["task"] + 1
-        rates = meta.get("rates", [None] * len(counts))
-    main = distributed.is_main_process()
-    for t in range(start, len(tasks)):
+
+def _resume(out: Path, strategy, device) -> Progress:
+    """The last finished task, written by the loop's writer (the whole strategy state), if any."""
+    done = sorted(p for p in (out / "tasks").glob("task-*") if (p / "progress.json").is_file()) \
+        if (out / "tasks").is_dir() else []
+    if not done:
+        return Progress([], [])
+    progress, _ = loop.read_state(done[-1], strategy, device, strict_keys=False)
+    return Progress(progress["counts"], progress.get("rates", [None] * len(progress["counts"])))
+
+
+def _train_task(cfg: CLConfig, out: Path, setup: Setup, strategy, store, t: int, n_tasks: int, items, world
+                ) -> float | None:
+    """Train the strategy on task t (through the shared loop, checkpointed per epoch); its steady rate."""
+    train = strategy.training_items(items)
+    if len(train) < 2:
+        raise AugurError(f"task {t + 1} has {len(train)} training image(s); training needs at least 2")
+    batches = EpochBatches(len(train), cfg.batch_size, cfg.seed, ("task", t), world)
+    feed = store.feed(np.array([r for r, _ in train], dtype=np.int64), batches)
+    spe = batches.steps_per_epoch
+
+    def stream(a: int, b: int):
+        for x, y in feed.stream(a, b):
+            yield [(x, y)]
+
+    records = loop.run(strategy, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s: (s + 1) % spe == 0,
+                       ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
+                       precision=setup.precision, progress=cfg.progress, desc=f"cl {setup.name} task {t + 1}/{n_tasks}")
+    # the steady rate: epochs after the first (which pays one-time kernel choice), when there are some
+    steady = [r["images_per_second"] for r in records[1:]] or [r["images_per_second"] for r in records]
+    return float(np.mean(steady)) if steady else None
+
+
+def _run(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, run: StageRun, t0: float) -> dict[str, Any]:
+    """Every task in turn from where the folder stopped: begin, train, end, score every seen task, save."""
+    device = torch_device()
+    strategy, ctx, store, train_rows, test_rows = _build(cfg, sc, setup)
+    done = _resume(out, strategy, device)
+    tasks, classes = sc.tasks, sc.classes
+    for t in range(done.next_task, len(tasks)):
         task_classes = tasks[t]
         items = [it for it in train_rows if it[1] in task_classes]
         with audit.phase():
             strategy.begin_task(t, task_classes, items)
         rate = None
         if strategy.trains_on(t) and cfg.epochs:
-            train = strategy.training_items(items)
-            if len(train) < 2:
-                raise AugurError(f"task {t + 1} has {len(train)} training image(s); training needs at least 2")
-            batches = EpochBatches(len(train), cfg.batch_size, cfg.seed, ("task", t), world)
-            feed = store.feed(np.array([r for r, _ in train], dtype=np.int64), batches)
-            spe = batches.steps_per_epoch
-
-            def stream(a: int, b: int, feed=feed):
-                for x, y in feed.stream(a, b):
-                    yield [(x, y)]
-
-            records = loop.run(strategy, stream, total_steps=cfg.epochs * spe,
-                               is_checkpoint=lambda s, spe=spe: (s + 1) % spe == 0,
-                               ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
-                               precision=cfg.precision, progress=cfg.progress,
-                               desc=f"cl {name} task {t + 1}/{len(tasks)}")
-            # the steady rate: epochs after the first (which pays one-time kernel choice), when there are some
-            steady = [r["images_per_second"] for r in records[1:]] or [r["images_per_second"] for r in records]
-            rate = float(np.mean(steady)) if steady else None
-        strategy.to(torch_device())
+            rate = _train_task(cfg, out, setup, strategy, store, t, len(tasks), items, run.world)
+        strategy.to(device)
         with audit.phase():
             strategy.end_task(t, task_classes, items)
-            counts.append([_score(strategy, ctx, [it for it in test_rows if it[1] in tasks[j]]) for j in range(t + 1)])
-        rates.append(rate)
-        if main:
-            _save_task(out, t, strategy, counts, rates, save_file)
+            done.counts.append([_score(strategy, ctx, [it for it in test_rows if it[1] in tasks[j]])
+                                for j in range(t + 1)])
+        done.rates.append(rate)
+        if run.main:
+            _save_task(out, t, strategy, done.counts, done.rates)
             kill_point("cl.after_task")
-            _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice)
+            _write_results(cfg, out, sc, setup, done.counts, done.rates, t0)
             loop.clear(out / "checkpoint" / f"task-{t:03d}")
-        distributed.wait_for_everyone()
-        if cfg.progress and main:
-            print(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
-                  f"classes {metrics(counts)['last_accuracy']:.3f}", file=sys.stderr)
-    if main:
-        result = _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice)
+        run.wait()
+        if cfg.progress:
+            run.log(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
+                    f"classes {metrics(done.counts)['last_accuracy']:.3f}")
+    if run.main:
+        result = _write_results(cfg, out, sc, setup, done.counts, done.rates, t0)
         heatmap(result["accuracy_matrix"], out / "accuracy_matrix.png",
-                f"{name}, {cfg.protocol()} ({w.describe()})")
+                f"{setup.name}, {cfg.protocol()} ({setup.weights.describe()})")
         loop.clear(out / "checkpoint")
-    distributed.wait_for_everyone()
+    run.wait()
     from ...core.files import read_jsonl
 
     return read_jsonl(out / "results.jsonl")[-1]
@@ -218,40 +255,32 @@ def _score(strategy, ctx, items) -> list[int]:
     return [int(correct) if correct is not None else 0, len(items)]
 
 
-def _save_task(out: Path, t: int, strategy, counts, rates, save_file) -> None:
-    import json
+def _save_task(out: Path, t: int, strategy, counts, rates) -> None:
+    """A finished task: the whole strategy state, through the loop's writer; the older task goes."""
     import shutil
 
     final = out / "tasks" / f"task-{t:03d}"
-    tmp = out / "tasks" / f".task-{t:03d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # clone: tensors sharing memory (tied weights, buffers the loop made views of one tensor) are refused
-    state = {k: v.detach().cpu().clone() for k, v in strategy.state_dict().items()}
-    save_file(state, str(tmp / "strategy.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"task": t, "counts": counts, "rates": rates,
-                                                "extra": strategy.checkpoint_extra()}), encoding="utf-8")
-    publish_dir(tmp, final)
+    loop.write_state(final, strategy, {"task": t, "counts": counts, "rates": rates})
     for old in (out / "tasks").glob("task-*"):
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_results(cfg, out, name, hp, classes, order, tasks, counts, rates, arch, w, split_note, t0, choice) -> dict[str, Any]:
+def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, counts, rates, t0: float) -> dict[str, Any]:
     """One row per finished step; the last line is the run's final row once every task is done."""
-    device = pick_device()
-    base = {"strategy": name, "hparams": hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
-            "order": [classes[c] for c in order], "tasks": [[classes[c] for c in task] for task in tasks],
-            "backbone": arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
-            "split": split_note, "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "seed": cfg.seed, "device": device, "threads": threads(), "threads_choice": choice.why,
-            "precision": resolve_precision(cfg.precision, device, "train"), "toolkit_version": __version__}
+    classes, w = sc.classes, setup.weights
+    base = {"strategy": setup.name, "hparams": setup.hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
+            "order": [classes[c] for c in sc.order], "tasks": [[classes[c] for c in task] for task in sc.tasks],
+            "backbone": setup.arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
+            "split": sc.split_note, "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "lr": cfg.lr, "seed": cfg.seed, "device": pick_device(), "threads": threads(),
+            "threads_choice": setup.threads.why, "precision": setup.precision, "toolkit_version": __version__}
     rows = []
     for t in range(len(counts)):
         sub = counts[: t + 1]
         m = metrics(sub)
-        rows.append({**base, "step": t, "final": t == len(tasks) - 1, "counts": sub,
-                     "accuracy_matrix": matrix(sub, len(tasks)), "images_per_second": rates[t], **m})
+        rows.append({**base, "step": t, "final": t == len(sc.tasks) - 1, "counts": sub,
+                     "accuracy_matrix": matrix(sub, len(sc.tasks)), "images_per_second": rates[t], **m})
     rows[-1]["wall_seconds"] = time.perf_counter() - t0
     write_jsonl(out / "results.jsonl", rows)
     return rows[-1]

@@ -49,7 +49,6 @@ import torch.nn.functional as F
 
 from ...core.cache import derive_seed
 from ...core.registry import Registry
-from ...core.settings import HP
 from ...learn.backbones import num_features
 from ...learn.loop import Learner, optimizer_kwargs
 
@@ -86,7 +85,6 @@ class Net(nn.Module):
 class Strategy(nn.Module, Learner):
     """Fine-tuning on each task's data; subclasses change the data, the loss or the classifier."""
 
-    hparams: dict[str, HP] = {}
     trains = True
     about = ""
 
@@ -160,8 +158,6 @@ class Naive(Strategy):
 class _Memory(Strategy):
     """A fixed-size exemplar memory shared by the seen classes, rebalanced after each task."""
 
-    hparams = {"memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
-               "selection": HP("random", "How exemplars of a new class are chosen.", choices=("random", "herding"))}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -272,10 +268,6 @@ def pycil_kd(pred, soft, T):
 class LwF(_OldModel):
     about = ("Learning without Forgetting as PyCIL: CE on the new classes + 3 x KD(T=2) on the old ones "
              "(loss=kl: CE on every seen class + alpha KL T^2)")
-    hparams = {"loss": HP("pycil", "pycil: CE on the new classes' logits + alpha * PyCIL's KD; kl: CE on every seen "
-                                   "class + alpha * KL * T^2.", choices=("pycil", "kl")),
-               "alpha": HP(3.0, "Weight of the distillation loss (PyCIL's lamda).", min=0.0),
-               "temperature": HP(2.0, "Distillation temperature.", min=0.0, min_open=True)}
 
     def loss(self, outputs, y, x):
         T, alpha = self.hp["temperature"], self.hp["alpha"]
@@ -297,11 +289,6 @@ class LwF(_OldModel):
 class ICaRL(_Memory, _OldModel):
     about = ("iCaRL: herding memory, sigmoid BCE with the old model's outputs as old-class targets, "
              "nearest-mean-of-exemplars classification (loss=ce: PyCIL's CE + KD; loss=kl: CE + alpha KL T^2)")
-    hparams = {"memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
-               "loss": HP("bce", "bce: the original binary cross-entropy; ce: PyCIL's cross-entropy + KD(T); kl: "
-                                 "cross-entropy + alpha * KL * T^2.", choices=("bce", "ce", "kl")),
-               "alpha": HP(1.0, "Distillation weight (loss=ce, kl; PyCIL's is 1).", min=0.0),
-               "temperature": HP(2.0, "Distillation temperature (loss=ce, kl).", min=0.0, min_open=True)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -349,14 +336,6 @@ def _buffer_name(kind: str, param: str) -> str:
 class EWC(Strategy):
     about = ("online EWC as Mammoth's ewc_on: lambda * sum F (theta - theta*)^2, F the p(y|x)-weighted squared "
              "gradients, F <- gamma F + F_task (fisher=empirical: the plain empirical Fisher, lambda / 2)")
-    hparams = {"lambda": HP(10.0, "Penalty weight (Mammoth's e_lambda; 10 is its best configuration for "
-                                  "seq-cifar10).", min=0.0),
-               "gamma": HP(1.0, "Decay of the old Fisher at each task (1: the Fishers summed).", min=0.0, max=1.0),
-               "fisher": HP("mammoth", "mammoth: squared gradients of log p(y|x) weighted by p(y|x), over "
-                                       "len(loader) x batch size, penalty lambda; empirical: their plain mean, "
-                                       "penalty lambda / 2.", choices=("mammoth", "empirical")),
-               "fisher_samples": HP(0, "Training samples of the task the Fisher is estimated on (0: all of them, "
-                                       "as Mammoth; else a shuffled subset).", min=0)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -552,14 +531,11 @@ class RanPAC(_FrozenHead):
     about = "frozen backbone, random projection + ReLU, ridge-regression head with lambda chosen on held-out data"
     trains = False
     head_kind = "ranpac"
-    hparams = {"M": HP(10000, "Random projection size (0: no projection, ridge on the features).", min=0)}
 
 
 @STRATEGIES.register("fsa")
 class FSA(_FrozenHead):
     about = "first-session adaptation: the backbone trains on the first task only, then an NCM or RanPAC head"
-    hparams = {"head": HP("ranpac", "The head after the first session.", choices=("ranpac", "ncm")),
-               "M": HP(10000, "Random projection size of the ranpac head.", min=0)}
 
     def trains_on(self, task: int) -> bool:
         return task == 0
@@ -577,7 +553,6 @@ def reservoir(num_seen_examples: int, buffer_size: int) -> int:
 @STRATEGIES.register("der")
 class DER(Strategy):
     about = "Dark Experience Replay: a reservoir of inputs and their logits, alpha * MSE to those logits"
-    hparams = {"memory": HP(200, "Buffer size.", min=1), "alpha": HP(0.3, "Weight of the logit MSE.", min=0.0)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -647,8 +622,6 @@ def _forget_seen(module, incompatible_keys) -> None:
 @STRATEGIES.register("derpp")
 class DERpp(DER):
     about = "DER++: DER plus beta * cross-entropy on a second sample of buffered labels"
-    hparams = {"memory": HP(200, "Buffer size.", min=1), "alpha": HP(0.1, "Weight of the logit MSE.", min=0.0),
-               "beta": HP(0.5, "Weight of the buffered-label cross-entropy.", min=0.0)}
 
     def extra_loss(self, bs: int):
         loss = super().extra_loss(bs)
@@ -660,7 +633,6 @@ class DERpp(DER):
 @STRATEGIES.register("gdumb")
 class GDumb(Strategy):
     about = "GDumb: a greedy class-balanced memory; each task trains from the initial weights on the memory alone"
-    hparams = {"memory": HP(200, "Memory size.", min=1)}
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ...core.settings import SEED_MAX, SettingError, setting
+from ...core.settings import SEED_MAX, SettingError, setting, typed_hparams
 from ...learn.config import BackboneSettings, LoopSettings, LoraSettings
 
 SELECTIONS = ("training-domain", "leave-one-out", "oracle")
@@ -32,7 +32,8 @@ class DGConfig(BackboneSettings, LoraSettings, LoopSettings):
                                      none_word="auto")
     lr: float | None = setting(None, "Learning rate (default: the lr hyper-parameter).", min=0.0, min_open=True,
                                max=10.0, none_word="auto")
-    hp: dict[str, Any] = setting({}, "A hyper-parameter, e.g. --hp mmd_gamma=0.5 (repeatable).", cli=False)
+    hp: dict[str, Any] = setting({}, "A hyper-parameter, checked against its declared type and range "
+                                     "(repeatable; augur dg --list).", metavar="KEY=VALUE")
     augment: bool | None = setting(None, "DomainBed's training augmentation (random resized crop, flip, colour "
                                          "jitter, greyscale) for every training environment, or for none; default: "
                                          "as DomainBed, image folders yes, digits (and folders whose "
@@ -71,3 +72,9 @@ class DGConfig(BackboneSettings, LoraSettings, LoopSettings):
             raise SettingError("data_free", "--data-free and --single-source exclude each other")
         if not self.selection:
             raise SettingError("selection", "give at least one model-selection method")
+        from .hparams import declared
+
+        # Typed here, once: names, types and ranges are the same in both hyper-parameter classes; the class
+        # (and so the defaults) is picked by the stage once it has read the data (hparams.hparam_class).
+        self.hp = typed_hparams(dict(self.hp), declared(self.algorithm, "resnet", self.weights != "none", self.swad),
+                                self.algorithm)

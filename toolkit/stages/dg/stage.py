@@ -18,7 +18,6 @@ OUT/runs/<run>/records.json, every checkpoint record of a run; `augur dg collect
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +26,22 @@ from typing import Any
 import numpy as np
 
 from ... import __version__
-from ...core import distributed, outdir
 from ...core import threads as core_threads
-from ...core.device import pick_device, resolve_precision, threads
+from ...core.device import pick_device, threads
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ...core.names import path_name
-from ...core.settings import as_dict, check_hparams
+from ...core.settings import as_dict
+from ...core.stagerun import StageRun
 from ...learn import audit, backbones, data, loop
 from ...learn.loaders import InfiniteBatches
 from ...learn.transforms import data_config
+from ...models.weights import resolve_weights
 from . import selection as sel
 from .algorithms import ALGORITHMS
 from .config import DGConfig
-from .hparams import SMALL_IMAGE_PX, declared, hparam_class, hparams_for, seed_hash
+from .hparams import SMALL_IMAGE_PX, hparam_class, hparams_for, seed_hash
 
 N_STEPS = 5001  # DomainBed's MultipleDomainDataset.N_STEPS
 # Evaluation cadence by the data's size: DomainBed's (MultipleDomainDataset's 100, RotatedMNIST's; 300 for its
@@ -198,6 +198,7 @@ class Sweep:
     dc: Any = None
     store: Any = None
     threads: Any = None  # core.threads.ThreadChoice
+    precision: str = "fp32"  # resolved once (LoopSettings.train_precision)
 
     def images(self, cfg: DGConfig) -> None:
         """Decode every environment's images into one store on the training device (learn/images.py)."""
@@ -225,13 +226,12 @@ class Sweep:
 
 
 def resolve(cfg: DGConfig) -> Sweep:
-    arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
+    arch, w = resolve_weights(cfg.weights, cfg.backbone)
     classes, envs, real = environments(cfg)
     pretrained = w.kind != "none"
     image_px = real.image_px()
     hclass = hparam_class(pretrained, image_px)
-    overrides = check_hparams(dict(cfg.hp), declared(cfg.algorithm, hclass, pretrained, cfg.swad), cfg.algorithm,
-                              where="--hp: ")
+    overrides = dict(cfg.hp)  # typed by DGConfig.check()
     if cfg.lr is not None:
         overrides["lr"] = cfg.lr
     if cfg.batch_size is not None:
@@ -252,35 +252,27 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
     identity.update({"backbone": sw.arch, "weights_sha256": sw.weights.sha256,
                      "data_fingerprint": data.fingerprint(sw.real), "hparam_overrides": sw.overrides,
                      "hparam_class": sw.hclass, "checkpoint_freq": sw.freq})
-    resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
-    main = distributed.is_main_process()
-    claim = outdir.claim(out, "dg", identity,
-                         hint="more seeds, hyper-parameter draws or test domains may be added to a run; other "
-                              "changes need another --out") if main else None
-    distributed.wait_for_everyone()
-    try:
+    sw.precision = cfg.train_precision()  # refused here, before the folder is made, if the device cannot run it
+    with StageRun(out, "dg", identity, hint="more seeds, hyper-parameter draws or test domains may be added to a "
+                                           "run; other changes need another --out") as run:
         finished = [spec for spec in runs if (out / "runs" / spec.key / "records.json").is_file()]
-        if main:
-            print(describe_plan(cfg, runs, tests, len(finished)), file=sys.stderr)
+        run.log(describe_plan(cfg, runs, tests, len(finished)))
         if len(finished) < len(runs):
             sw.images(cfg)  # decoded once for every run of the sweep
         for spec in runs:
             if spec not in finished:
-                _train_run(cfg, sw, spec, out)
-            elif main:
+                _train_run(cfg, sw, spec, out, run)
+            elif run.main:
                 loop.clear(out / "runs" / spec.key / "checkpoint")  # killed after its records were written
         rows = _rows(cfg, sw, runs, tests, out)
-        if main:
+        if run.main:
             kill_point("dg.before_results")
             done = {_row_key(r) for r in _read_results(out)}
             append_jsonl(out / "results.jsonl", [r for r in rows if _row_key(r) not in done])
             everything = sorted(_read_results(out), key=_row_order)
             write_jsonl(out / "results.jsonl", everything)
-            claim.finish()
-        distributed.wait_for_everyone()
-    finally:
-        if claim is not None:
-            claim.release()
+            run.finish()
+        run.wait()
     from .collect import tables
 
     rows = _read_results(out)
@@ -309,22 +301,29 @@ def augmented(cfg: DGConfig, hparams: dict[str, Any], env: Env) -> bool:
     return bool(hparams["data_augmentation"]) and env.augmentable
 
 
-def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path) -> None:
-    import torch
+@dataclass
+class RunPlan:
+    """What one run of the sweep is: its hyper-parameters and seed, its length and evaluation cadence, each
+    environment's in/out split, what it trains on and validates on."""
 
-    from .swad import SWAD, update_bn
+    spec: RunSpec
+    hparams: dict[str, Any]
+    seed: int
+    steps: int
+    freq: int
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    train_envs: list[Env]
+    val_envs: list[Env]
 
-    envs = sw.envs
+
+def plan_run(cfg: DGConfig, sw: Sweep, spec: RunSpec) -> RunPlan:
     hparams = {**hparams_for(cfg.algorithm, sw.hclass, spec.hparams_seed, spec.trial, sw.pretrained, cfg.swad),
                **sw.overrides}
-    run_seed = seed_hash(cfg.algorithm, spec.test_envs, spec.trial, spec.hparams_seed)
-    steps = cfg.steps or N_STEPS
-    freq = sw.freq
     # DomainBed: each environment split in (train / evaluate) and out (validate) by seed_hash(trial, env_i).
     splits = {e.name: data.split(len(e.rows), cfg.holdout_fraction, seed_hash(spec.trial, i))
-              for i, e in enumerate(envs)}
+              for i, e in enumerate(sw.envs)}
     names = train_env_names(cfg, spec, sw.real_names, sw.synthetic_names)
-    train_envs = [e for e in envs if e.name in names]
+    train_envs = [e for e in sw.envs if e.name in names]
     for e in train_envs:
         if len(splits[e.name][0]) < 2:
             raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s); each needs at least 2")
@@ -332,83 +331,122 @@ def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path) -> None:
     if not val_envs and (cfg.swad or "training-domain" in cfg.selection):
         raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
                          "training-domain validation has nothing to select on (raise it, or add images)")
-    torch.manual_seed(run_seed)
+    return RunPlan(spec, hparams, seed_hash(cfg.algorithm, spec.test_envs, spec.trial, spec.hparams_seed),
+                   cfg.steps or N_STEPS, sw.freq, splits, train_envs, val_envs)
+
+
+def build_learner(cfg: DGConfig, sw: Sweep, rp: RunPlan):
+    """The run's network (seeded by the run), the algorithm around it, and SWAD around that when asked."""
+    import torch
+
+    from .swad import SWAD
+
+    torch.manual_seed(rp.seed)
     backbone = backbones.build(sw.arch, sw.weights, cfg.image_size)
-    dc, store = sw.dc, sw.store
     if cfg.lora:
         backbone = backbones.add_lora(backbone, sw.arch, cfg.lora_rank)
-    algorithm = ALGORITHMS.get(cfg.algorithm)(backbone, len(sw.classes), len(train_envs), hparams)
-    learner = SWAD(algorithm, hparams) if cfg.swad else algorithm
-    state = distributed.state()
-    world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    algorithm = ALGORITHMS.get(cfg.algorithm)(backbone, len(sw.classes), len(rp.train_envs), rp.hparams)
+    return SWAD(algorithm, rp.hparams) if cfg.swad else algorithm
+
+
+def train_stream(cfg: DGConfig, sw: Sweep, rp: RunPlan, world: tuple[int, int]):
+    """`stream(start, stop)`: each step's minibatches, one per training environment (DomainBed's infinite
+    loaders: sampling with replacement, class-balanced when asked), from the sweep's image store."""
     feeds = []
-    for e in train_envs:
-        in_idx = splits[e.name][0]
-        weights = _balanced_weights(e.labels[in_idx]) if hparams["class_balanced"] else None
-        batches = InfiniteBatches(len(in_idx), int(hparams["batch_size"]), run_seed, ("env", e.name), world,
+    for e in rp.train_envs:
+        in_idx = rp.splits[e.name][0]
+        weights = _balanced_weights(e.labels[in_idx]) if rp.hparams["class_balanced"] else None
+        batches = InfiniteBatches(len(in_idx), int(rp.hparams["batch_size"]), rp.seed, ("env", e.name), world,
                                   weights=weights)
-        feeds.append(store.feed(e.rows[in_idx], batches, augment=augmented(cfg, hparams, e)))
-    eval_rows = {(e.name, part): e.rows[splits[e.name][k]] for e in envs for k, part in enumerate(("in", "out"))}
-    eval_batch = EVAL_BATCH if store.device.type == "cpu" else EVAL_BATCH_GPU
+        feeds.append(sw.store.feed(e.rows[in_idx], batches, augment=augmented(cfg, rp.hparams, e)))
 
     def stream(start: int, stop: int):
         for batches in zip(*(f.stream(start, stop) for f in feeds)):
             yield list(batches)
 
-    def evaluate(model) -> dict[str, Any]:
-        with audit.phase():
-            return _evaluate(model)
+    return stream
 
-    def _evaluate(model) -> dict[str, Any]:
-        """[correct, total] and the mean loss of every split of every environment: counted on the device,
-        read back once."""
+
+class Evaluator:
+    """[correct, total] and the mean loss of every split (in, out) of every environment, counted on the
+    device and read back once per evaluation."""
+
+    def __init__(self, sw: Sweep, rp: RunPlan):
+        self.store = sw.store
+        self.rows = {(e.name, part): e.rows[rp.splits[e.name][k]] for e in sw.envs
+                     for k, part in enumerate(("in", "out"))}
+        self.batch = EVAL_BATCH if self.store.device.type == "cpu" else EVAL_BATCH_GPU
+
+    def __call__(self, model) -> dict[str, Any]:
+        with audit.phase():
+            return self._evaluate(model)
+
+    def _evaluate(self, model) -> dict[str, Any]:
+        import torch
+
         sums = []
-        for rows in eval_rows.values():
-            correct = loss = torch.zeros((), device=store.device, dtype=torch.float64)
-            for x, y in store.eval_batches(rows, eval_batch):
+        for rows in self.rows.values():
+            correct = loss = torch.zeros((), device=self.store.device, dtype=torch.float64)
+            for x, y in self.store.eval_batches(rows, self.batch):
                 logits = model.predict(x).float()
                 correct = correct + (logits.argmax(1) == y).sum()
                 loss = loss + torch.nn.functional.cross_entropy(logits, y, reduction="sum")
             sums.append(torch.stack([correct, loss]))
         values = torch.stack(sums).tolist() if sums else []
         result: dict[str, Any] = {"acc": {}, "loss": {}}
-        for ((name, part), rows), (correct, loss) in zip(eval_rows.items(), values):
+        for ((name, part), rows), (correct, loss) in zip(self.rows.items(), values):
             result["acc"].setdefault(name, {})[part] = [int(correct), len(rows)]
             result["loss"].setdefault(name, {})[part] = loss / max(len(rows), 1)
         return result
 
+
+def swad_result(learner, rp: RunPlan, stream, evaluate: Evaluator, last_step: int) -> dict[str, Any]:
+    """SWAD's averaged weights, their BatchNorm statistics re-estimated on training batches (unless frozen),
+    evaluated once."""
+    import torch
+
+    from .swad import update_bn
+
+    averaged = learner.averaged_model()
+    averaged_steps = learner.final_range()
+    if not rp.hparams.get("freeze_bn") and rp.hparams["swad_bn_steps"] > 0:
+        update_bn(averaged, stream(rp.steps, rp.steps + int(rp.hparams["swad_bn_steps"])),
+                  next(averaged.parameters()).device)
+    averaged.eval()
+    with torch.inference_mode():
+        return {"step": last_step, **evaluate(averaged), **{k: learner.meta[k] for k in ("converge_step", "dead_valley")},
+                "averaged_steps": averaged_steps}
+
+
+def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun) -> None:
+    """One run: plan it, build it, train it (resuming from its last checkpoint), write its records."""
+    rp = plan_run(cfg, sw, spec)
+    learner = build_learner(cfg, sw, rp)
+    stream = train_stream(cfg, sw, rp, run.world)
+    evaluate = Evaluator(sw, rp)
+
     def on_checkpoint(model, step: int, record: dict[str, Any]) -> None:
-        if cfg.swad:
-            val_loss = float(np.mean([record["loss"][e.name]["out"] for e in val_envs]))
-            model.evaluated(step, val_loss)
+        if cfg.swad:  # SWAD's valley is found on the training domains' validation loss
+            model.evaluated(step, float(np.mean([record["loss"][e.name]["out"] for e in rp.val_envs])))
 
     run_dir = out / "runs" / spec.key
-    records = loop.run(learner, stream, total_steps=steps, is_checkpoint=lambda s: s % freq == 0,
-                       ckpt=run_dir / "checkpoint", seed=run_seed, precision=cfg.precision, evaluate=evaluate,
+    records = loop.run(learner, stream, total_steps=rp.steps, is_checkpoint=lambda s: s % rp.freq == 0,
+                       ckpt=run_dir / "checkpoint", seed=rp.seed, precision=sw.precision, evaluate=evaluate,
                        progress=cfg.progress, desc=f"dg {cfg.algorithm} {spec.key}", on_checkpoint=on_checkpoint)
-    steps_per_epoch = min(len(splits[e.name][0]) / hparams["batch_size"] for e in train_envs)
-    device_of = lambda m: next(m.parameters()).device  # noqa: E731
-    result: dict[str, Any] = {"spec": {"test_envs": list(spec.test_envs), "trial": spec.trial,
-                                       "hparams_seed": spec.hparams_seed},
-                              "train_envs": [e.name for e in train_envs], "hparams": hparams, "seed": run_seed,
-                              "augmented_envs": [e.name for e in train_envs if augmented(cfg, hparams, e)],
-                              "steps": steps, "checkpoint_freq": freq, "steps_per_epoch": steps_per_epoch,
-                              "data_config": dc.as_dict(), "records": records}
+    result: dict[str, Any] = {
+        "spec": {"test_envs": list(spec.test_envs), "trial": spec.trial, "hparams_seed": spec.hparams_seed},
+        "train_envs": [e.name for e in rp.train_envs], "hparams": rp.hparams, "seed": rp.seed,
+        "augmented_envs": [e.name for e in rp.train_envs if augmented(cfg, rp.hparams, e)],
+        "steps": rp.steps, "checkpoint_freq": rp.freq,
+        "steps_per_epoch": min(len(rp.splits[e.name][0]) / rp.hparams["batch_size"] for e in rp.train_envs),
+        "data_config": sw.dc.as_dict(), "records": records}
     if cfg.swad:
-        averaged = learner.averaged_model()
-        averaged_steps = learner.final_range()
-        if not hparams.get("freeze_bn") and hparams["swad_bn_steps"] > 0:
-            update_bn(averaged, stream(steps, steps + int(hparams["swad_bn_steps"])), device_of(averaged))
-        averaged.eval()
-        with torch.inference_mode():
-            result["swad"] = {"step": records[-1]["step"], **evaluate(averaged), **{
-                k: learner.meta[k] for k in ("converge_step", "dead_valley")},
-                "averaged_steps": averaged_steps}
-    if distributed.is_main_process():
+        result["swad"] = swad_result(learner, rp, stream, evaluate, records[-1]["step"])
+    if run.main:
         write_json(run_dir / "records.json", result)
         kill_point("dg.after_run")
         loop.clear(run_dir / "checkpoint")
-    distributed.wait_for_everyone()
+    run.wait()
 
 
 def _balanced_weights(labels: np.ndarray) -> np.ndarray:
@@ -428,8 +466,8 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             "weights_sha256": sw.weights.sha256, "image_size": cfg.image_size, "image_px": sw.image_px,
             "hparam_class": sw.hclass, "lora": cfg.lora, "swad": cfg.swad, "augment": cfg.augment,
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,
-            "holdout_fraction": cfg.holdout_fraction, "device": device,
-            "precision": resolve_precision(cfg.precision, device, "train"), "threads": threads(),
+            "holdout_fraction": cfg.holdout_fraction, "device": device, "precision": sw.precision,
+            "threads": threads(),
             "threads_choice": sw.threads.why if sw.threads else None, "toolkit_version": __version__}
     rows = []
     for spec, res in results.items():

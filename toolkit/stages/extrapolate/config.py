@@ -25,7 +25,7 @@ class LLMSettings:
     semantic_dedup: bool = setting(True, "Drop near-duplicates by all-MiniLM-L6-v2 similarity.")
     semantic_threshold: float = setting(0.8, "Cosine similarity at or above which a new item is a duplicate.",
                                         min=0.0, min_open=True, max=1.0)
-    threads: int | None = setting(None, "CPU threads for llama.cpp (default: one on a 2-core machine, else all cores but one; see the README).",
+    threads: int | None = setting(None, "CPU threads for llama.cpp (default: one on a 2-core machine, else all cores but one; docs/benchmarks.md).",
                                   min=1, max=1024, none_word="auto")
     parallel: int | None = setting(None, "Independent requests decoded together in one llama.cpp context "
                                          "(default: what benchmarks/bench_extrapolate.py found best here).",

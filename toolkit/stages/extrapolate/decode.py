@@ -38,6 +38,15 @@ PENALTY_LAST_N = 64  # llama-cpp-python's Llama.last_n_tokens_size default
 
 
 @dataclass
+class Generation:
+    text: str
+    completion_tokens: int
+    prompt_tokens: int
+    finish_reason: str
+    seconds: float
+
+
+@dataclass
 class Request:
     tokens: list[int]  # the whole prompt
     prefix_len: int  # how many of them are the shared prefix (0: none)
@@ -221,7 +230,6 @@ class BatchedDecoder:
         slot.logit_row = self._prefill(slot.seq, req.tokens[shared:], shared)
 
     def _finish(self, slot: _Slot, reason: str, text: str) -> None:
-        from .llm import Generation
 
         req = slot.request
         req.result = Generation(text, len(slot.out_tokens), len(req.tokens), reason, time.perf_counter() - slot.t0)

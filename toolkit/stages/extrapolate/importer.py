@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...core import outdir
+from ...core.stagerun import StageRun
 from ...core.errors import AugurError
 from ...core.files import sha256_file, write_json, write_jsonl
 from ...core.names import check_label
-from .stage import class_slugs
+from .stage import FORCE_HINT, class_slugs
 
 LAYOUTS = {
     "biological": ("subtype", "species_latin_name", "species_common_name", "species_description", "SD_prompt"),
@@ -75,9 +75,8 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
         for col in ("subtype", name_col):
             check_label(row[col], f"{path}:{lineno}: {col}")
     digest = sha256_file(path)
-    claim = outdir.claim(out, "extrapolate", {"import": str(path.resolve()), "sha256": digest, "realm": realm},
-                         force=force)
-    try:
+    with StageRun(out, "extrapolate", {"import": str(path.resolve()), "sha256": digest, "realm": realm}, force=force,
+                  hint=FORCE_HINT) as run:
         classes: dict[str, dict[str, Any]] = {}
         slugs = class_slugs(list(dict.fromkeys(row[name_col] for _, row in rows)))
         prompt_rows, counts, used = [], {}, set()
@@ -114,7 +113,7 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
         groups = sorted({c["group"] for c in classes.values()})
         line = (f"extrapolate import: {len(classes)} classes in {len(groups)} groups, {len(prompt_rows)} prompts "
                 f"from {path.name} ({layout} layout); {wall:.1f} s → {out / 'prompts.jsonl'}")
-        run = {"provenance": {"stage": "extrapolate", "mode": "import", "file": str(path.resolve()), "sha256": digest,
+        record = {"provenance": {"stage": "extrapolate", "mode": "import", "file": str(path.resolve()), "sha256": digest,
                               "layout": layout, "realm": realm, "ignored_columns": ignored,
                               "merged_classes": merged, "model": "Premonition paper (imported)",
                               "model_sha256": digest, "seed": None, "templates": ["premonition-csv"],
@@ -123,10 +122,8 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
                               "wanted": sum(c["group"] == g for c in classes.values()), "attempts": 0, "rejected": {}}
                              for g in groups],
                "summary": {"line": line, "prompts": len(prompt_rows), "classes": len(classes)}}
-        write_json(out / "run.json", run)
+        write_json(out / "run.json", record)
         write_jsonl(out / "classes.jsonl", list(classes.values()))
         write_jsonl(out / "prompts.jsonl", prompt_rows)  # last: its presence means the import finished
-        claim.finish()
-        return run
-    finally:
-        claim.release()
+        run.finish()
+        return record

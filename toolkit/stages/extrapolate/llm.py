@@ -21,15 +21,7 @@ from ...core.errors import AugurError
 from ...core.files import atomic_write
 from ...core.device import cpu_count
 from ...models import KINDS, ModelCard
-
-
-@dataclass
-class Generation:
-    text: str
-    completion_tokens: int
-    prompt_tokens: int
-    finish_reason: str
-    seconds: float
+from .decode import Generation
 
 
 @dataclass(frozen=True)
@@ -124,7 +116,7 @@ class LLM:
 
     @property
     def decoder(self):
-        from .decode import BatchedDecoder
+        from .decode import BatchedDecoder  # llama.cpp's low-level API: imported when first used
 
         if self._decoder is None:
             with _quiet_stderr():

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 
 from ... import __version__
-from ...core import outdir, paths
+from ...core import paths
 from ...core.cache import JsonCache, derive_seed, key_of
 from ...core.errors import AugurError
 from ...core.faults import kill_point
@@ -26,6 +26,7 @@ from ...core.files import sha256_file, write_json, write_jsonl
 from ...core.names import check_label
 from ...core.progress import progress
 from ...core.settings import as_dict
+from ...core.stagerun import StageRun
 from ... import models
 from . import classnames
 from .config import DomainsConfig, LLMSettings, RealmConfig
@@ -82,7 +83,7 @@ def open_llm(cfg: LLMSettings) -> LLM:
                          parallel=parallel_of(cfg))
 
 
-DEFAULT_PARALLEL = 8  # what benchmarks/bench_extrapolate.py measured best on this 2-core CPU (README)
+DEFAULT_PARALLEL = 8  # what benchmarks/bench_extrapolate.py measured best on this 2-core CPU (docs/benchmarks.md)
 
 
 def parallel_of(cfg: LLMSettings) -> int:
@@ -302,24 +303,35 @@ def class_slugs(labels: list[str]) -> dict[str, str]:
     return out
 
 
-class Stage:
-    """Shared plumbing of both modes: the folder claim, model, cache, provenance, progress, summary, files."""
+FORCE_HINT = "use another --out, or pass --force to replace it"
+
+
+class Extrapolation:
+    """Shared plumbing of both modes: the folder's stage run, model, cache, provenance, progress, summary,
+    files. Used as `with Extrapolation(...) as ex:`."""
 
     def __init__(self, cfg: LLMSettings, out: Path, inputs: dict[str, Any], llm: LLM | None = None,
                  embedder: Embedder | None = None):
         self.cfg, self.out = cfg, Path(out)
-        identity = {**as_dict(cfg), **inputs}
-        self.claim = outdir.claim(self.out, "extrapolate", identity, force=cfg.force)
+        self.run = StageRun(self.out, "extrapolate", {**as_dict(cfg), **inputs}, force=cfg.force, hint=FORCE_HINT)
+        self._llm, self._embedder = llm, embedder
+
+    def __enter__(self) -> "Extrapolation":
+        self.run.__enter__()
         try:
             self.t0 = time.perf_counter()
-            self.llm = llm or open_llm(cfg)
+            self.llm = self._llm or open_llm(self.cfg)
             self.embedder = None
-            if cfg.semantic_dedup:
-                self.embedder = embedder if embedder is not None else open_embedder()
-            self.gen = ListGenerator(self.llm, cfg, JsonCache(paths.cache_dir() / "extrapolate"))
+            if self.cfg.semantic_dedup:
+                self.embedder = self._embedder if self._embedder is not None else open_embedder()
+            self.gen = ListGenerator(self.llm, self.cfg, JsonCache(paths.cache_dir() / "extrapolate"))
         except BaseException:
-            self.claim.release()
+            self.run.__exit__(None, None, None)
             raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.run.__exit__(*exc)
 
     def row_provenance(self, template: Template) -> dict[str, Any]:
         return {"model": self.llm.name, "model_sha256": self.llm.sha256, "template": template.id,
@@ -355,7 +367,7 @@ class Stage:
         kill_point("extrapolate.before_prompts")
         for name, rows in files.items():
             write_jsonl(self.out / name, rows)
-        self.claim.finish()
+        self.run.finish()
 
 
 def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None,
@@ -368,8 +380,7 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
         exclude_domains = classnames.dataset_domains(Path(cfg.dataset)) if cfg.dataset else []
     exclude = [e.replace("_", " ").strip() for e in exclude_domains if e.strip()]
     inputs = {"classes": list(classes), "exclude_domains": exclude}
-    stage = Stage(cfg, out, inputs, llm, embedder)
-    try:
+    with Extrapolation(cfg, out, inputs, llm, embedder) as stage:
         resolved = [classnames.resolve(c) for c in classes]
         slugs = class_slugs(classes)
         foreign = {w for s in DOMAINS.subjects for w in words(s)}
@@ -400,8 +411,6 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
                "summary": summary}
         stage.write(run, {"prompts.jsonl": rows})
         return run
-    finally:
-        stage.claim.release()
 
 
 def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
@@ -410,8 +419,7 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
     if not words(realm):
         raise AugurError("the realm is empty; give one like 'birds' or 'cars'")
     check_label(realm, "realm")
-    stage = Stage(cfg, out, {"realm": realm}, llm, embedder)
-    try:
+    with Extrapolation(cfg, out, {"realm": realm}, llm, embedder) as stage:
         group_res = stage.gen.generate(
             GROUPS, {"realm": realm}, cfg.groups,
             _acceptor(lambda g, _t: check_group(g, realm, LIMITS), set(), _semantic(stage.embedder, cfg, [realm])))
@@ -448,5 +456,3 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
                              f"attempts; see {stage.out / 'run.json'}")
         stage.write(run, {"classes.jsonl": class_rows, "prompts.jsonl": prompt_rows})
         return run
-    finally:
-        stage.claim.release()

@@ -1,1 +1,93 @@
-"""Stage 3, `augur pretrain`: supervised training on synthetic images; the head is thrown away (Premonition)."""
+"""Stage 3, `augur pretrain`: supervised training on synthetic images; the head is thrown away (Premonition).
+
+This file is the stage's descriptor (stages/descriptor.py); the work is in stage.py, the command in
+command.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_folder_key, register
+
+
+def result_of(card: dict[str, Any], out: Path, main: bool = True) -> StageResult:
+    return StageResult([card["line"]], files={"backbone": str(Path(out) / "backbone.safetensors")}, data={"card": card},
+                       printed=main)
+
+
+@register
+class Pretrain(Stage):
+    name = "pretrain"
+    order = 30
+    report_rank = 50
+    refs = {"data": "render"}
+
+    @property
+    def settings(self):
+        from .config import PretrainConfig
+
+        return PretrainConfig
+
+    def command(self):
+        from .command import pretrain_cmd
+
+        return pretrain_cmd
+
+    def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
+        return super().parse({"data": "render", **section}, where, seed)  # in a recipe, the rendered images
+
+    def arch(self, settings: Any) -> str | None:
+        """The architecture of the backbone these settings make (what a later stage reading it must use)."""
+        from ...core.files import read_json
+
+        if settings.backbone:
+            return settings.backbone
+        if settings.weights not in ("none", "imagenet"):
+            info = Path(settings.weights) / "card.json"
+            if info.is_file():
+                return read_json(info).get("backbone")
+        return "resnet18"
+
+    def preflight(self, recipe: RecipeView, settings: Any) -> None:
+        check_folder_key(recipe, self, "data", settings.data)
+
+    def run(self, settings: Any, out: Path, recipe: RecipeView) -> StageResult:
+        import dataclasses
+
+        from ...core.distributed import is_main_process
+        from .stage import pretrain
+
+        cfg = dataclasses.replace(settings, quiet=not recipe.progress, data=recipe.resolve(settings.data, "render"))
+        return result_of(pretrain(cfg, out), out, is_main_process())
+
+    def smoke(self, settings: Any, ctx: SmokeContext) -> Any:
+        import dataclasses
+
+        from ..smoke_data import smoke_weights
+
+        smoked = dataclasses.replace(settings, epochs=1, image_size=32, batch_size=16,
+                                     weights=smoke_weights(settings.weights, settings.backbone, ctx.build))
+        ctx.pretrain_arch = self.arch(smoked)
+        return smoked
+
+    def report(self, folders: list[Path], page: Any) -> None:
+        from ...core.files import read_json
+
+        for f in folders:
+            if not (f / "card.json").is_file():
+                continue
+            page.section("Pretrained backbone")
+            card = read_json(f / "card.json")
+            page.table(["backbone", "from", "LoRA", "images", "classes", "steps", "final loss", "seed"],
+                       [[card["backbone"], card.get("init_weights", ""), card["lora"], card["images"],
+                         len(card["classes"]), card["steps"], f"{card['history'][-1]['loss']:.3f}", card["seed"]]])
+            page.provenance("pretrain", card["backbone"], card["files"]["backbone.safetensors"], card["seed"],
+                            f"{card['images']} images, {card['steps']} steps")
+
+    def progress(self, folder: Path, section: dict[str, Any]) -> str:
+        from ...core.files import read_json
+
+        steps = [read_json(p / "progress.json")["step"] + 1 for p in (folder / "checkpoint").glob("step-*")
+                 if (p / "progress.json").is_file()]
+        return f"{max(steps)} steps trained, no backbone saved yet" if steps else "no epoch finished yet"

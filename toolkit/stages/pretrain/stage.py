@@ -15,18 +15,19 @@ from typing import Any
 import numpy as np
 
 from ... import __version__
-from ...core import distributed, outdir
 from ...core import threads as core_threads
-from ...core.device import pick_device, resolve_precision, torch_device
+from ...core.device import torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import read_json
 from ...core.settings import as_dict
+from ...core.stagerun import StageRun
 from ...learn import backbones, data, loop
 from ...learn.classifier import Classifier
 from ...learn.images import ImageStore
 from ...learn.loaders import EpochBatches
 from ...learn.transforms import data_config
+from ...models.weights import resolve_weights
 from .config import PretrainConfig
 
 
@@ -35,20 +36,17 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
 
     out = Path(out)
     choice = core_threads.apply(cfg.threads)
-    arch, w = backbones.resolve_weights(cfg.weights, cfg.backbone)
+    arch, w = resolve_weights(cfg.weights, cfg.backbone)
     ds = data.load(cfg.data)
     items = ds.pooled()
     if len(items) < 2:
         raise AugurError(f"{cfg.data}: {len(items)} training image(s); pretraining needs at least 2")
     identity = {**as_dict(cfg), "backbone": arch, "weights_sha256": w.sha256, "data": data.fingerprint(ds)}
-    resolve_precision(cfg.precision, pick_device(), "train")  # refused before the folder is made
-    main = distributed.is_main_process()
-    claim = outdir.claim(out, "pretrain", identity, force=cfg.force,
-                         hint="use another --out, or --force to retrain") if main else None
-    distributed.wait_for_everyone()
-    try:
-        if claim is not None and claim.resumed and (out / "card.json").is_file():
-            loop.clear(out / "checkpoint")
+    precision = cfg.train_precision()  # refused here, before the folder is made, if the device cannot run it
+    with StageRun(out, "pretrain", identity, force=cfg.force, hint="use another --out, or --force to retrain") as run:
+        if (out / "card.json").is_file():  # the claim matched this run's settings: it is done
+            if run.main:
+                loop.clear(out / "checkpoint")
             card = read_json(out / "card.json")
             card["line"] = f"pretrain: already done → {out / 'backbone.safetensors'}"
             return card
@@ -62,9 +60,9 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         net = Classifier(model, len(ds.classes), cfg.lr, cfg.weight_decay)
         store = ImageStore(items, dc, torch_device(), workers=cfg.workers)
         items = store.items  # the readable ones
-        state = distributed.state()
-        world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-        batches = EpochBatches(len(store), cfg.batch_size, cfg.seed, "pretrain", world)
+        if len(items) < 2:
+            raise AugurError(f"{cfg.data}: {len(items)} readable training image(s); pretraining needs at least 2")
+        batches = EpochBatches(len(store), cfg.batch_size, cfg.seed, "pretrain", run.world)
         feed = store.feed(np.arange(len(store)), batches)
         spe = batches.steps_per_epoch
 
@@ -73,22 +71,21 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                 yield [(x, y)]
 
         records = loop.run(net, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s: (s + 1) % spe == 0,
-                           ckpt=out / "checkpoint", seed=cfg.seed, precision=cfg.precision, progress=cfg.progress,
+                           ckpt=out / "checkpoint", seed=cfg.seed, precision=precision, progress=cfg.progress,
                            desc="pretrain")
         history = [{"epoch": (r["step"] + 1) // spe, **{k: v for k, v in r.items() if k != "step"}} for r in records]
         card = {"stage": "pretrain", "toolkit_version": __version__, "data": str(cfg.data), "classes": ds.classes,
                 "domains": ds.names, "images": len(items), "steps": cfg.epochs * spe, "data_config": dc.as_dict(),
-                "train": {**as_dict(cfg), "backbone": arch,
-                          "precision": resolve_precision(cfg.precision, pick_device(), "train")},
+                "train": {**as_dict(cfg), "backbone": arch, "precision": precision},
                 "image_size": cfg.image_size, "seed": cfg.seed, "history": history, **w.provenance(),
                 "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)",
                 **choice.provenance()}
-        if main:  # under `accelerate launch` the others only trained
+        if run.main:  # under `accelerate launch` the others only trained
             backbones.save_pretrained(net.backbone, out, name=arch, lora=cfg.lora, base_state=base_state, card=card)
             kill_point("pretrain.after_save")
             loop.clear(out / "checkpoint")
-            claim.finish()
-        distributed.wait_for_everyone()
+            run.finish()
+        run.wait()
         card = read_json(out / "card.json")
         wall = time.perf_counter() - t0
         ips = float(np.mean([h["images_per_second"] for h in history])) if history else 0.0
@@ -96,6 +93,3 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                         f"of {len(ds.classes)} classes, {cfg.epochs} epochs ({ips:.0f} img/s), final loss "
                         f"{history[-1]['loss']:.3f}; {wall:.1f} s → {out / 'backbone.safetensors'}")
         return card
-    finally:
-        if claim is not None:
-            claim.release()

@@ -126,7 +126,7 @@ class OnnxBackend(Backend):
         provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             raise AugurError("onnxruntime here has no CUDA execution provider: uninstall `onnxruntime`, then install "
-                             "`onnxruntime-gpu` built for your CUDA (see the README), or use --device cpu")
+                             "`onnxruntime-gpu` built for your CUDA (docs/install.md), or use --device cpu")
         options = None
         if provider == "CUDAExecutionProvider":
             import torch
@@ -134,7 +134,7 @@ class OnnxBackend(Backend):
             # Under `accelerate launch` each process has set its own current GPU; the EP would take GPU 0.
             options = {"device_id": torch.cuda.current_device()}
         pipe = ORTDiffusionPipeline.from_pretrained(str(path), provider=provider, provider_options=options)
-        # The export already holds the card's scheduler and fused LoRA (see models/onnx_export.py); a
+        # The export already holds the card's scheduler and fused LoRA (see onnx_export.py); a
         # folder exported elsewhere still gets the card's scheduler here.
         set_scheduler(pipe, defaults.get("scheduler"))
         return pipe

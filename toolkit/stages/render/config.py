@@ -41,7 +41,7 @@ class RenderConfig:
     tiny_vae: str | None = setting(None, "An AutoencoderTiny card or folder (e.g. taesd) for faster decoding "
                                          "(torch).", metavar="CARD|DIR")
     channels_last: bool = setting(False, "Convolutions in channels-last memory layout (torch; measured on a CPU: "
-                                         "10% faster with bf16, no gain in fp32; see the README).")
+                                         "10% faster with bf16, no gain in fp32; see docs/benchmarks.md).")
     compile: bool = setting(False, "torch.compile the UNet and the VAE decoder (inductor; minutes of compiling "
                                    "at start, then faster; needs a C++ compiler on a CPU).")
     compile_mode: str = setting("default", "torch.compile's mode with --compile (reduce-overhead and max-autotune use "

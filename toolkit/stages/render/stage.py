@@ -32,6 +32,7 @@ from ...core.files import (append_jsonl, atomic_write, read_json, read_jsonl, sh
                            write_jsonl)
 from ...core.names import check_label, path_name
 from ...core.progress import progress
+from ...core.stagerun import StageResult, StageRun
 from .config import RenderConfig
 from .pipeline import Renderer, Resolved, Unit, resolve_model
 
@@ -124,9 +125,9 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     identity = {"prompts_sha256": sha256_file(prompts), "model": resolved.card.name, "model_sha256": resolved.sha256,
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, **renderer.settings()}
     _refuse_other_gpu_batch(out, identity)
-    claim = outdir.claim(out, "render", identity, hint="use another --out, or delete that folder",
-                         shard=shard if shard[1] > 1 else None, extra={"prompts": str(prompts.resolve())})
-    try:
+    # A shard claims the folder beside its siblings (core/outdir.py): every process of a launch writes.
+    with StageRun(out, "render", identity, hint="use another --out, or delete that folder", shard=shard,
+                  extra={"prompts": str(prompts.resolve())}) as run:
         manifest = out / manifest_name(shard)
         done = done_units(out, units)
         todo = [u for u in units if u.image_id not in done]
@@ -166,9 +167,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         write_jsonl(manifest, [done[u.image_id] for u in units])
         if shard[1] == 1:
             contact_sheet(out, [done[u.image_id] for u in units])
-        claim.finish()
-    finally:
-        claim.release()
+        run.finish()
     wall = time.perf_counter() - t0
     rendered = len(todo)
     return {"images": len(units), "rendered": rendered, "resumed": len(units) - rendered, "wall_seconds": wall,
@@ -177,6 +176,30 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
                      f"{renderer.steps} steps, {renderer.size}px; {wall:.1f} s → {manifest}")}
+
+
+def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
+    """The stage as `augur render` and a recipe run it. Under `accelerate launch` with several processes
+    (and no --shard), each process renders its own shard of the images, and once all have, the main one
+    merges their manifests: `augur run` shards its render stage the same way."""
+    import dataclasses
+
+    from ...core import distributed
+
+    state = distributed.state() if cfg.shard is None else None
+    if state is None:
+        res = render(prompts, out, cfg)
+        return StageResult([res["line"]], files={"manifest": res["manifest"]}, data=res)
+    cfg = dataclasses.replace(cfg, shard=f"{state.process_index}/{state.num_processes}",
+                              quiet=cfg.quiet or not state.is_main_process)
+    res = render(prompts, out, cfg)
+    lines = [res["line"]]  # each process says what its shard did
+    state.wait_for_everyone()  # every shard is on disk
+    if state.is_main_process:
+        with distributed.alone():
+            lines.append(merge(out)["line"])
+    state.wait_for_everyone()  # the merged manifest is there for whoever reads it next
+    return StageResult(lines, files={"manifest": str(Path(out) / "manifest.jsonl")}, data=res)
 
 
 def writer_threads(cfg: RenderConfig, device: str) -> int:
@@ -230,8 +253,7 @@ def merge(out: Path) -> dict[str, Any]:
     if not (out / "render.json").is_file():
         raise AugurError(f"{out}: not a render folder (no render.json)")
     info = read_json(out / "render.json")
-    claim = outdir.claim(out, "render", info["identity"], extra={"prompts": info.get("prompts")})
-    try:
+    with StageRun(out, "render", info["identity"], extra={"prompts": info.get("prompts")}) as run:
         shards = sorted(out.glob("manifest-*-of-*.jsonl"))
         if not shards:
             raise AugurError(f"{out}: no shard manifests (manifest-i-of-n.jsonl) to merge")
@@ -261,9 +283,7 @@ def merge(out: Path) -> dict[str, Any]:
         merged = [by_id[u.image_id] for u in units]
         write_jsonl(out / "manifest.jsonl", merged)
         contact_sheet(out, merged)
-        claim.finish()
-    finally:
-        claim.release()
+        run.finish()
     return {"images": len(merged), "shards": n, "line": f"render merge: {len(merged)} images from {n} shards → "
                                                            f"{out / 'manifest.jsonl'}"}
 

@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..core import paths
-from ..core.errors import AugurError
-from ..core.files import sha256_tree
-from . import cards, store
+from ...core import paths
+from ...core.errors import AugurError
+from ...core.files import sha256_tree
+from ...models import cards, store
 
 PARITY_PROMPT = {"id": "parity", "class": "parity", "domain": "parity",
                  "prompt": "a lighthouse on a cliff, watercolor"}
@@ -25,7 +25,7 @@ PARITY_PROMPT = {"id": "parity", "class": "parity", "domain": "parity",
 # int8 weights, while its ConvInteger takes only uint8 weights (an int8 Conv graph would not load).
 # "int8" touches the attention and feed-forward layers only and stays closest to fp32; "int8-conv"
 # also quantizes the convolutions, where most of a UNet's time goes: on a full-size SD 1.5 UNet on
-# CPU it runs ~2x faster than "int8", with ~4x larger output error (see the README's benchmark).
+# CPU it runs ~2x faster than "int8", with ~4x larger output error (docs/benchmarks.md).
 QUANTIZE: dict[str, list[tuple[tuple[str, ...], str]]] = {
     "int8": [(("MatMul", "Gemm"), "QInt8")],
     "int8-conv": [(("Conv",), "QUInt8"), (("MatMul", "Gemm"), "QInt8")],
@@ -39,7 +39,7 @@ def _as_card_defines(card: cards.ModelCard, path: Path, work: Path) -> Path:
         return path
     from diffusers import DiffusionPipeline
 
-    from ..stages.render.backends import detect_variant, load_lora, set_scheduler
+    from .backends import detect_variant, load_lora, set_scheduler
 
     pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, use_safetensors=True,
                                              variant=card.variant or detect_variant(path), safety_checker=None,
@@ -52,7 +52,7 @@ def _as_card_defines(card: cards.ModelCard, path: Path, work: Path) -> Path:
     return work
 
 
-def _export(card: cards.ModelCard, src: Path, dest: Path) -> None:
+def export_folder(card: cards.ModelCard, src: Path, dest: Path) -> None:
     from optimum.exporters.onnx import main_export
 
     tmp = dest.parent / f".{dest.name}.tmp"
@@ -103,8 +103,8 @@ def parity(torch_model: str, onnx_model: str, size: int | None = None) -> float:
     """Max absolute pixel difference (0-255) between torch fp32 and ONNX renders of one prompt and seed."""
     import numpy as np
 
-    from ..stages.render.config import RenderConfig
-    from ..stages.render.pipeline import Renderer, Unit, resolve_model
+    from .config import RenderConfig
+    from .pipeline import Renderer, Unit, resolve_model
 
     images = []
     for backend, name in (("torch", torch_model), ("onnx", onnx_model)):
@@ -133,7 +133,7 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
     reused = bool(existing and existing.extra.get("exported_from_sha256") == sha
                   and existing.extra.get("exported_as") == source_id and (onnx_dir / "model_index.json").exists())
     if not reused:
-        _export(card, path, onnx_dir)
+        export_folder(card, path, onnx_dir)
     # (card name, folder, description suffix, extra card fields) of each card to (re)register
     targets = [(onnx_name, onnx_dir, "", {})]
     if reused and parity_size is None and "parity_max_pixel_diff" in existing.extra:

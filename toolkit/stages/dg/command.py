@@ -1,0 +1,59 @@
+"""`augur dg --data DIR --out DIR` (train), `augur dg collect DIR...`, `augur dg --list`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ...core.commands import default_group, echo_result, hparam_lines
+from ...core.errors import UsageError
+from ...core.settings import click_options, from_cli
+from .config import DGConfig
+
+
+@click.group(cls=default_group("train"))
+def dg() -> None:
+    """Stage 4: domain generalization, DomainBed's protocol (augur dg --data DIR --out DIR; augur dg collect DIR...)."""
+
+
+def list_lines() -> list[str]:
+    from .hparams import ALGORITHM_HPARAMS, HPARAM_CLASSES, SWAD_HPARAMS, declared
+
+    lines = hparam_lines(ALGORITHM_HPARAMS, none="no own hyper-parameters")
+    lines.append("every algorithm, by hyper-parameter class (picked from --weights and the data's image size):")
+    for hclass, about in HPARAM_CLASSES.items():
+        shared = {k: v for k, v in declared("DANN", hclass, hclass == "resnet").items()
+                  if k not in ALGORITHM_HPARAMS["DANN"]}
+        (line,) = hparam_lines({f"{hclass} ({about})": shared}, indent="  ")
+        lines.append(line + " (lr_g, lr_d, weight_decay_g: DANN and CDANN only; freeze_bn follows the weights)")
+    lines.extend(hparam_lines({"with --swad": SWAD_HPARAMS}))
+    return lines
+
+
+@dg.command("train")
+@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, runs/).")
+@click.option("--list", "list_", is_flag=True, help="Print the algorithms and their hyper-parameters, then exit.")
+@click_options(DGConfig)
+def dg_cmd(out, list_, **kw):
+    """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
+    if list_:
+        click.echo("\n".join(list_lines()))
+        return
+    if out is None:
+        raise UsageError("Missing option '--out'.")
+    from ...core.distributed import is_main_process
+    from . import result_of
+    from .stage import run_dg
+
+    echo_result(result_of(run_dg(from_cli(DGConfig, kw), out), is_main_process()))
+
+
+@dg.command("collect")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--latex", is_flag=True, help="LaTeX tables (default: Markdown).")
+def dg_collect(dirs, latex):
+    """DomainBed's collect_results tables from one or more `augur dg` folders."""
+    from .collect import collect
+
+    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
