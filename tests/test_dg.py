@@ -199,6 +199,35 @@ def test_swad_averages_over_the_loss_valley(three_domains, tmp_path):
     assert 0 <= start <= end <= 15 and row["test_acc"] == pytest.approx(sel.acc(run["swad"], "rot0", "in"))
 
 
+def test_swad_re_estimates_batchnorm_statistics_as_a_cumulative_average():
+    """SWAD (swa_utils.update_bn): the averaged weights' BatchNorm statistics are recomputed from training
+    batches, each batch weighing the same (momentum None): the running mean is the mean of the batch means,
+    the running variance the mean of the batches' unbiased variances; momentum and mode come back."""
+    import torch.nn as nn
+
+    from toolkit.stages.dg.swad import update_bn
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm2d(3, momentum=0.3)
+
+        def predict(self, x):
+            return self.bn(x)
+
+    net = Net().eval()
+    net.bn.running_mean.fill_(5.0)  # stale statistics, as averaged weights carry
+    g = torch.Generator().manual_seed(0)
+    batches = [[(torch.randn(4, 3, 5, 5, generator=g) * (k + 1) + k, torch.zeros(4))] for k in range(3)]
+    update_bn(net, iter(batches), torch.device("cpu"))
+    xs = [b[0][0] for b in batches]
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0)
+    variances = torch.stack([x.transpose(0, 1).reshape(3, -1).var(1, unbiased=True) for x in xs]).mean(0)
+    assert torch.allclose(net.bn.running_mean, means, atol=1e-5)
+    assert torch.allclose(net.bn.running_var, variances, atol=1e-4)
+    assert net.bn.momentum == 0.3 and not net.training
+
+
 def test_swad_loss_valley_rules():
     """LossValley: converge when the oldest of n_converge segments has the lowest loss; average segments
     while the smoothed minimum stays under the threshold; stop when it rises above."""
