@@ -157,10 +157,12 @@ def models_export_onnx(name, quantize, parity_size) -> None:
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def run_cmd(recipe, out, dry_run, smoke, quiet):
     """Run a YAML RECIPE's stages in order; only what changed is redone, a killed run resumes."""
+    from toolkit.core.commands import echo_result
     from toolkit.core.distributed import is_main_process
     from toolkit.run.recipe import run_recipe
 
-    steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet, smoke=smoke)
+    steps = run_recipe(recipe, out, dry_run=dry_run, progress=not quiet, smoke=smoke,
+                       on_result=lambda stage, result: echo_result(result))
     for s in steps if is_main_process() else []:
         state = "cached" if s["cached"] else ("to run" if dry_run else "done")
         click.echo(f"{s['stage']:<12} {state:<7} {s['folder']}")

@@ -399,6 +399,13 @@ def test_outputs_and_cli(tmp_path):
     assert rows[-1]["hparams"] == {"memory": 100, "selection": "herding"}
     assert [len(t) for t in rows[-1]["tasks"]] == [4, 2, 2, 2]
     assert (out / "accuracy_matrix.png").stat().st_size > 1000
+    # a finished run re-run is done: nothing retrained or rewritten (wall_seconds would differ otherwise)
+    before = {p.name: p.read_bytes() for p in (out / "results.jsonl", out / "accuracy_matrix.png")}
+    again = CliRunner().invoke(main, ["cl", "--strategy", "replay", "--hp", "memory=100", "--hp",
+                                      "selection=herding", "--initial-classes", "4", "--increment", "2", "--out",
+                                      str(out), "--epochs", "1", "--image-size", "16", "--quiet"])
+    assert again.exit_code == 0 and again.output == res.output, again.output
+    assert {p.name: p.read_bytes() for p in (out / "results.jsonl", out / "accuracy_matrix.png")} == before
     listing = CliRunner().invoke(main, ["cl", "--list"])
     lines = listing.output.strip().splitlines()
     assert listing.exit_code == 0 and len(lines) == len(S.STRATEGIES)

@@ -116,7 +116,7 @@ def test_run_caches_and_redoes_only_downstream(small_run, tmp_path):
     assert res.exit_code == 0 and res.output.count("cached") == 4
     other = tmp_path / "other.yaml"
     other.write_text(SMALL.replace("name: small", "name: other"))
-    with pytest.raises(AugurError, match="holds a run run with other settings"):
+    with pytest.raises(AugurError, match="holds a recipe run with other settings"):
         run_recipe(other, out, progress=False)
 
 
@@ -155,7 +155,10 @@ def test_run_under_accelerate_launch_shards_its_render_stage(small_run, tmp_path
     out = tmp_path / "run"
     res = accelerate_launch(["run", str(recipe), "--out", str(out), "--quiet"])
     assert res.returncode == 0, launch_log(res)
-    assert res.stdout.count("render ") == 1 and res.stdout.count("done") == 4, res.stdout  # the plan, printed once
+    # the plan and each stage's summary, printed once (by the main process)
+    plan = [line.split()[:2] for line in res.stdout.splitlines() if line.split()[1:2] == ["done"]]
+    assert plan == [[s, "done"] for s in ("extrapolate", "render", "pretrain", "report")], res.stdout
+    assert res.stdout.count("pretrain: ") == 1 and res.stdout.count("render merge: 12 images") == 1, res.stdout
     assert res.stderr.count("render: running") == 1, res.stderr
     (images,) = out.glob("render-*/images")
     assert sorted(p.name for p in images.glob("manifest*.jsonl")) == ["manifest-0-of-2.jsonl", "manifest-1-of-2.jsonl",

@@ -261,7 +261,8 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
                     keys = set(old_identity or {}) | set(c.identity)
                     diff = sorted(k for k in keys if (old_identity or {}).get(k) != c.identity.get(k))
                     hint = hint or "use another --out"
-                    raise AugurError(f"{out} holds a {stage} run with other settings (differs in: "
+                    what = "recipe" if stage == "run" else stage  # `augur run`'s folder: "a recipe run"
+                    raise AugurError(f"{out} holds a {what} run with other settings (differs in: "
                                      f"{', '.join(diff) or 'its record'}); {hint}")
             elif force and locks[0].exclusive:
                 _wipe(out)

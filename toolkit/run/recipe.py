@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -154,8 +154,10 @@ def smoked(recipe: Recipe, data_root: Path, build: bool = True) -> Recipe:
     return Recipe(recipe.name, recipe.seed, smoke_stages(recipe.stages, data_root, build), recipe.path, smoke=True)
 
 
-def run_recipe(path: Path, run_dir: Path, dry_run: bool = False, progress: bool = True, smoke: bool = False
-               ) -> list[dict[str, Any]]:
+def run_recipe(path: Path, run_dir: Path, dry_run: bool = False, progress: bool = True, smoke: bool = False,
+               on_result: Callable[[str, Any], None] | None = None) -> list[dict[str, Any]]:
+    """Run (or plan) a recipe; the plan comes back, one entry per stage. `on_result(stage, StageResult)` is
+    called on the main process as each stage finishes (the CLI prints what the stage's own command would)."""
     recipe = load_recipe(path)
     run_dir = Path(run_dir)
     outdir.check_out_path(run_dir)
@@ -192,6 +194,8 @@ def run_recipe(path: Path, run_dir: Path, dry_run: bool = False, progress: bool 
             if run.main:
                 write_json(s["folder"] / "DONE.json", {"stage": s["stage"], "seconds": round(time.perf_counter() - t0, 2),
                                                        "summary": result.summary(), "toolkit_version": __version__})
+                if on_result is not None:
+                    on_result(s["stage"], result)
             kill_point("run.after_stage")
         run.finish()
     return steps

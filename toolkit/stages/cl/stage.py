@@ -134,9 +134,22 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
                 "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
                 "class_order_resolved": order}
     with StageRun(out, "cl", identity) as run:
+        finished = _finished(out)
+        if finished is not None:  # the claim matched these settings and every task is scored: nothing to redo
+            return finished
         result = _run(cfg, out, sc, setup, run, t0)
         run.finish()
         return result
+
+
+def _finished(out: Path) -> dict[str, Any] | None:
+    """The final row of a run that completed (its last row final, its heatmap written last), else None."""
+    from ...core.files import read_jsonl
+
+    if not (out / "accuracy_matrix.png").is_file() or not (out / "results.jsonl").is_file():
+        return None
+    rows = read_jsonl(out / "results.jsonl")
+    return rows[-1] if rows and rows[-1].get("final") else None
 
 
 @dataclass

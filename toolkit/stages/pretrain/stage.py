@@ -89,7 +89,8 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         card = read_json(out / "card.json")
         wall = time.perf_counter() - t0
         ips = float(np.mean([h["images_per_second"] for h in history])) if history else 0.0
+        epochs = f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
         card["line"] = (f"pretrain: {arch}{' + LoRA' if cfg.lora else ''} from {w.describe()} on {len(items)} images "
-                        f"of {len(ds.classes)} classes, {cfg.epochs} epochs ({ips:.0f} img/s), final loss "
+                        f"of {len(ds.classes)} classes, {epochs} ({ips:.0f} img/s), final loss "
                         f"{history[-1]['loss']:.3f}; {wall:.1f} s → {out / 'backbone.safetensors'}")
         return card

@@ -1,0 +1,58 @@
+"""Mutation check of the algorithm tests: break one defining property of an algorithm at a time (in a copy of
+the code) and run the test that should catch it. Every mutant must be caught (docs/verification.md).
+
+    .venv/bin/python tests/mutants.py [NAME-SUBSTRING...]
+"""
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+A = "toolkit/stages/dg/algorithms.py"; S = "toolkit/stages/cl/strategies.py"; SW = "toolkit/stages/dg/swad.py"
+M = [
+ ("GroupDRO q without exp", A, 'self.q[m] *= (self.hparams["groupdro_eta"] * losses[m].data).exp()', 'self.q[m] *= (self.hparams["groupdro_eta"] * losses[m].data)', "tests/test_dg_algorithms.py::test_groupdro_reweights_environments_by_the_exponentiated_loss"),
+ ("GroupDRO loss = mean", A, 'loss = torch.dot(losses, self.q)', 'loss = losses.mean()', "tests/test_dg_algorithms.py::test_groupdro_reweights_environments_by_the_exponentiated_loss"),
+ ("IRM anneal off by one", A, 'if count >= self.hparams["irm_penalty_anneal_iters"]', 'if count > self.hparams["irm_penalty_anneal_iters"]', "tests/test_dg_algorithms.py::test_irm_loss_is_nll_plus_the_annealed_penalty"),
+ ("VREx unbiased variance", A, 'penalty = ((losses - mean) ** 2).mean()', 'penalty = losses.var()', "tests/test_dg_algorithms.py::test_vrex_penalty_is_the_variance_of_environment_risks_and_anneals"),
+ ("CDANN unconditioned", A, 'disc_input = all_z + self.class_embeddings(all_y)', 'disc_input = all_z', "tests/test_dg_algorithms.py::test_cdann_conditions_the_discriminator_and_balances_classes"),
+ ("CDANN unweighted", A, 'weights = 1.0 / (y_counts[all_y] * (all_y.max() + 1)).float()', 'weights = torch.ones_like(all_y, dtype=torch.float) / len(all_y)', "tests/test_dg_algorithms.py::test_cdann_conditions_the_discriminator_and_balances_classes"),
+ ("LwF PyCIL KD x1", S, 'return ce + alpha * pycil_kd(outputs[:, old], self.old_logits(x)[:, old], T)', 'return ce + pycil_kd(outputs[:, old], self.old_logits(x)[:, old], T)', "tests/test_cl.py::test_lwf_is_pycils_new_class_ce_plus_three_times_its_kd"),
+ ("LwF CE on all classes", S, 'ce = F.cross_entropy(outputs[:, self.new_cols], self.new_position[y])', 'ce = F.cross_entropy(self.masked(outputs), y)', "tests/test_cl.py::test_lwf_is_pycils_new_class_ce_plus_three_times_its_kd"),
+ ("EWC Fisher unweighted", S, 'w = prob.float() if mammoth else', 'w = torch.ones_like(prob, dtype=torch.float32) if mammoth else', "tests/test_cl.py::test_ewc_fisher_is_mammoths_by_default_and_the_empirical_one_on_request"),
+ ("DER++ no beta CE", S, 'return loss + self.hp["beta"] * F.cross_entropy(self.masked(self.net(bx)), by)', 'return loss', "tests/test_cl.py::test_der_adds_the_logit_mse_on_the_buffer_and_derpp_the_label_ce"),
+ ("DER MSE x2", S, 'return self.hp["alpha"] * F.mse_loss(self.net(bx), blogits)', 'return 2 * self.hp["alpha"] * F.mse_loss(self.net(bx), blogits)', "tests/test_cl.py::test_der_adds_the_logit_mse_on_the_buffer_and_derpp_the_label_ce"),
+ ("gdumb no restart", S, 'self.net.load_state_dict(self.initial.state_dict())', 'pass', "tests/test_cl.py::test_gdumb_memory_is_class_balanced_and_each_task_restarts_from_the_initial_weights"),
+ ("FSA backbone not frozen", S, '''        if task == 0:
+            for p in self.net.parameters():
+                p.requires_grad_(False)''', '''        if task == 0:
+            pass''', "tests/test_cl.py::test_fsa_adapts_the_backbone_on_the_first_task_only"),
+ ("replay quota +1", S, 'per_class = max(1, self.hp["memory"] // seen)', 'per_class = max(1, self.hp["memory"] // seen + 1)', "tests/test_cl.py::test_replay_memory_keeps_an_equal_quota_per_seen_class"),
+ ("herding argmax", S, 'j = int(scores.argmin())', 'j = int(scores.argmax())', "tests/test_cl.py::test_icarl_classifies_by_the_nearest_mean_of_exemplars_chosen_by_herding"),
+ ("SWAD BN exponential average", SW, "        module.momentum = None\n", "        pass\n", "tests/test_dg.py::test_swad_re_estimates_batchnorm_statistics_as_a_cumulative_average"),
+]
+only = sys.argv[1:]
+ROOT = pathlib.Path(tempfile.mkdtemp(prefix="augur-mutants-")) / "repo"
+shutil.copytree(REPO, ROOT, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
+missed = 0
+for name, f, old, new, test in M:
+    if only and not any(o in name for o in only):
+        continue
+    p = ROOT / f
+    orig = p.read_text()
+    if orig.count(old) != 1:
+        print(f"MISSED {name}: its pattern is found {orig.count(old)} times (the code moved)", flush=True)
+        missed += 1
+        continue
+    p.write_text(orig.replace(old, new))
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=ROOT, capture_output=True, text=True, timeout=900)
+        caught = r.returncode == 1  # tests failed; 2-5 would be a broken run (collection, usage), not a catch
+        missed += not caught
+        print(f"{'caught' if caught else 'MISSED'}: {name} ({test.split('::')[1]})", flush=True)
+    finally:
+        p.write_text(orig)
+shutil.rmtree(ROOT.parent, ignore_errors=True)
+print(f"{missed} missed")
+sys.exit(1 if missed else 0)
