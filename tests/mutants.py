@@ -32,27 +32,34 @@ M = [
  ("herding argmax", S, 'j = int(scores.argmin())', 'j = int(scores.argmax())', "tests/test_cl.py::test_icarl_classifies_by_the_nearest_mean_of_exemplars_chosen_by_herding"),
  ("SWAD BN exponential average", SW, "        module.momentum = None\n", "        pass\n", "tests/test_dg.py::test_swad_re_estimates_batchnorm_statistics_as_a_cumulative_average"),
 ]
-only = sys.argv[1:]
-ROOT = pathlib.Path(tempfile.mkdtemp(prefix="augur-mutants-")) / "repo"
-shutil.copytree(REPO, ROOT, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
-missed = 0
-for name, f, old, new, test in M:
-    if only and not any(o in name for o in only):
-        continue
-    p = ROOT / f
-    orig = p.read_text()
-    if orig.count(old) != 1:
-        print(f"MISSED {name}: its pattern is found {orig.count(old)} times (the code moved)", flush=True)
-        missed += 1
-        continue
-    p.write_text(orig.replace(old, new))
-    try:
-        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=ROOT, capture_output=True, text=True, timeout=900)
-        caught = r.returncode == 1  # tests failed; 2-5 would be a broken run (collection, usage), not a catch
-        missed += not caught
-        print(f"{'caught' if caught else 'MISSED'}: {name} ({test.split('::')[1]})", flush=True)
-    finally:
-        p.write_text(orig)
-shutil.rmtree(ROOT.parent, ignore_errors=True)
-print(f"{missed} missed")
-sys.exit(1 if missed else 0)
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    ROOT = pathlib.Path(tempfile.mkdtemp(prefix="augur-mutants-")) / "repo"
+    shutil.copytree(REPO, ROOT, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
+    missed = 0
+    for name, f, old, new, test in M:
+        if only and not any(o in name for o in only):
+            continue
+        p = ROOT / f
+        orig = p.read_text()
+        if orig.count(old) != 1:
+            print(f"MISSED {name}: its pattern is found {orig.count(old)} times (the code moved)", flush=True)
+            missed += 1
+            continue
+        p.write_text(orig.replace(old, new))
+        try:
+            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=ROOT, capture_output=True, text=True, timeout=900)
+            caught = r.returncode == 1  # tests failed; 2-5 would be a broken run (collection, usage), not a catch
+            missed += not caught
+            print(f"{'caught' if caught else 'MISSED'}: {name} ({test.split('::')[1]})", flush=True)
+        finally:
+            p.write_text(orig)
+    shutil.rmtree(ROOT.parent, ignore_errors=True)
+    print(f"{missed} missed")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
