@@ -1,14 +1,19 @@
 """What every stage's command shares: a group whose default subcommand needs no name, how a StageResult
-is printed, and one listing of typed hyper-parameters (`augur dg --list`, `augur cl --list`).
+is printed, and the training command of a stage with typed variants (`augur dg`, `augur cl`: --out, --list
+and one listing of their hyper-parameters).
 
 Each stage's command lives in its folder (stages/<name>/command.py); cli.py adds them to `augur`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
+
 import click
 
-from .settings import HP
+from .errors import UsageError
+from .settings import HP, click_options, from_cli
 
 
 class DefaultGroup(click.Group):
@@ -50,3 +55,25 @@ def hparam_lines(entries: dict[str, dict[str, HP]], about: dict[str, str] | None
         tail = f" -- {about[name]}" if about and about.get(name) else ""
         lines.append(f"{indent}{name}: {params}{tail}")
     return lines
+
+
+def train_command(group: click.Group, settings: type, *, out_help: str, variants: str,
+                  listing: Callable[[], list[str]]) -> Callable:
+    """Decorator: `fn(settings, out)` as `group`'s `train` subcommand, with `--out`, the settings' options and
+    `--list` (print `listing()`, the `variants` and their hyper-parameters, then exit); `--out` is needed only
+    when there is work. The function's docstring is the command's help."""
+    def wrap(fn: Callable[[Any, Path], None]) -> click.Command:
+        @click.option("--out", type=click.Path(path_type=Path), help=out_help)
+        @click.option("--list", "list_", is_flag=True,
+                      help=f"Print the {variants} and their hyper-parameters, then exit.")
+        @click_options(settings)
+        def train(out, list_, **kw):
+            if list_:
+                click.echo("\n".join(listing()))
+                return
+            if out is None:
+                raise UsageError("Missing option '--out'.")
+            fn(from_cli(settings, kw), out)
+
+        return group.command("train", help=fn.__doc__)(train)
+    return wrap

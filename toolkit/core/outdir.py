@@ -38,6 +38,9 @@ LOCK = ".augur.lock"
 # How long a shard waits for a sibling shard's exclusive moment (clearing temp files over the folder).
 SHARED_WAIT = 30.0
 RECORD_KEYS = ("stage", "identity")  # what makes a JSON file at a folder's top a run's record
+# Stage names that records written by earlier versions carry, read as today's: `augur run`'s folders said "run"
+# until 2026-11-28, "recipe" since; an old run folder still resumes and reports.
+RENAMED = {"run": "recipe"}
 
 try:  # POSIX: Linux, macOS, WSL
     import fcntl
@@ -216,7 +219,7 @@ def records(out: Path) -> dict[str, Path]:
         except (OSError, ValueError):
             continue
         if isinstance(obj, dict) and all(k in obj for k in RECORD_KEYS) and isinstance(obj["stage"], str):
-            found.setdefault(obj["stage"], p)
+            found.setdefault(RENAMED.get(obj["stage"], obj["stage"]), p)
     return found
 
 
@@ -261,8 +264,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
                     keys = set(old_identity or {}) | set(c.identity)
                     diff = sorted(k for k in keys if (old_identity or {}).get(k) != c.identity.get(k))
                     hint = hint or "use another --out"
-                    what = "recipe" if stage == "run" else stage  # `augur run`'s folder: "a recipe run"
-                    raise AugurError(f"{out} holds a {what} run with other settings (differs in: "
+                    raise AugurError(f"{out} holds a {stage} run with other settings (differs in: "
                                      f"{', '.join(diff) or 'its record'}); {hint}")
             elif force and locks[0].exclusive:
                 _wipe(out)

@@ -39,9 +39,9 @@ from ..core.files import write_json
 from ..core.names import check_identifier
 from ..core.settings import SEED_MAX, Spec, check_value
 from ..core.stagerun import StageRun
-from ..stages.descriptor import RecipeView, get, names
+from ..stages.descriptor import RECIPE, RecipeView, get, names
 
-RECORD = "recipe.json"  # the run folder's record (core/outdir.py), of the pseudo-stage "run"
+RECORD = "recipe.json"  # the run folder's record (core/outdir.py), of the pseudo-stage RECIPE
 
 
 @dataclass
@@ -169,7 +169,7 @@ def run_recipe(path: Path, run_dir: Path, dry_run: bool = False, progress: bool 
         return plan(recipe, run_dir)
     if not smoke:
         preflight(recipe)  # before the run folder is even made
-    with StageRun(run_dir, "run", {"recipe": recipe.name, "smoke": smoke}, record=RECORD) as run:
+    with StageRun(run_dir, RECIPE, {"recipe": recipe.name, "smoke": smoke}, record=RECORD) as run:
         if smoke:  # the main process pulls the stand-ins and builds the small data; the others then use them
             if run.main:
                 recipe = smoked(recipe, run_dir / "smoke-data")

@@ -71,7 +71,10 @@ class Stage:
     name: str = ""
     order: int = 0  # place in the pipeline
     report_rank: int = 99  # place of its section in a report (results first)
-    settings: type | None = None  # its settings dataclass (core/settings.py)
+    # Its settings dataclass (core/settings.py) and its Click command, as "module:name" inside the stage's
+    # package: imported when first asked for, so `augur --help` imports no torch.
+    settings_from: str = ""
+    command_from: str = ""
     # "all": every process of an `accelerate launch` runs it (training; rendering, a shard each);
     # "main": only the main process does, the others wait for it (the LLM, the report).
     processes: str = "all"
@@ -83,10 +86,20 @@ class Stage:
         """The file that says a folder holds a run of this stage."""
         return f"{self.name}.json"
 
+    @property
+    def settings(self) -> type:
+        return self._load(self.settings_from, "settings")
+
     # -- the command line
     def command(self):
         """Its Click command or group (cli.py adds it to `augur`)."""
-        raise NotImplementedError
+        return self._load(self.command_from, "command")
+
+    def _load(self, ref: str, what: str) -> Any:
+        if not ref:
+            raise NotImplementedError(f"stage {self.name!r} names no {what}")
+        module, _, attr = ref.partition(":")
+        return getattr(importlib.import_module(f"{type(self).__module__}.{module}"), attr)
 
     # -- recipes
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
@@ -167,12 +180,17 @@ def _values(value: Any) -> list:
 
 STAGES = Registry("stage", instantiate=True)
 _found = False
+# `augur run`'s pseudo-stage: the stage named in a run folder's record (recipe.json), so that folder reads as
+# "a recipe run" in every message and the report knows it. No stage may take the name.
+RECIPE = "recipe"
 
 
 def register(cls: type) -> type:
     """Class decorator: register a Stage subclass (one instance) under its `name`."""
     if not cls.name:
         raise ValueError("a stage needs a name")
+    if cls.name == RECIPE:
+        raise ValueError(f"{RECIPE!r} names `augur run`'s folders; a stage needs another name")
     return STAGES.register(cls.name)(cls)
 
 

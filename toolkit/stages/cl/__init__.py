@@ -57,17 +57,8 @@ class CL(Stage):
     order = 50
     report_rank = 20
     refs = {"weights": "pretrain"}
-
-    @property
-    def settings(self):
-        from .config import CLConfig
-
-        return CLConfig
-
-    def command(self):
-        from .command import cl
-
-        return cl
+    settings_from = "config:CLConfig"
+    command_from = "command:cl"
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> CLGrid:
         from ...core.settings import Spec, check_hparams, check_value, from_mapping

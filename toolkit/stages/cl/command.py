@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from ...core.commands import default_group, echo_result, hparam_lines
-from ...core.errors import UsageError
-from ...core.settings import click_options, from_cli
+from ...core.commands import default_group, echo_result, hparam_lines, train_command
 from .config import CLConfig
 
 
@@ -24,22 +22,15 @@ def list_lines() -> list[str]:
     return hparam_lines(STRATEGY_HPARAMS, {name: cls.about for name, cls in STRATEGIES.items()})
 
 
-@cl.command("train")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, accuracy_matrix.png).")
-@click.option("--list", "list_", is_flag=True, help="Print the strategies and their hyper-parameters, then exit.")
-@click_options(CLConfig)
-def cl_cmd(out, list_, **kw):
+@train_command(cl, CLConfig, out_help="Output folder (results.jsonl, accuracy_matrix.png).", variants="strategies",
+               listing=list_lines)
+def cl_train(cfg: CLConfig, out: Path) -> None:
     """Train through the tasks; re-run the same command to resume at the task it was on."""
-    if list_:
-        click.echo("\n".join(list_lines()))
-        return
-    if out is None:
-        raise UsageError("Missing option '--out'.")
     from ...core.distributed import is_main_process
     from . import result_of
     from .stage import run_cl
 
-    res = run_cl(from_cli(CLConfig, kw), out)
+    res = run_cl(cfg, out)
     out = Path(out)
     echo_result(result_of([res], [f"cl: {res['protocol']} → {out / 'results.jsonl'}, {out / 'accuracy_matrix.png'}"],
                           is_main_process()))

@@ -28,17 +28,8 @@ class DG(Stage):
     order = 40
     report_rank = 10
     refs = {"synthetic": "render", "weights": "pretrain"}
-
-    @property
-    def settings(self):
-        from .config import DGConfig
-
-        return DGConfig
-
-    def command(self):
-        from .command import dg
-
-        return dg
+    settings_from = "config:DGConfig"
+    command_from = "command:dg"
 
     def check(self, recipe: RecipeView, settings: Any) -> None:
         pretrained_arch(recipe, self.name, settings.backbone, settings.image_size, settings.weights == "pretrain")

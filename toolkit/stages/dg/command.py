@@ -6,9 +6,7 @@ from pathlib import Path
 
 import click
 
-from ...core.commands import default_group, echo_result, hparam_lines
-from ...core.errors import UsageError
-from ...core.settings import click_options, from_cli
+from ...core.commands import default_group, echo_result, hparam_lines, train_command
 from .config import DGConfig
 
 
@@ -31,22 +29,15 @@ def list_lines() -> list[str]:
     return lines
 
 
-@dg.command("train")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder (results.jsonl, runs/).")
-@click.option("--list", "list_", is_flag=True, help="Print the algorithms and their hyper-parameters, then exit.")
-@click_options(DGConfig)
-def dg_cmd(out, list_, **kw):
+@train_command(dg, DGConfig, out_help="Output folder (results.jsonl, runs/).", variants="algorithms",
+               listing=list_lines)
+def dg_train(cfg: DGConfig, out: Path) -> None:
     """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
-    if list_:
-        click.echo("\n".join(list_lines()))
-        return
-    if out is None:
-        raise UsageError("Missing option '--out'.")
     from ...core.distributed import is_main_process
     from . import result_of
     from .stage import run_dg
 
-    echo_result(result_of(run_dg(from_cli(DGConfig, kw), out), is_main_process()))
+    echo_result(result_of(run_dg(cfg, out), is_main_process()))
 
 
 @dg.command("collect")

@@ -32,17 +32,8 @@ class Extrapolate(Stage):
     order = 10
     report_rank = 40
     processes = "main"  # one LLM; the other processes of a launch wait
-
-    @property
-    def settings(self):  # two modes, two settings classes: parse() picks one
-        from .config import DomainsConfig
-
-        return DomainsConfig
-
-    def command(self):
-        from .command import extrapolate
-
-        return extrapolate
+    settings_from = "config:DomainsConfig"  # two modes, two settings classes: parse() picks one
+    command_from = "command:extrapolate"
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         from ...core.settings import Spec, check_value, from_mapping

@@ -22,17 +22,8 @@ class Pretrain(Stage):
     order = 30
     report_rank = 50
     refs = {"data": "render"}
-
-    @property
-    def settings(self):
-        from .config import PretrainConfig
-
-        return PretrainConfig
-
-    def command(self):
-        from .command import pretrain_cmd
-
-        return pretrain_cmd
+    settings_from = "config:PretrainConfig"
+    command_from = "command:pretrain_cmd"
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         return super().parse({"data": "render", **section}, where, seed)  # in a recipe, the rendered images

@@ -21,17 +21,8 @@ class Render(Stage):
     name = "render"
     order = 20
     report_rank = 30
-
-    @property
-    def settings(self):
-        from .config import RenderConfig
-
-        return RenderConfig
-
-    def command(self):
-        from .command import render
-
-        return render
+    settings_from = "config:RenderConfig"
+    command_from = "command:render"
 
     def inputs(self, settings: Any) -> list[str]:
         return ["extrapolate"]  # its prompts

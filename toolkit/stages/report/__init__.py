@@ -24,11 +24,7 @@ class Report(Stage):
     order = 90
     settings = ReportConfig
     processes = "main"
-
-    def command(self):
-        from .command import report_cmd
-
-        return report_cmd
+    command_from = "command:report_cmd"
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         from ...core.settings import from_mapping

@@ -26,9 +26,8 @@ from ...core.errors import AugurError
 from ...core.files import read_json, write_text
 from ...core.outdir import record_of
 from ...core.tables import format_table
-from ..descriptor import get, stages
+from ..descriptor import RECIPE, get, stages
 
-RUN = "run"  # the record of an `augur run` folder (recipe.json)
 PACKAGES = ("torch", "diffusers", "transformers", "optimum-onnx", "onnxruntime", "peft", "timm", "accelerate",
             "llama-cpp-python")
 
@@ -104,7 +103,7 @@ def finish_plot(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int)
 def find_folders(root: Path) -> dict[str, list[Path]]:
     """Stage name -> the folders of that stage under `root` (a run folder's plan, or records found)."""
     found: dict[str, list[Path]] = {}
-    if record_of(root) == RUN and (root / "plan.json").is_file():
+    if record_of(root) == RECIPE and (root / "plan.json").is_file():
         for s in read_json(root / "plan.json")["plan"]:
             folder = Path(s["folder"])
             if s["stage"] == "report" or not folder.is_dir():
@@ -122,7 +121,7 @@ def find_folders(root: Path) -> dict[str, list[Path]]:
 def plan_status(root: Path) -> list[list[str]]:
     """For a run folder: [stage, status, folder] for every stage of its plan (done, incomplete: what is
     there, not started); [] for anything else."""
-    if record_of(root) != RUN or not (root / "plan.json").is_file():
+    if record_of(root) != RECIPE or not (root / "plan.json").is_file():
         return []
     plan = read_json(root / "plan.json")
     rows = []
