@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from cli import main
 from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
-from toolkit.core.files import read_json, read_jsonl
+from toolkit.core.files import read_json, read_jsonl, write_json
 from toolkit.run.recipe import load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_run_folder_record_names_the_recipe_and_old_records_still_resume(small_r
     old = dict(read_json(record), stage="run")
     saved = record.read_bytes()
     try:
-        record.write_text(__import__("json").dumps(old))
+        write_json(record, old)
         assert record_of(out) == "recipe"
         assert [row[1] for row in plan_status(out)] == ["done", "done", "done", "this report"]
         again = run_recipe(recipe, out, progress=False)
