@@ -31,7 +31,6 @@ def cl_train(cfg: CLConfig, out: Path) -> None:
     from .stage import run_cl
 
     res = run_cl(cfg, out)
-    out = Path(out)
     echo_result(result_of([res], [f"cl: {res['protocol']} → {out / 'results.jsonl'}, {out / 'accuracy_matrix.png'}"],
                           is_main_process()))
 

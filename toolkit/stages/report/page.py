@@ -100,11 +100,19 @@ def finish_plot(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int)
     pyplot().close(fig)
 
 
+def plan_of(root: Path) -> dict[str, Any] | None:
+    """The plan of a recipe run's folder (`augur run`); None for any other folder."""
+    if record_of(root) != RECIPE or not (root / "plan.json").is_file():
+        return None
+    return read_json(root / "plan.json")
+
+
 def find_folders(root: Path) -> dict[str, list[Path]]:
     """Stage name -> the folders of that stage under `root` (a run folder's plan, or records found)."""
     found: dict[str, list[Path]] = {}
-    if record_of(root) == RECIPE and (root / "plan.json").is_file():
-        for s in read_json(root / "plan.json")["plan"]:
+    plan = plan_of(root)
+    if plan is not None:
+        for s in plan["plan"]:
             folder = Path(s["folder"])
             if s["stage"] == "report" or not folder.is_dir():
                 continue
@@ -121,9 +129,9 @@ def find_folders(root: Path) -> dict[str, list[Path]]:
 def plan_status(root: Path) -> list[list[str]]:
     """For a run folder: [stage, status, folder] for every stage of its plan (done, incomplete: what is
     there, not started); [] for anything else."""
-    if record_of(root) != RECIPE or not (root / "plan.json").is_file():
+    plan = plan_of(root)
+    if plan is None:
         return []
-    plan = read_json(root / "plan.json")
     rows = []
     for s in plan.get("plan", []):
         folder = Path(s["folder"])
@@ -172,9 +180,9 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
     page.table(["stage", "model", "sha256", "seed", "settings"], page.prov)
     page.text(f"Machine: {platform.machine()} {platform.processor() or ''}, Python {platform.python_version()}.")
     page.table(["package", "version"], [[k, v] for k, v in _versions().items()])
-    if (root / "plan.json").is_file():  # the recipe last
+    plan = plan_of(root)
+    if plan is not None:  # the recipe last
         page.section("Recipe")
-        plan = read_json(root / "plan.json")
         page.text(f"Recipe `{plan['recipe']}` (name {plan['name']}), seed {plan['seed']}"
                   f"{' (smoke run: tiny stand-ins and cut-down data)' if plan.get('smoke') else ''}.")
         page.markdown("```\n" + json.dumps(plan["stages"], indent=2) + "\n```")
