@@ -123,3 +123,19 @@ def test_models_import_offline_workflow(tmp_path, gguf_path):
     assert_one_line_error(run("models", "import", "gemma3-270m-q4km", str(bad)), "does not match")
     assert_one_line_error(run("models", "import", "x", str(tmp_path / "missing.gguf"), "--kind", "gguf"),
                           "no such file")
+
+
+def test_the_stage_list_is_the_stage_folders_and_every_stage_has_its_command():
+    """One explicit list of stages (toolkit/stages/__init__.py): it names every stage folder, in pipeline
+    order, and each registers a stage of its name whose command `augur` has."""
+    from pathlib import Path
+
+    import toolkit.stages
+    from toolkit.stages import PACKAGES
+    from toolkit.stages.descriptor import stages
+
+    root = Path(toolkit.stages.__file__).parent
+    folders = {p.name for p in root.iterdir() if (p / "__init__.py").is_file()}
+    assert set(PACKAGES) == folders
+    assert [s.name for s in stages()] == list(PACKAGES)
+    assert set(PACKAGES) <= set(main.commands)

@@ -271,11 +271,30 @@ def test_installed_non_editable_works_from_anywhere(tmp_path):
                                            "print(toolkit.__file__); print(paths.shipped_cards_dir())"],
                            cwd=elsewhere, capture_output=True, text=True, env=env)
     assert str(env_dir) in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
-    out = elsewhere / "ex"
-    run = subprocess.run([str(augur), "extrapolate", "domains", "--classes", "lighthouse", "-n", "1", "--quiet",
-                          "--out", str(out)], cwd=elsewhere, capture_output=True, text=True, env=env, timeout=600)
+    # every stage of the list is in the installed copy, each with its command
+    from toolkit.stages import PACKAGES
+
+    helps = subprocess.run([str(augur), "--help"], cwd=elsewhere, capture_output=True, text=True, env=env)
+    assert helps.returncode == 0, helps.stderr
+    for stage in PACKAGES:
+        res = subprocess.run([str(augur), stage, "--help"], cwd=elsewhere, capture_output=True, text=True, env=env)
+        assert res.returncode == 0 and "Usage:" in res.stdout, (stage, res.stderr[-1000:])
+    # a smoke recipe through every stage it names, the report included, from the installed copy
+    recipe = elsewhere / "installed.yaml"
+    recipe.write_text("name: installed\nseed: 0\nstages:\n"
+                      "  extrapolate: {mode: domains, classes: [lighthouse], domains_per_class: 1}\n"
+                      "  render: {model: tiny-lcm, images_per_prompt: 2}\n"
+                      "  curate: {require_class_agreement: false}\n"
+                      "  report: {title: installed}\n")
+    run = subprocess.run([str(augur), "run", str(recipe), "--smoke", "--quiet", "--out", str(elsewhere / "run")],
+                         cwd=elsewhere, capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert (out / "prompts.jsonl").is_file() and "gemma3-270m-q4km" in (out / "run.json").read_text()
+    assert [line.split()[:2] for line in run.stdout.splitlines()[-4:]] == [
+        [s, "done"] for s in ("extrapolate", "render", "curate", "report")]
+    ex = next((elsewhere / "run").glob("extrapolate-*"))
+    assert "gemma3-270m-q4km" in (ex / "run.json").read_text()
+    md = next((elsewhere / "run").glob("report-*/report.md")).read_text()
+    assert "## Curated images" in md and "## Generated images" in md
     listing = subprocess.run([str(augur), "models", "list"], cwd=elsewhere, capture_output=True, text=True, env=env)
     assert listing.returncode == 0, listing.stderr
     gemma = next(line for line in listing.stdout.splitlines() if line.startswith("gemma3-270m-q4km"))

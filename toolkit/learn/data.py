@@ -3,7 +3,7 @@
 - `digits` for dg is scikit-learn's 1,797 real handwritten digits served as DomainBed's RotatedMNIST
   protocol: split (seeded) into six disjoint parts rotated by 0, 15, ..., 75 degrees. For cl it is the
   unrotated digits (SplitDigits).
-- A render output (it has manifest.jsonl) is read through its manifest: the exact class and domain
+- A render output (it has manifest.jsonl), or a curated one, is read through its manifest: the exact class and domain
   labels, whatever the folder names encode.
 - Any other folder is read as DomainBed does: the folder names are the labels.
 
@@ -95,8 +95,8 @@ def load(source: str | Path, report: bool = True, rotated: bool = True) -> Multi
     if str(source) == "digits":
         return rotated_digits() if rotated else plain_digits()
     root = Path(source)
-    if (root / "manifest.jsonl").is_file() and (root / "render.json").is_file():
-        return render_output(root, report)
+    if (root / "manifest.jsonl").is_file() and ((root / "render.json").is_file() or (root / "curate.json").is_file()):
+        return render_output(root, report)  # a curated folder is read as a render folder is
     return folder_dataset(root, report)
 
 

@@ -216,4 +216,32 @@ def _build_tiny(card, dest: Path) -> Path:
         return build_autoencoder_tiny(dest)
     if kind == "backbone":
         return build_backbone(card.extra["backbone"], dest)
+    if kind == "clip":
+        return build_clip(dest)
     raise AugurError(f"model '{card.name}': no tiny builder for kind {kind}")
+
+
+def build_clip(dest: Path) -> Path:
+    """A random-weight CLIPModel + CLIPProcessor at tiny dimensions, in the hub folder's layout (config.json,
+    model.safetensors, preprocessor_config.json, the tokenizer files)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_tokenizer(tmp)
+    tok = CLIPTokenizer.from_pretrained(str(tmp))
+    torch.manual_seed(SEED)
+    config = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+                                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+                                     "pad_token_id": tok.pad_token_id},
+                        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                       "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
+                        projection_dim=16)
+    CLIPModel(config).eval().save_pretrained(str(tmp), safe_serialization=True)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest

@@ -81,3 +81,17 @@ class BackboneKind(ModelKind):
                 raise AugurError(f"{path}: no backbone weights (.safetensors or .pth) in this folder")
         elif path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
             raise AugurError(f"{path}: backbone weights must be a .safetensors or .pth file")
+
+
+@KINDS.register("clip")
+class ClipKind(ModelKind):
+    """A transformers CLIP folder (CLIPModel + CLIPProcessor): what `augur curate` scores images with."""
+
+    is_folder = True
+
+    def check(self, path: Path) -> None:
+        if not (path / "config.json").is_file() or not (path / "preprocessor_config.json").is_file():
+            raise AugurError(f"{path}: not a CLIP folder (config.json, preprocessor_config.json, the tokenizer, "
+                             "model.safetensors)")
+        if not (path / "model.safetensors").is_file():
+            raise AugurError(f"{path}: no model.safetensors in this CLIP folder (only safetensors weights are loaded)")

@@ -4,7 +4,8 @@ Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name
 pipeline, its settings class, its command, how a recipe section becomes settings, which earlier stages'
 outputs it reads, how it runs (`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks
 it, and its section of a report. The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py)
-and reports (stages/report) loop over `stages()`: adding a stage is one new folder. A stage's record in
+and reports (stages/report) loop over `stages()`: adding a stage is one new folder plus its line in
+stages/__init__.py's PACKAGES. A stage's record in
 its output folder is `<name>.json` (core/outdir.py knows records by their content, not by a list of
 stages).
 """
@@ -12,7 +13,6 @@ stages).
 from __future__ import annotations
 
 import importlib
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,9 @@ class RecipeView:
         pt = self.stages.get("pretrain")
         return get("pretrain").arch(pt) if pt is not None else None
 
-    def resolve(self, value: str, stage: str) -> str:
-        """A recipe value naming the earlier `stage` -> the path of that stage's output; else the value."""
-        return str(self.output(stage)) if value == stage else value
+    def resolve(self, value: str, stages: str | tuple[str, ...]) -> str:
+        """A recipe value naming one of the earlier `stages` -> the path of that stage's output; else the value."""
+        return str(self.output(value)) if value in _values(stages) else value
 
 
 @dataclass
@@ -78,8 +78,8 @@ class Stage:
     # "all": every process of an `accelerate launch` runs it (training; rendering, a shard each);
     # "main": only the main process does, the others wait for it (the LLM, the report).
     processes: str = "all"
-    # Keys of its settings that may name an earlier stage instead of a path: key -> that stage.
-    refs: dict[str, str] = {}
+    # Keys of its settings that may name an earlier stage instead of a path: key -> the stages it may name.
+    refs: dict[str, tuple[str, ...]] = {}
 
     @property
     def record(self) -> str:
@@ -111,7 +111,8 @@ class Stage:
     def inputs(self, settings: Any) -> list[str]:
         """The earlier stages whose outputs these settings read: they must be in the recipe, and their
         hashes are part of this stage's."""
-        return [stage for key, stage in self.refs.items() if stage in _values(_field(settings, key))]
+        return [stage for key, allowed in self.refs.items() for stage in allowed
+                if stage in _values(_field(settings, key))]
 
     def needs_inputs_present(self) -> bool:
         """Whether a recipe without one of `inputs()` is an error (the report reads what there is)."""
@@ -195,16 +196,24 @@ def register(cls: type) -> type:
 
 
 def _discover() -> None:
-    """Import every stage package, each registering its Stage: a new stage folder needs no list edited."""
+    """Import every stage of the list (stages/__init__.py PACKAGES), each registering its Stage. A listed
+    stage that cannot be imported is an error: an install that lacks one must not quietly lose a command."""
     global _found
     if _found:
         return
     _found = True
-    from .. import stages as package
+    from . import PACKAGES
 
-    for info in pkgutil.iter_modules(package.__path__):
-        if info.ispkg:
-            importlib.import_module(f"{package.__name__}.{info.name}")
+    for name in PACKAGES:
+        try:
+            importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"{__package__}.{name}":
+                raise
+            raise AugurError(f"stage '{name}' is missing from this install of Augur ({e.name} cannot be "
+                             "imported); reinstall it") from None
+        if name not in STAGES:
+            raise AugurError(f"stage package '{name}' registers no stage of that name")
 
 
 def stages() -> list[Stage]:
@@ -222,9 +231,10 @@ def names() -> list[str]:
     return [s.name for s in stages()]
 
 
-def refs_error(where: str, key: str, value: str, allowed: str | None, stage: str) -> AugurError:
+def refs_error(where: str, key: str, value: str, allowed: tuple[str, ...], stage: str) -> AugurError:
+    takes = " or ".join(f"'{a}'" for a in allowed)
     return AugurError(f"{where}.{key}: '{value}' is a stage, and its output does not feed {stage}.{key}"
-                      + (f" (it takes '{allowed}', or a folder)" if allowed else " (give a folder)"))
+                      + (f" (it takes {takes}, or a folder)" if allowed else " (give a folder)"))
 
 
 def check_folder_key(recipe: RecipeView, stage: Stage, key: str, value: str | None,
@@ -234,9 +244,10 @@ def check_folder_key(recipe: RecipeView, stage: Stage, key: str, value: str | No
     where = recipe.where(stage.name)
     if value is None:
         return
-    if value in names() and value != stage.refs.get(key):
-        raise refs_error(where, key, value, stage.refs.get(key), stage.name)
-    if value in builtin or value == stage.refs.get(key):
+    allowed = stage.refs.get(key, ())
+    if value in names() and value not in allowed:
+        raise refs_error(where, key, value, allowed, stage.name)
+    if value in builtin or value in allowed:
         return
     if not Path(value).expanduser().is_dir():
         raise AugurError(f"{where}.{key}: {value} is not a folder here")
@@ -248,9 +259,10 @@ def check_weights_key(recipe: RecipeView, stage: Stage, values: list[str]) -> No
 
     where = recipe.where(stage.name)
     for value in values:
-        if value in names() and value != stage.refs.get("weights"):
-            raise refs_error(where, "weights", value, stage.refs.get("weights"), stage.name)
-        if value in ("none", "imagenet") or value == stage.refs.get("weights"):
+        allowed = stage.refs.get("weights", ())
+        if value in names() and value not in allowed:
+            raise refs_error(where, "weights", value, allowed, stage.name)
+        if value in ("none", "imagenet") or value in allowed:
             continue
         if not Path(value).expanduser().exists() and value not in load_cards():
             raise AugurError(f"{where}.weights: {value} is not a file, folder or model card here")

@@ -56,7 +56,7 @@ class CL(Stage):
     name = "cl"
     order = 50
     report_rank = 20
-    refs = {"weights": "pretrain"}
+    refs = {"weights": ("pretrain",)}
     settings_from = "config:CLConfig"
     command_from = "command:cl"
 

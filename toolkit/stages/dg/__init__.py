@@ -27,7 +27,7 @@ class DG(Stage):
     name = "dg"
     order = 40
     report_rank = 10
-    refs = {"synthetic": "render", "weights": "pretrain"}
+    refs = {"synthetic": ("render", "curate"), "weights": ("pretrain",)}
     settings_from = "config:DGConfig"
     command_from = "command:dg"
 
@@ -46,7 +46,7 @@ class DG(Stage):
         from .stage import run_dg
 
         cfg = dataclasses.replace(settings, quiet=not recipe.progress,
-                                  synthetic=recipe.resolve(settings.synthetic, "render") if settings.synthetic else None,
+                                  synthetic=recipe.resolve(settings.synthetic, self.refs["synthetic"]) if settings.synthetic else None,
                                   weights=recipe.resolve(settings.weights, "pretrain"))
         return result_of(run_dg(cfg, out), is_main_process())
 

@@ -21,7 +21,7 @@ class Pretrain(Stage):
     name = "pretrain"
     order = 30
     report_rank = 50
-    refs = {"data": "render"}
+    refs = {"data": ("render", "curate")}
     settings_from = "config:PretrainConfig"
     command_from = "command:pretrain_cmd"
 
@@ -49,7 +49,7 @@ class Pretrain(Stage):
         from ...core.distributed import is_main_process
         from .stage import pretrain
 
-        cfg = dataclasses.replace(settings, quiet=not recipe.progress, data=recipe.resolve(settings.data, "render"))
+        cfg = dataclasses.replace(settings, quiet=not recipe.progress, data=recipe.resolve(settings.data, self.refs["data"]))
         return result_of(pretrain(cfg, out), out, is_main_process())
 
     def smoke(self, settings: Any, ctx: SmokeContext) -> Any:

@@ -1,0 +1,77 @@
+"""Set measures of a synthetic image set: diversity (Vendi), distance to real data (Fréchet distance, CMMD).
+
+- Vendi score: vertaix/Vendi-Score's own package (`vendi_score.vendi.score_dual`, the exponential of the
+  Shannon entropy of the eigenvalues of the cosine-similarity kernel over n, q = 1): 1 for n identical
+  items, n for n mutually orthogonal ones.
+- Fréchet distance: as dgm-eval (layer6-ai-labs/dgm-eval, `compute_FD_with_reps`) and pytorch-fid compute
+  it: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)), with scipy's sqrtm, an eps * I offset when the
+  product is singular, and the real part kept. Here on the scorer's image embeddings (the record says
+  which), not on Inception-v3 features: comparable between runs with the same scorer, not with FID tables.
+- CMMD: sayakpaul/cmmd-pytorch's definition (`distance.mmd`): the biased MMD^2 estimate with a Gaussian
+  RBF kernel, sigma 10, scaled by 1000, on L2-normalised CLIP image embeddings.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CMMD_SIGMA = 10.0
+CMMD_SCALE = 1000.0
+
+
+def vendi(embeddings: np.ndarray) -> float:
+    """The Vendi score (q = 1) of row embeddings (cosine kernel); 0 for an empty set."""
+    from vendi_score import vendi as vs
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    if len(x) == 0:
+        return 0.0
+    return float(vs.score_dual(x, q=1, normalize=True))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     eps: float = 1e-6) -> float:
+    """The Fréchet distance between two Gaussians (dgm-eval's / pytorch-fid's calculate_frechet_distance)."""
+    import warnings
+
+    from scipy import linalg
+
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    diff = mu1 - mu2
+    with warnings.catch_warnings():  # few images in many dimensions: singular covariances are the rule
+        warnings.simplefilter("ignore")
+        covmean, _ = linalg.sqrtm(sigma1.dot(sigma2), disp=False)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(sigma1.shape[0]) * eps
+            covmean = linalg.sqrtm((sigma1 + offset).dot(sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def frechet_of(a: np.ndarray, b: np.ndarray) -> float:
+    """FD between two sets of feature rows (mean and covariance each, np.cov with rowvar=False as dgm-eval)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def cmmd(x: np.ndarray, y: np.ndarray) -> float:
+    """CMMD between two sets of CLIP image embeddings (cmmd-pytorch's distance.mmd; rows L2-normalised)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    y = y / np.linalg.norm(y, axis=1, keepdims=True)
+    gamma = 1.0 / (2 * CMMD_SIGMA ** 2)
+    xx, yy = np.sum(x * x, axis=1), np.sum(y * y, axis=1)
+    k_xx = np.mean(np.exp(-gamma * (-2 * x @ x.T + xx[:, None] + xx[None, :])))
+    k_yy = np.mean(np.exp(-gamma * (-2 * y @ y.T + yy[:, None] + yy[None, :])))
+    k_xy = np.mean(np.exp(-gamma * (-2 * x @ y.T + xx[:, None] + yy[None, :])))
+    return float(CMMD_SCALE * (k_xx + k_yy - 2 * k_xy))
+
+
+def entropy(p: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row of a probability matrix (FDS's confidence filter)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)  # 0 log 0 = 0
