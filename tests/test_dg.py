@@ -367,9 +367,36 @@ def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, 
                      checkpoint_freq=1), tmp_path / "rows")
     (row,) = res["rows"]
     assert row["augment"] is None and row["augmented_domains"] == ["rot15", "rot30"]
+    assert row["hparams"]["data_augmentation"] is True
     (row,) = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1),
                     tmp_path / "digits")["rows"]
     assert row["augmented_domains"] == []
+    # DomainBed's key records what was applied: the digits were not augmented (the hparam asked for it)
+    assert row["hparams"]["data_augmentation"] is False
+    # a results.jsonl written before this was recorded (the requested value) is migrated on read
+    from toolkit.core.files import write_jsonl
+
+    old = tmp_path / "digits" / "results.jsonl"
+    write_jsonl(old, [{**r, "hparams": {**r["hparams"], "data_augmentation": True}} for r in read_jsonl(old)])
+    res = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1), tmp_path / "digits")
+    assert [r["hparams"]["data_augmentation"] for r in res["rows"]] == [False]
+    assert [r["hparams"]["data_augmentation"] for r in read_jsonl(old)] == [False]  # rewritten as applied
+    from toolkit.stages.dg.collect import effective_hparams
+
+    assert effective_hparams({"hparams": {"data_augmentation": True}, "augmented_domains": []})["hparams"] == {
+        "data_augmentation": False}
+
+
+def test_seed_takes_part_in_every_runs_seed_and_zero_is_domainbeds_sweep():
+    """`--seed 0` is DomainBed's sweep.py seed for a run, seed_hash(algorithm, test_envs, trial, hparams_seed);
+    another --seed draws other runs (it is no silent no-op); the data split stays the trial seed's."""
+    from toolkit.stages.dg.hparams import seed_hash
+    from toolkit.stages.dg.stage import run_seed
+
+    spec = RunSpec(("0",), 1, 0)
+    assert run_seed(0, "ERM", spec) == seed_hash("ERM", ("0",), 1, 0)
+    assert len({run_seed(s, "ERM", spec) for s in (0, 1, 2)}) == 3
+    assert run_seed(1, "ERM", spec) == run_seed(1, "ERM", RunSpec(("0",), 1, 0))
 
 
 def test_swad_evaluates_at_its_own_cadence_and_works_with_every_selection(three_domains, tmp_path):

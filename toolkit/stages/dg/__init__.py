@@ -73,7 +73,9 @@ class DG(Stage):
         from ...core.files import read_json, read_jsonl
         from .collect import tables
 
-        read = [r for f in folders if (f / "results.jsonl").is_file()
+        from .collect import effective_hparams
+
+        read = [effective_hparams(r) for f in folders if (f / "results.jsonl").is_file()
                 for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
         rows = [r for r in read if ROW_KEYS <= set(r)]  # a foreign results.jsonl is not read as DG results
         if read and not rows:

@@ -86,6 +86,19 @@ def tables(rows: list[dict[str, Any]], selections=SELECTIONS, style: str = "plai
     return "\n\n".join(table(rows, s, style) for s in present)
 
 
+def effective_hparams(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row's hparams as applied: DomainBed's `data_augmentation` key holds whether any training
+    environment was augmented (`augmented_domains`), not the value asked for. Rows written before this
+    was recorded are migrated on read; the run's identity and its records are unchanged."""
+    hp = row.get("hparams")
+    if not isinstance(hp, dict) or "data_augmentation" not in hp or not isinstance(row.get("augmented_domains"), list):
+        return row
+    applied = bool(row["augmented_domains"])
+    if hp["data_augmentation"] == applied:
+        return row
+    return {**row, "hparams": {**hp, "data_augmentation": applied}}
+
+
 def collect(dirs: list[Path], style: str = "markdown") -> str:
     rows: list[dict[str, Any]] = []
     for d in dirs:
@@ -94,7 +107,8 @@ def collect(dirs: list[Path], style: str = "markdown") -> str:
         if not files:
             raise AugurError(f"{d}: no results.jsonl (a folder made by `augur dg`)")
         for f in files:
-            rows += [r for r in read_jsonl(f, tolerate_torn_tail=True) if "selection" in r and "test_domain" in r]
+            rows += [effective_hparams(r) for r in read_jsonl(f, tolerate_torn_tail=True)
+                     if "selection" in r and "test_domain" in r]
     if not rows:
         raise AugurError("no DG result rows in " + ", ".join(map(str, dirs)))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))

@@ -41,6 +41,7 @@ from ...models.weights import resolve_weights
 from . import selection as sel
 from .algorithms import ALGORITHMS
 from .config import DGConfig
+from .collect import effective_hparams
 from .hparams import SMALL_IMAGE_PX, hparam_class, hparams_for, seed_hash
 
 N_STEPS = 5001  # DomainBed's MultipleDomainDataset.N_STEPS
@@ -282,7 +283,7 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
     f = out / "results.jsonl"
-    return read_jsonl(f, tolerate_torn_tail=True) if f.is_file() else []
+    return [effective_hparams(r) for r in read_jsonl(f, tolerate_torn_tail=True)] if f.is_file() else []
 
 
 def _row_key(r: dict[str, Any]) -> tuple:
@@ -331,8 +332,19 @@ def plan_run(cfg: DGConfig, sw: Sweep, spec: RunSpec) -> RunPlan:
     if not val_envs and (cfg.swad or "training-domain" in cfg.selection):
         raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
                          "training-domain validation has nothing to select on (raise it, or add images)")
-    return RunPlan(spec, hparams, seed_hash(cfg.algorithm, spec.test_envs, spec.trial, spec.hparams_seed),
-                   cfg.steps or N_STEPS, sw.freq, splits, train_envs, val_envs)
+    return RunPlan(spec, hparams, run_seed(cfg.seed, cfg.algorithm, spec), cfg.steps or N_STEPS, sw.freq, splits,
+                   train_envs, val_envs)
+
+
+def run_seed(seed: int, algorithm: str, spec: RunSpec) -> int:
+    """A run's seed (its network's initialisation, its batches and augmentation). --seed 0 is DomainBed's sweep
+    exactly (sweep.py: seed_hash(algorithm, test_envs, trial_seed, hparams_seed) per run); another --seed
+    takes part in the hash, so it draws other runs for the same trials and hyper-parameters. The data split
+    is the trial seed's alone, as in DomainBed."""
+    if seed == 0:
+        return seed_hash(algorithm, spec.test_envs, spec.trial, spec.hparams_seed)
+    return seed_hash(seed, algorithm, spec.test_envs, spec.trial, spec.hparams_seed)
+
 
 
 def build_learner(cfg: DGConfig, sw: Sweep, rp: RunPlan):
@@ -501,7 +513,8 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
                 rows.append({**base, **row, "selection": method, "selection_index": sel_index(method),
                              "test_domain": t, "domain_index": real_names.index(t),
                              "trial_seed": spec.trial, "seed": res["seed"], "hparams_seed": spec.hparams_seed,
-                             "hparams": res["hparams"], "train_domains": res["train_envs"],
+                             "hparams": {**res["hparams"], "data_augmentation": bool(res.get("augmented_envs"))},
+                             "train_domains": res["train_envs"],
                              "augmented_domains": res.get("augmented_envs", []), "steps": res["steps"],
                              "checkpoint_freq": res["checkpoint_freq"],
                              "images_per_second": float(np.mean([r["images_per_second"] for r in res["records"]]))})
