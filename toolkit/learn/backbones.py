@@ -137,7 +137,11 @@ def load_weights(model, w: Weights, arch: str) -> None:
     if w.key_mapping == "positional":
         state = _positional(state, arch, w.card)
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # the right names with the wrong shapes: torch's "size mismatch" report
+        first = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), str(e)[:160])
+        raise AugurError(f"{w.path}: weights do not fit a {arch} backbone ({first})") from None
     if unexpected or missing:
         raise AugurError(f"{w.path}: weights do not fit a {arch} backbone "
                          f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing + unexpected)[0]})")

@@ -22,6 +22,7 @@ from .kinds import KINDS
 PROMPTING_STYLES = ("base", "chat")
 # llama-cpp-python ships these templates (llama_chat_format.*_CHAT_TEMPLATE)
 CHAT_TEMPLATES = ("chatml", "llama3", "mistral")
+_KIND_WORDS = {str: "text", dict: "a mapping", list: "a list", int: "an integer"}
 
 
 @dataclass
@@ -54,6 +55,13 @@ class ModelCard:
             if not isinstance(d.get(key), str) or not d[key]:
                 raise AugurError(f"{where}: missing required key '{key}'")
         check_identifier(d["name"], f"{where}: card name")
+        types = {"description": str, "source": dict, "file": str, "sha256": str, "size": int, "license": str,
+                 "prompting": str, "chat_template": str, "context_length": int, "variant": str, "files": list,
+                 "extra": dict}
+        for key, kind in types.items():
+            v = d.get(key)
+            if v is not None and (not isinstance(v, kind) or (kind is int and isinstance(v, bool))):
+                raise AugurError(f"{where}: '{key}' must be {_KIND_WORDS[kind]}, not {type(v).__name__}")
         if d["kind"] not in KINDS:
             raise AugurError(f"{where}: kind '{d['kind']}' is not one of {', '.join(KINDS)}")
         if d.get("prompting") not in (None, *PROMPTING_STYLES):

@@ -169,11 +169,13 @@ class CL(Stage):
 
     def report(self, folders: list[Path], page: Any) -> None:
         from ...core.files import read_jsonl
-        from .stage import table
+        from ...core.schema import fits
+        from .stage import ROW_SCHEMA, table
 
         results = [rows[-1] for f in folders if (f / "results.jsonl").is_file()
                    for rows in [read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)] if rows]
-        results = [r for r in results if r.get("final") and ROW_KEYS <= set(r)]
+        results = [r for r in results if isinstance(r, dict) and r.get("final") and ROW_KEYS <= set(r)
+                   and fits(r, ROW_SCHEMA)]
         if not results:
             return
         page.section("Continual learning")

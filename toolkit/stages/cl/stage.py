@@ -19,6 +19,7 @@ import numpy as np
 from ... import __version__
 from ...core import threads as core_threads
 from ...core.cache import derive_seed
+from ...core.schema import NUMBER, split_rows
 from ...core.device import pick_device, threads, torch_device
 from ...core.errors import AugurError
 from ...core.faults import kill_point
@@ -325,6 +326,11 @@ def heatmap(A, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# A CL run's final row, as `augur cl` writes it (what collect and the report read of it).
+ROW_SCHEMA = {"strategy": (str,), "weights": (str,), "backbone": (str,), "protocol": (str,),
+              "average_incremental_accuracy": NUMBER, "last_accuracy": NUMBER, "average_forgetting": NUMBER}
+
+
 def table(results: list[dict[str, Any]], style: str = "plain") -> str:
     """One line per run (mean ± std over class orders when several rows share everything else)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
@@ -353,7 +359,8 @@ def collect(dirs: list[Path], style: str = "markdown") -> str:
         if not d.exists():
             raise AugurError(f"{d}: no such folder")
         for f in sorted(d.rglob("results.jsonl")):
-            rows += [r for r in read_jsonl(f) if r.get("final")]
+            rows += split_rows([r for r in read_jsonl(f) if isinstance(r, dict) and r.get("final")], ROW_SCHEMA,
+                               "CL final rows", str(f))
     if not rows:
         raise AugurError(f"no finished `augur cl` run (results.jsonl with a final row) under {', '.join(map(str, dirs))}")
     return table(rows, style)

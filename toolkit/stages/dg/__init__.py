@@ -77,7 +77,11 @@ class DG(Stage):
 
         read = [effective_hparams(r) for f in folders if (f / "results.jsonl").is_file()
                 for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
-        rows = [r for r in read if ROW_KEYS <= set(r)]  # a foreign results.jsonl is not read as DG results
+        from ...core.schema import fits
+        from .collect import ROW_SCHEMA
+
+        # a foreign or corrupt row is not read as a DG result
+        rows = [r for r in read if ROW_KEYS <= set(r) and fits(r, ROW_SCHEMA)]
         if read and not rows:
             page.section("Domain generalization")
             page.text(f"(results.jsonl holds {len(read)} row(s), none of them DG result rows: not DG result rows, "

@@ -16,6 +16,7 @@ import numpy as np
 
 from ...core.errors import AugurError
 from ...core.files import read_jsonl
+from ...core.schema import NUMBER, split_rows
 from ...core.tables import format_table
 from .config import SELECTIONS
 
@@ -86,6 +87,11 @@ def tables(rows: list[dict[str, Any]], selections=SELECTIONS, style: str = "plai
     return "\n\n".join(table(rows, s, style) for s in present)
 
 
+# A DG result row, as `augur dg` writes it (what collect and the report read of it).
+ROW_SCHEMA = {"label": (str,), "selection": (str,), "test_domain": (str,), "dataset": (str,), "trial_seed": (int,),
+              "hparams_seed": (int,), "val_acc": (*NUMBER, type(None)), "test_acc": NUMBER}
+
+
 def effective_hparams(row: dict[str, Any]) -> dict[str, Any]:
     """A result row's hparams as applied: DomainBed's `data_augmentation` key holds whether any training
     environment was augmented (`augmented_domains`), not the value asked for. Rows written before this
@@ -107,8 +113,8 @@ def collect(dirs: list[Path], style: str = "markdown") -> str:
         if not files:
             raise AugurError(f"{d}: no results.jsonl (a folder made by `augur dg`)")
         for f in files:
-            rows += [effective_hparams(r) for r in read_jsonl(f, tolerate_torn_tail=True)
-                     if "selection" in r and "test_domain" in r]
+            rows += [effective_hparams(r) for r in split_rows(read_jsonl(f, tolerate_torn_tail=True), ROW_SCHEMA,
+                                                              "DG result rows", str(f))]
     if not rows:
         raise AugurError("no DG result rows in " + ", ".join(map(str, dirs)))
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))

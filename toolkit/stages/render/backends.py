@@ -30,6 +30,41 @@ def set_scheduler(pipe, name: str | None) -> None:
         pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
+def check_model_index(folder: Path) -> None:
+    """A pipeline folder's model_index.json, checked before diffusers reads it: a JSON object whose
+    `_class_name` is a diffusers pipeline and whose components name classes of diffusers or transformers.
+    Nothing is imported from anywhere else (diffusers itself would only fail later, with a traceback)."""
+    import importlib
+    import importlib.util
+
+    from ...core.files import read_json
+
+    f = Path(folder) / "model_index.json"
+    index = read_json(f)
+    if not isinstance(index, dict) or not isinstance(index.get("_class_name"), str):
+        raise AugurError(f"{f}: not a diffusers model index (a JSON object with a '_class_name')")
+    import diffusers
+
+    pipeline = getattr(diffusers, index["_class_name"], None) if not index["_class_name"].startswith("_") else None
+    if not (isinstance(pipeline, type) and issubclass(pipeline, diffusers.DiffusionPipeline)):
+        raise AugurError(f"{f}: '_class_name' {index['_class_name']!r} is not a diffusers pipeline")
+    for key, value in index.items():
+        if key.startswith("_") or not isinstance(value, list) or value == [None, None]:
+            continue  # settings such as requires_safety_checker, and absent components
+        if not (len(value) == 2 and all(isinstance(v, str) for v in value) and all(v.isidentifier() for v in value)):
+            raise AugurError(f"{f}: component '{key}' is not a [library, class] pair")
+        library, name = value
+        # diffusers, transformers, or one of diffusers' own pipeline modules (stable_diffusion's safety checker)
+        module = (library if library in ("diffusers", "transformers") else
+                  f"diffusers.pipelines.{library}" if importlib.util.find_spec(f"diffusers.pipelines.{library}")
+                  else None)
+        if module is None:
+            raise AugurError(f"{f}: component '{key}' names {library}.{name}; only diffusers and transformers "
+                             "classes are loaded")
+        if name.startswith("_") or not isinstance(getattr(importlib.import_module(module), name, None), type):
+            raise AugurError(f"{f}: component '{key}' names {library}.{name}, which {library} does not have")
+
+
 def detect_variant(folder: Path) -> str | None:
     """A folder holding only `*.fp16.safetensors` weights must be loaded with variant='fp16'."""
     weights = [p.name for p in folder.glob("*/*.safetensors")]
@@ -65,6 +100,7 @@ class TorchBackend(Backend):
         from ...core.noise import quiet_libraries
 
         dtype = torch_dtype(precision)
+        check_model_index(path)
         with quiet_libraries():
             pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
                                                      use_safetensors=True, variant=variant, safety_checker=None,

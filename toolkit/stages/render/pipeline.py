@@ -161,7 +161,7 @@ class Renderer:
             raise out_of_memory(resolved.card.name, "while loading") from None
         except AugurError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
             first = str(e).splitlines()[0][:200] if str(e) else ""
             raise AugurError(f"cannot load the pipeline at {resolved.path} ({e.__class__.__name__}: {first}); "
                              "is the folder complete?") from None

@@ -101,22 +101,36 @@ def finish_plot(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int)
 
 
 def plan_of(root: Path) -> dict[str, Any] | None:
-    """The plan of a recipe run's folder (`augur run`); None for any other folder."""
+    """The plan of a recipe run's folder (`augur run`), checked; None for any other folder."""
     if record_of(root) != RECIPE or not (root / "plan.json").is_file():
         return None
-    return read_json(root / "plan.json")
+    f = root / "plan.json"
+    plan = read_json(f)
+    if not isinstance(plan, dict):
+        raise AugurError(f"{f}: not a run plan (a JSON object with a 'plan' list, as `augur run` writes it)")
+    steps = plan.get("plan")
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str)
+                                              and isinstance(s.get("folder"), str) for s in steps):
+        raise AugurError(f"{f}: its 'plan' is not a list of {{stage, folder}} entries")
+    for key, kind in (("stages", dict), ("recipe", str), ("name", str)):
+        if key in plan and not isinstance(plan[key], kind):
+            raise AugurError(f"{f}: '{key}' is a {type(plan[key]).__name__}, not a {kind.__name__}")
+    return plan
 
 
-def find_folders(root: Path) -> dict[str, list[Path]]:
+def find_folders(root: Path, _seen: frozenset = frozenset()) -> dict[str, list[Path]]:
     """Stage name -> the folders of that stage under `root` (a run folder's plan, or records found)."""
     found: dict[str, list[Path]] = {}
     plan = plan_of(root)
     if plan is not None:
+        seen = _seen | {root.resolve()}
         for s in plan["plan"]:
             folder = Path(s["folder"])
             if s["stage"] == "report" or not folder.is_dir():
                 continue
-            for stage, folders in find_folders(folder).items():
+            if folder.resolve() in seen:
+                raise AugurError(f"{root / 'plan.json'}: its plan leads back to {folder} (a loop of run folders)")
+            for stage, folders in find_folders(folder, seen).items():
                 found.setdefault(stage, []).extend(folders)
         return found
     for st in stages():
@@ -175,7 +189,13 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
         page.table(["stage", "status", "folder"], status)
     for st in sorted(stages(), key=lambda s: s.report_rank):  # results first
         if folders.get(st.name):
-            st.report(folders[st.name], page)
+            try:
+                st.report(folders[st.name], page)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+                # a record or result file edited or written by something else: name it, no traceback
+                where = ", ".join(str(f) for f in folders[st.name][:3])
+                raise AugurError(f"{where}: a {st.name} file there is not as augur writes it "
+                                 f"({e.__class__.__name__}: {e}); it cannot be reported") from None
     page.section("Provenance")
     page.table(["stage", "model", "sha256", "seed", "settings"], page.prov)
     page.text(f"Machine: {platform.machine()} {platform.processor() or ''}, Python {platform.python_version()}.")
@@ -188,12 +208,13 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
         page.markdown("```\n" + json.dumps(plan["stages"], indent=2) + "\n```")
     text = "\n".join(page.md)
     write_text(out / "report.md", text)
-    write_text(out / "report.html", _html(text, out, title))
+    write_text(out / "report.html", _html(text, out, title, set(page.images)))
     return {"markdown": out / "report.md", "html": out / "report.html", "images": [out / i for i in page.images]}
 
 
-def _html(md: str, folder: Path, title: str) -> str:
-    """A small Markdown subset to HTML, images inlined as data URIs: one file that opens anywhere."""
+def _html(md: str, folder: Path, title: str, images: set[str]) -> str:
+    """A small Markdown subset to HTML, the page's own images inlined as data URIs: one file that opens anywhere.
+    An image reference the page did not make (typed into a title, say) stays text."""
     out, lines, i = [], md.split("\n"), 0
     while i < len(lines):
         line = lines[i]
@@ -216,7 +237,7 @@ def _html(md: str, folder: Path, title: str) -> str:
                        + "</table>")
             continue
         m = re.match(r"!\[(.*)\]\((.*)\)", line)
-        if m:
+        if m and m.group(2) in images:
             data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
             out.append(f'<img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}">')
         elif line.startswith("## "):
