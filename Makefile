@@ -39,6 +39,7 @@ bench: venv
 	$(PY) benchmarks/bench_extrapolate.py
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_render.py
+	$(PY) benchmarks/bench_curate.py
 
 # The GPU checks in one call (at most ~8 minutes on one GPU): every stage on CUDA, the GPU-visible tests, the
 # render and training benchmarks on CUDA, out-of-memory and shard cases. Logs and figures: gpu-check-out/.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks in one call (`make gpu-check`), in at most 8 minutes on one GPU: every stage on CUDA through the
 # CLI, image bytes across repeats and batch sizes, kill-and-resume, fp16 with the gradient scaler, the
-# GPU-visible tests, bench_render and bench_train on CUDA, a CUDA out-of-memory case, two processes sharing the GPU
+# GPU-visible tests, bench_render, bench_train and bench_curate on CUDA, a CUDA out-of-memory case, two processes sharing the GPU
 # under `accelerate launch`. Each step has its own time limit and the script goes on when one fails; the summary
 # (one line a step) goes to stdout, everything else to $OUT/gpu_check/ (default ./gpu-check-out).
 #
@@ -91,6 +91,12 @@ late cl || step cl-ranpac 60 $AUGUR cl --strategy ranpac --backbone efficientnet
 # --- the training benchmark on CUDA
 late bench-train || step bench-train 150 $PY benchmarks/bench_train.py --device cuda --repeats 1
 grep -A 12 "precision" "$LOG/bench-train.log" | head -14 >> "$LOG/summary.txt"
+
+# --- curate on CUDA (the render folder above, the embedded ImageNet scorer) and its benchmark
+late curate || step curate-cuda 60 $AUGUR curate "$W/r1" --device cuda --no-require-class-agreement --out "$W/cur"
+late bench-curate || step bench-curate 90 $PY benchmarks/bench_curate.py --device cuda --images 512 --repeats 1 \
+  --workers auto,0 --workdir "$W/bench-curate"
+grep -A 6 "images/s" "$LOG/bench-curate.log" >> "$LOG/summary.txt" 2>/dev/null
 
 # --- every algorithm (with and without SWAD) and every strategy on CUDA, the GPU-visible tests
 late tests || step tests-cuda 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_device.py -k cuda

@@ -375,6 +375,10 @@ def test_every_strategy_runs_with_the_standard_metrics(results):
         assert r["last_accuracy"] == pytest.approx(sum(c for c, _ in r["counts"][-1]) / sum(n for _, n in r["counts"][-1]))
         assert r["average_incremental_accuracy"] == pytest.approx(np.mean(r["incremental_accuracy"]))
         assert all(v is None for t, row in enumerate(r["accuracy_matrix"]) for v in row[t + 1:])
+        # the row says what was applied: which tasks trained, and no epochs or optimiser where none did
+        trained = {"ncm": [], "ranpac": [], "fsa": [0]}.get(name, [0, 1, 2, 3, 4])
+        assert r["trained_tasks"] == trained, name
+        assert (r["epochs"], r["lr"], r["weight_decay"]) == ((2, 1e-3, 0.0) if trained else (0, None, None)), name
 
 
 def test_each_task_is_learned_and_memories_fight_forgetting(results):

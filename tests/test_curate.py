@@ -143,6 +143,13 @@ def test_vendi_is_one_for_identical_and_n_for_orthogonal_embeddings():
     assert measures.vendi(np.eye(6)) == pytest.approx(6.0)
     # two orthogonal groups of three identical rows: exp(ln 2) = 2
     assert measures.vendi(np.repeat(np.eye(2), 3, axis=0)) == pytest.approx(2.0)
+    # fewer items than dimensions (the n x n kernel is taken): the same definition
+    assert measures.vendi(np.ones((3, 8))) == pytest.approx(1.0)
+    assert measures.vendi(np.eye(4, 9)) == pytest.approx(4.0)
+    from vendi_score import vendi as vs
+
+    x = np.random.default_rng(0).normal(size=(10, 40))
+    assert measures.vendi(x) == pytest.approx(vs.score_dual(x, q=1, normalize=True), rel=1e-9)
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_the_closed_form_for_two_gaussians():
@@ -246,7 +253,7 @@ def test_kill_and_resume_gives_the_same_files_and_the_render_folder_is_unchanged
     assert sha256_tree(rendered) == before
 
 
-def test_dg_and_pretrain_train_on_a_curated_folder(rendered, tmp_path):
+def test_dg_pretrain_and_cl_train_on_a_curated_folder(rendered, tmp_path):
     from toolkit.stages.dg.config import DGConfig
     from toolkit.stages.dg.stage import run_dg
     from toolkit.stages.pretrain.config import PretrainConfig
@@ -267,6 +274,15 @@ def test_dg_and_pretrain_train_on_a_curated_folder(rendered, tmp_path):
     res = run_dg(DGConfig(data=str(real), synthetic=str(tmp_path / "cur"), data_free=True, steps=2, checkpoint_freq=1,
                           batch_size=2, image_size=16, quiet=True, threads=1), tmp_path / "dg")
     assert res["rows"]
+    # cl: the curated images as its data, and the backbone pretrained on them under its first task (Premonition)
+    from toolkit.stages.cl.config import CLConfig
+    from toolkit.stages.cl.stage import run_cl
+
+    r = run_cl(CLConfig(data=str(tmp_path / "cur"), strategy="ncm", weights=str(tmp_path / "pt"), initial_classes=2,
+                        increment=1, image_size=16, quiet=True, threads=1), tmp_path / "cl")
+    assert r["weights"] == "pretrained:pt" and len(r["accuracy_matrix"]) == 2
+    assert r["data"] == str(tmp_path / "cur") and sorted(sum(r["tasks"], [])) == sorted(CLASSES)
+    assert sum(n for _, n in r["counts"][-1]) == len(CLASSES)  # 20% of each class's 4 kept images: one each
 
 
 def test_bad_input_is_one_line(rendered, tmp_path, tiny_clip):

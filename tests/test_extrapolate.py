@@ -159,6 +159,51 @@ def test_without_semantic_dedup(tmp_path, llm, embedder):
     assert all("semantic" not in reason for c in run["classes"] for reason in c["rejected"])
 
 
+# Distinct species and models whose names share words, starts or meaning (issue 37, measured with the shipped
+# MiniLM): each pair must survive the realm's class filters, in both orders.
+FINE_GRAINED = [
+    ("house sparrow", "small brown bird with a grey crown, black bib and chestnut nape"),
+    ("tree sparrow", "small sparrow with a chestnut crown and a black cheek spot on white cheeks"),
+    ("red-tailed hawk", "large buteo with a brick-red tail and a dark belly band"),
+    ("red-shouldered hawk", "slender buteo with reddish shoulders, barred orange breast and banded tail"),
+    ("BMW 3 Series", "compact executive sedan with kidney grille and twin round headlights"),
+    ("BMW 5 Series", "mid-size executive sedan, longer body, kidney grille and slim headlights"),
+    ("Audi A4", "compact luxury sedan with a single-frame grille and four rings"),
+    ("Audi A6", "executive sedan with a wide single-frame grille and long sleek body"),
+    ("American goldfinch", "small finch, bright yellow body with black wings and cap"),
+    ("American golden plover", "shorebird with gold-speckled back and black face and belly"),
+    ("Blackburnian warbler", "warbler with a flaming orange throat and black back"),
+    ("Blackpoll warbler", "warbler with a black cap, white cheeks and streaked flanks"),
+    ("Common yellowthroat", "small warbler with a black mask and bright yellow throat"),
+    ("Common yellowlegs", "tall shorebird with long bright yellow legs and a thin bill"),
+]
+
+
+def test_fine_grained_classes_are_kept_and_duplicates_still_go(embedder):
+    from toolkit.stages.extrapolate.config import RealmConfig
+    from toolkit.stages.extrapolate.embed import SemanticFilter
+    from toolkit.stages.extrapolate.quality import check_class
+    from toolkit.stages.extrapolate.stage import LIMITS, _acceptor
+
+    def acceptor():  # as extrapolate_realm builds it for one realm
+        taken = {"bird"}
+        return _acceptor(lambda c, d: check_class(c, d, taken, LIMITS), taken,
+                         SemanticFilter(embedder, RealmConfig().class_semantic_threshold, ["birds"]), classes=True)
+
+    for rows in (FINE_GRAINED, FINE_GRAINED[::-1]):
+        accept = acceptor()
+        assert [accept(n, d) for n, d in rows] == [None] * len(rows)
+    accept = acceptor()
+    for n, d in FINE_GRAINED:
+        accept(n, d)
+    sparrow = FINE_GRAINED[0][1]
+    assert accept("House Sparrows", "a different text about it entirely") == "duplicate"  # normalised name
+    assert accept("English sparrow", sparrow) == "semantic duplicate"  # another name, the same bird
+    accept = acceptor()
+    assert accept("American robin", "thrush with an orange-red breast and grey back") is None
+    assert accept("robin", "songbird with an orange-red breast") == "near duplicate"  # every word of it is kept
+
+
 def test_realm_mode(tmp_path, llm, embedder):
     run = extrapolate_realm(realm(), tmp_path, llm=llm, embedder=embedder)
     classes = read_jsonl(tmp_path / "classes.jsonl")

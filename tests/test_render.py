@@ -16,6 +16,7 @@ from PIL import Image
 from cli import main
 from conftest import accelerate_launch, killed_at, launch_log
 from toolkit import models
+from toolkit.core.errors import AugurError
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
 from toolkit.stages.render.config import RenderConfig
 from toolkit.stages.render.pipeline import Renderer, resolve_model
@@ -84,6 +85,15 @@ def test_files_manifest_and_contact_sheet(prompts, tmp_path, torch_renderer):
         assert sheet.width > 2 * 96 and sheet.height >= 3 * 96
     ident = json.loads((out / "render.json").read_text())["identity"]
     assert ident["model"] == "tiny-lcm" and ident["prompts_sha256"] == sha256_file(prompts)
+    # every synthetic set carries a dataset card: the render part (generator, prompts, counts, limits)
+    card = json.loads((out / "dataset_card.json").read_text())
+    assert card["generator"]["model"] == "tiny-lcm" and card["generator"]["model_sha256"] == ident["model_sha256"]
+    assert card["generator"]["steps"] == 4 and card["generator"]["seed"] == 0 and card["images"] == 12
+    assert card["prompts_sha256"] == sha256_file(prompts) and card["llm"]["known"] is False  # no run.json beside it
+    assert card["images_per_class_domain"]["crane (bird)"] == {"origami": 2, "stained-glass": 2}
+    assert card["classes"] == ["crane (bird)", "guitar", "heron"] and "not curated" in card["limits"][0]
+    md = (out / "DATASET.md").read_text()
+    assert "tiny-lcm" in md and "| crane (bird) | 2 | 2 |" in md and "not curated" in md
 
 
 def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_renderer):
@@ -98,8 +108,11 @@ def test_same_image_whatever_the_batch_size_or_shard(prompts, tmp_path, torch_re
     counts = [render(prompts, sharded, cfg(batch_size=2, shard=f"{i}/2"), renderer=torch_renderer)["images"]
               for i in range(2)]
     assert sum(counts) == len(ROWS) and all(counts)
+    assert not (sharded / "dataset_card.json").exists()  # a shard alone is not the set
     merge(sharded)
     assert images(sharded) == images(ref)
+    card = lambda d: {k: v for k, v in json.loads((d / "dataset_card.json").read_text()).items() if k != "source"}  # noqa: E731
+    assert card(sharded) == card(ref)  # the merge writes the same card
     assert (sharded / "manifest.jsonl").read_bytes() == (ref / "manifest.jsonl").read_bytes()
     other_seed = tmp_path / "seed1"
     render(prompts, other_seed, cfg(seed=1), renderer=torch_renderer)
@@ -226,6 +239,11 @@ def test_tiny_vae_and_slicing_switches(prompts, tmp_path, tiny):
         return np.asarray(Image.open(folder / rel), dtype=np.int16)
 
     assert sorted(images(sliced)) == sorted(images(plain))
+    srow = read_jsonl(sliced / "manifest.jsonl")[0]  # recorded, as it moves pixels; absent when off
+    assert srow["attention_slicing"] is srow["vae_slicing"] is True and "vae_tiling" not in srow
+    assert "attention_slicing" not in read_jsonl(plain / "manifest.jsonl")[0]
+    with pytest.raises(AugurError, match="--cpu-offload .* needs --device cuda"):
+        render(prompts, tmp_path / "offload", cfg(cpu_offload=True))
     assert max(np.abs(pixels(sliced, rel) - pixels(plain, rel)).max() for rel in images(plain)) <= 1
     out = tmp_path / "out"
     res = render(prompts, out, cfg(tiny_vae=str(tmp_path / "taesd")))

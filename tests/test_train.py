@@ -83,6 +83,7 @@ def test_pretrain_lora_saves_and_reloads_identically(tmp_path):
     out = tmp_path / "bb"
     card = pretrain(pcfg(epochs=1, lora=True), out)
     assert card["lora"] and card["head"].startswith("discarded") and card["steps"] == 29 and card["seed"] == 0
+    assert card["train"]["lora_rank"] == 8 and isinstance(card["train"]["workers"], int)  # as applied
     assert card["files"]["backbone.safetensors"] == sha256_file(out / "backbone.safetensors")
     assert (out / "adapter" / "adapter_model.safetensors").exists() and not (out / "checkpoint").exists()
     merged = backbones.load_pretrained(out).eval()
@@ -104,6 +105,7 @@ def test_pretrain_checks_what_its_folder_holds(tmp_path):
         pretrain(pcfg(epochs=1, lr=5e-2), out)
     forced = pretrain(pcfg(epochs=1, lr=5e-2, force=True), out)  # really retrains
     assert forced["train"]["lr"] == 5e-2 and forced["files"] != first["files"]
+    assert forced["train"]["lora_rank"] is None  # no LoRA: no rank applied
     with pytest.raises(AugurError, match="differs in: backbone"):
         pretrain(pcfg(epochs=1, lr=5e-2, backbone="resnet50"), out)
     (tmp_path / "dg").mkdir()

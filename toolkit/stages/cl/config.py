@@ -35,7 +35,9 @@ class CLConfig(BackboneSettings, LoopSettings):
                                      "(repeatable; augur cl --list).", metavar="KEY=VALUE")
 
     def check(self) -> None:
-        if self.epochs == 0 and self.strategy not in ("ncm", "prototype", "ranpac"):
+        from .strategies import STRATEGIES
+
+        if self.epochs == 0 and STRATEGIES.get(self.strategy).trains:
             raise SettingError("epochs", f"strategy '{self.strategy}' trains: give --epochs of at least 1")
         from .hparams import strategy_hparams
 

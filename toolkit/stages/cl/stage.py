@@ -239,14 +239,14 @@ def _run(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, run: StageRun, t0
         if run.main:
             _save_task(out, t, strategy, done.counts, done.rates)
             kill_point("cl.after_task")
-            _write_results(cfg, out, sc, setup, done.counts, done.rates, t0)
+            _write_results(cfg, out, sc, setup, strategy, done.counts, done.rates, t0)
             loop.clear(out / "checkpoint" / f"task-{t:03d}")
         run.wait()
         if cfg.progress:
             run.log(f"task {t + 1}/{len(tasks)} classes {[classes[c] for c in task_classes]}: accuracy on seen "
                     f"classes {metrics(done.counts)['last_accuracy']:.3f}")
     if run.main:
-        result = _write_results(cfg, out, sc, setup, done.counts, done.rates, t0)
+        result = _write_results(cfg, out, sc, setup, strategy, done.counts, done.rates, t0)
         heatmap(result["accuracy_matrix"], out / "accuracy_matrix.png",
                 f"{setup.name}, {cfg.protocol()} ({setup.weights.describe()})")
         loop.clear(out / "checkpoint")
@@ -280,14 +280,20 @@ def _save_task(out: Path, t: int, strategy, counts, rates) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, counts, rates, t0: float) -> dict[str, Any]:
+def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, strategy, counts, rates, t0: float
+                   ) -> dict[str, Any]:
     """One row per finished step; the last line is the run's final row once every task is done."""
     classes, w = sc.classes, setup.weights
+    trained = [t for t in range(len(sc.tasks)) if strategy.trains_on(t) and cfg.epochs]
     base = {"strategy": setup.name, "hparams": setup.hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
             "order": [classes[c] for c in sc.order], "tasks": [[classes[c] for c in task] for task in sc.tasks],
             "backbone": setup.arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
-            "split": sc.split_note, "image_size": cfg.image_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "lr": cfg.lr, "seed": cfg.seed, "device": pick_device(), "threads": threads(),
+            "split": sc.split_note, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            # what was applied, not what was asked: a strategy that trains no task (NCM, RanPAC) ran 0 epochs and no
+            # optimiser, so its --epochs, --lr and --weight-decay are recorded as 0 / None; `trained_tasks` says which
+            "epochs": cfg.epochs if trained else 0, "lr": cfg.lr if trained else None,
+            "weight_decay": cfg.weight_decay if trained else None, "trained_tasks": trained,
+            "device": pick_device(), "threads": threads(),
             "threads_choice": setup.threads.why, "precision": setup.precision, "toolkit_version": __version__}
     rows = []
     for t in range(len(counts)):

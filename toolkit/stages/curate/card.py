@@ -3,8 +3,8 @@
 What made the images (the LLM and the generator, with sha256 and licence), how (prompt templates,
 seeds, render settings), what they are (classes, domains), what was kept and why (counts before and
 after each filter, score distributions and thresholds), how diverse and how far from real data (the set
-measures), and the known limits. `augur render` writes the render part of it (`render_card`);
-`augur curate` adds its own.
+measures), and the known limits. The render part (generator, LLM, prompts, classes, domains) is
+render/card.py's, which `augur render` writes alone.
 """
 
 from __future__ import annotations
@@ -14,41 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ...core.files import read_json, write_json, write_text
-
-
-def _license(name: str | None) -> str:
-    from ... import models
-
-    card = models.load_cards().get(name or "")
-    return card.license if card is not None else "unknown (not a card)"
-
-
-def _llm_part(record: dict[str, Any]) -> dict[str, Any]:
-    prompts = record.get("prompts")
-    run = Path(prompts).parent / "run.json" if isinstance(prompts, str) else None
-    if run is None or not run.is_file():
-        return {"known": False, "why": "the prompts' extrapolate record (run.json) is not beside prompts.jsonl"}
-    try:
-        p = read_json(run).get("provenance") or {}
-    except Exception:  # noqa: BLE001 - a card states what it could not read, it does not fail the stage
-        return {"known": False, "why": f"{run} could not be read"}
-    if not isinstance(p, dict):
-        return {"known": False, "why": f"{run} has no provenance"}
-    return {"known": True, "model": p.get("model"), "model_sha256": p.get("model_sha256"),
-            "license": _license(p.get("model")), "templates": p.get("templates"), "seed": p.get("seed"),
-            "sampling": p.get("sampling"), "mode": p.get("mode")}
-
-
-def render_part(record: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    ident = record.get("identity") or {}
-    return {"generator": {"model": ident.get("model"), "model_sha256": ident.get("model_sha256"),
-                          "license": _license(ident.get("model")),
-                          **{k: ident.get(k) for k in ("backend", "device", "dtype", "scheduler", "steps", "guidance",
-                                                       "size", "seed", "images_per_prompt") if k in ident}},
-            "llm": _llm_part(record),
-            "classes": sorted({r["class"] for r in rows}), "domains": sorted({r["domain"] for r in rows}),
-            "images": len(rows), "prompts_file": record.get("prompts")}
+from ...core.files import write_json, write_text
+from ..render.card import made_markdown, render_part
 
 
 def _quantiles(values: list[float]) -> dict[str, Any] | None:
@@ -95,20 +62,8 @@ def write_card(out: Path, source: Path, record: dict[str, Any], judged: list[dic
 
 
 def markdown(card: dict[str, Any]) -> str:
-    g, llm = card["generator"], card["llm"]
-    lines = ["# Dataset card", "", f"A synthetic image set made by Augur from `{card['source']}`.", "",
-             "## How it was made", ""]
-    if llm.get("known"):
-        lines.append(f"- **LLM**: `{llm['model']}` (sha256 `{llm['model_sha256']}`, licence {llm['license']}), "
-                     f"{llm['mode']} mode, templates {', '.join(llm['templates'] or [])}, seed {llm['seed']}, "
-                     f"sampling {llm['sampling']}")
-    else:
-        lines.append(f"- **LLM**: not known ({llm['why']})")
-    lines.append(f"- **Generator**: `{g['model']}` (sha256 `{g['model_sha256']}`, licence {g['license']}), "
-                 + ", ".join(f"{k} {g[k]}" for k in ("backend", "device", "dtype", "scheduler", "steps", "guidance",
-                                                     "size", "seed", "images_per_prompt") if k in g))
-    lines += [f"- **Classes** ({len(card['classes'])}): {', '.join(card['classes'])}",
-              f"- **Domains** ({len(card['domains'])}): {', '.join(card['domains'])}", ""]
+    lines = ["# Dataset card", "", f"A synthetic image set made by Augur from `{card['source']}`.", ""]
+    lines += made_markdown(card)
     cur = card.get("curation")
     if cur:
         c = cur["counts"]

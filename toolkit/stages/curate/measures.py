@@ -1,6 +1,6 @@
 """Set measures of a synthetic image set: diversity (Vendi), distance to real data (Fréchet distance, CMMD).
 
-- Vendi score: vertaix/Vendi-Score's own package (`vendi_score.vendi.score_dual`, the exponential of the
+- Vendi score: vertaix/Vendi-Score's own package (`vendi_score.vendi.score_X` or `score_dual`, the exponential of the
   Shannon entropy of the eigenvalues of the cosine-similarity kernel over n, q = 1): 1 for n identical
   items, n for n mutually orthogonal ones.
 - Fréchet distance: as dgm-eval (layer6-ai-labs/dgm-eval, `compute_FD_with_reps`) and pytorch-fid compute
@@ -26,6 +26,10 @@ def vendi(embeddings: np.ndarray) -> float:
     x = np.asarray(embeddings, dtype=np.float64)
     if len(x) == 0:
         return 0.0
+    # The n x n kernel and the d x d dual share their non-zero eigenvalues: the package's two functions give
+    # one score, so take the smaller matrix (a class's 50 images against 1280-d features: 50 x 50, not 1280 x 1280).
+    if len(x) <= x.shape[1]:
+        return float(vs.score_X(x, q=1, normalize=True))
     return float(vs.score_dual(x, q=1, normalize=True))
 
 

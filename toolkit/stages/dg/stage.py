@@ -476,7 +476,7 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
     base = {"label": label, "algorithm": cfg.algorithm, "dataset": str(cfg.data), "setting": setting_of(cfg),
             "domains": real_names, "backbone": sw.arch, "weights": sw.weights.describe(),
             "weights_sha256": sw.weights.sha256, "image_size": cfg.image_size, "image_px": sw.image_px,
-            "hparam_class": sw.hclass, "lora": cfg.lora, "swad": cfg.swad, "augment": cfg.augment,
+            "hparam_class": sw.hclass, "lora": cfg.lora, "lora_rank": cfg.lora_rank if cfg.lora else None, "swad": cfg.swad, "augment": cfg.augment,
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,
             "holdout_fraction": cfg.holdout_fraction, "device": device, "precision": sw.precision,
             "threads": threads(),

@@ -109,13 +109,18 @@ def compose_prompt(domain: str, prompt: str | None, class_phrase: str, class_wor
     return f"a {class_phrase}, {domain}"
 
 
-def near_duplicate(item: str, kept: list[str]) -> bool:
-    """'3d printed' vs '3d printed plastic': every content word of one matches a word of the other."""
+def near_duplicate(item: str, kept: list[str], exact_words: bool = False) -> bool:
+    """'3d printed' vs '3d printed plastic': every content word of one matches a word of the other.
+
+    Domains match words by a shared 5-letter start (photo ~ photograph); class names only by equal
+    (stemmed) words, since fine-grained names share starts and differ in what follows (Blackburnian /
+    Blackpoll warbler, Common yellowthroat / yellowlegs are four species)."""
+    related = (lambda x, y: x == y) if exact_words else _related
     a = _content(item)
     for other in kept:
         b = _content(other)
         small, large = (a, b) if len(a) <= len(b) else (b, a)
-        if small and all(any(_related(w, v) for v in large) for w in small):
+        if small and all(any(related(w, v) for v in large) for w in small):
             return True
     return False
 

@@ -261,8 +261,9 @@ def _semantic(embedder: Embedder | None, cfg: LLMSettings, avoid: list[str]) -> 
 
 
 def _acceptor(check: Callable[[str, str | None], str | None], seen: set[str],
-              sem: SemanticFilter | None) -> Callable[[str, str | None], str | None]:
-    """Chain: structural check → normalised duplicate → word-level near duplicate → semantic duplicate."""
+              sem: SemanticFilter | None, classes: bool = False) -> Callable[[str, str | None], str | None]:
+    """Chain: structural check → normalised duplicate → word-level near duplicate → semantic duplicate.
+    Classes (`classes=True`) compare whole words and embed "name: description", not the bare name."""
     kept: list[str] = []
 
     def accept(item: str, text: str | None) -> str | None:
@@ -272,9 +273,9 @@ def _acceptor(check: Callable[[str, str | None], str | None], seen: set[str],
         k = norm_key(item)
         if k in seen:
             return "duplicate"
-        if near_duplicate(item, kept):
+        if near_duplicate(item, kept, exact_words=classes):
             return "near duplicate"
-        if sem is not None and (reason := sem.check(item)):
+        if sem is not None and (reason := sem.check(f"{item}: {text}" if classes and text else item)):
             return reason
         seen.add(k)
         kept.append(item)
@@ -345,7 +346,11 @@ class Extrapolation:
             "limits": asdict(LIMITS), "threads": self.llm.n_threads,
             "semantic_dedup": ({"model": EMBEDDER, "sha256": self.embedder.sha256,
                                 "onnx_sha256": self.embedder.onnx_sha256,
-                                "threshold": self.cfg.semantic_threshold} if self.embedder else None),
+                                "threshold": self.cfg.semantic_threshold,
+                                **({"class_threshold": self.cfg.class_semantic_threshold,
+                                    "class_text": "name: description"}
+                                   if hasattr(self.cfg, "class_semantic_threshold") else {})}
+                               if self.embedder else None),
         }
 
     def summary(self, what: str, n_prompts: int, statuses: list[str]) -> dict[str, Any]:
@@ -424,13 +429,14 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
             GROUPS, {"realm": realm}, cfg.groups,
             _acceptor(lambda g, _t: check_group(g, realm, LIMITS), set(), _semantic(stage.embedder, cfg, [realm])))
         taken: set[str] = {norm_key(realm)}
-        class_sem = _semantic(stage.embedder, cfg, [realm])
+        class_sem = (SemanticFilter(stage.embedder, cfg.class_semantic_threshold, [realm])
+                     if stage.embedder is not None else None)
         class_rows, prompt_rows, per_group = [], [], []
         groups = [g for g, _ in group_res.items]
 
         def accept_for(i: int):
             taken.add(norm_key(groups[i]))
-            return _acceptor(lambda c, d: check_class(c, d, taken, LIMITS), taken, class_sem)
+            return _acceptor(lambda c, d: check_class(c, d, taken, LIMITS), taken, class_sem, classes=True)
 
         results = stage.gen.generate_all(CLASSES, [{"realm": realm, "group": g} for g in groups],
                                          cfg.classes_per_group, accept_for, f"extrapolate realm '{realm}'")

@@ -76,7 +76,9 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
         history = [{"epoch": (r["step"] + 1) // spe, **{k: v for k, v in r.items() if k != "step"}} for r in records]
         card = {"stage": "pretrain", "toolkit_version": __version__, "data": str(cfg.data), "classes": ds.classes,
                 "domains": ds.names, "images": len(items), "steps": cfg.epochs * spe, "data_config": dc.as_dict(),
-                "train": {**as_dict(cfg), "backbone": arch, "precision": precision},
+                # the settings as applied: the architecture, precision and workers chosen, no LoRA rank without LoRA
+                "train": {**as_dict(cfg), "backbone": arch, "precision": precision, "workers": store.workers,
+                          "lora_rank": cfg.lora_rank if cfg.lora else None},
                 "image_size": cfg.image_size, "seed": cfg.seed, "history": history, **w.provenance(),
                 "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)",
                 **choice.provenance()}

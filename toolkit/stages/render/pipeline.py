@@ -126,6 +126,9 @@ class Renderer:
             raise AugurError(f"--precision {self.dtype} is not available with the {cfg.backend} backend "
                              f"({', '.join(self.backend.precisions(self.device))}; int8 comes from "
                              "`augur models export-onnx NAME --quantize int8`)")
+        if cfg.cpu_offload and self.device != "cuda":  # no option is a silent no-op
+            raise AugurError("--cpu-offload moves components between the GPU and the CPU: it needs --device cuda "
+                             f"(this run renders on {self.device})")
         if self.device == "cuda" and cfg.backend == "torch":
             # cuDNN's autotuner and its non-deterministic kernels would make the same seed give different
             # images from run to run; inference loses little by pinning them.
@@ -186,6 +189,11 @@ class Renderer:
                "compile": self.cfg.compile}
         if self.cfg.fuse_qkv:
             out["fuse_qkv"] = True
+        # slicing, tiling and offloading change float rounding (tested: pixels 1/255 apart), so a folder records
+        # them, and a resume with other switches is another run; absent when off (older folders' identities hold)
+        for key in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload"):
+            if getattr(self.cfg, key):
+                out[key] = True
         if self.cfg.compile and self.cfg.compile_mode != "default":
             out["compile_mode"] = self.cfg.compile_mode
         if self.device == "cuda":

@@ -4,6 +4,7 @@
     OUT/manifest.jsonl                     (one row per image: exact labels, prompt, seed, model, settings, sha256)
     OUT/render.json                        (what run this folder holds; another run is refused)
     OUT/contact_sheet.png                  (a grid of samples per class x domain)
+    OUT/DATASET.md, OUT/dataset_card.json  (the dataset card's render part: card.py)
 
 Folder and file names are derived from labels injectively (`core.names.path_name`); the manifest
 keeps the exact labels, and training reads labels from it, not from folder names.
@@ -33,6 +34,7 @@ from ...core.files import (append_jsonl, atomic_write, read_json, read_jsonl, sh
 from ...core.names import check_label, path_name
 from ...core.progress import progress
 from ...core.stagerun import StageResult, StageRun
+from .card import write_render_card
 from .config import RenderConfig
 from .pipeline import Renderer, Resolved, Unit, resolve_model
 
@@ -166,7 +168,9 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         # Canonical order once complete, whatever the interruptions: the unit order.
         write_jsonl(manifest, [done[u.image_id] for u in units])
         if shard[1] == 1:
-            contact_sheet(out, [done[u.image_id] for u in units])
+            final = [done[u.image_id] for u in units]
+            contact_sheet(out, final)
+            write_render_card(out, {"identity": identity, "prompts": str(prompts.resolve())}, final)
         run.finish()
     wall = time.perf_counter() - t0
     rendered = len(todo)
@@ -283,6 +287,7 @@ def merge(out: Path) -> dict[str, Any]:
         merged = [by_id[u.image_id] for u in units]
         write_jsonl(out / "manifest.jsonl", merged)
         contact_sheet(out, merged)
+        write_render_card(out, info, merged)
         run.finish()
     return {"images": len(merged), "shards": n, "line": f"render merge: {len(merged)} images from {n} shards → "
                                                            f"{out / 'manifest.jsonl'}"}
