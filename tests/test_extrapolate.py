@@ -247,3 +247,51 @@ def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
     c = run["classes"][0]
     assert len(read_jsonl(tmp_path / "prompts.jsonl")) == c["kept"]
     assert c["status"] == ("ok" if c["kept"] == c["wanted"] else "partial" if c["kept"] else "failed")
+
+
+PAPER_CSVS = Path(__file__).parent / "data" / "premonition"
+
+
+@pytest.mark.parametrize("name, classes, groups_min", [("Birds_620classes_for_Table1", 620, 20),
+                                                      ("Food_310classes_for_Table1", 310, 5),
+                                                      ("Plants_1010classes_for_Table1", 1010, 20)])
+def test_the_premonition_papers_csvs_import_whole(tmp_path, name, classes, groups_min):
+    """The paper's own CSVs (cl-premonition/premonition, MIT): every row is a class, as its Table 1 counts."""
+    import csv
+
+    from toolkit.stages.extrapolate.importer import import_csv
+
+    src = PAPER_CSVS / f"{name}.csv"
+    run = import_csv(src, tmp_path / "imp")
+    rows = list(csv.DictReader(src.open(encoding="utf-8-sig")))
+    kept = read_jsonl(tmp_path / "imp" / "classes.jsonl")
+    prompts = read_jsonl(tmp_path / "imp" / "prompts.jsonl")
+    assert run["summary"]["classes"] == len(kept) == len({c["class"] for c in kept}) == classes == len(rows)
+    assert [p["prompt"] for p in prompts] == [r["SD_prompt"].strip() for r in rows]  # verbatim, in order
+    assert len({p["id"] for p in prompts}) == classes and len({c["group"] for c in kept}) >= groups_min
+    assert run["provenance"]["merged_classes"] == {}
+    labels = {c["class"] for c in kept}
+    if name.startswith("Birds"):  # the two Darwin's Rheas, and one species under two common names, all kept
+        assert {"Darwin's Rhea (Rhea pennata pennata)", "Darwin's Rhea (Rhea pennata garleppi)",
+                "Chilean Rhea (Rhea pennata pennata)", "Oilbird (Steatornis caripensis)",
+                "Guácharo (Steatornis caripensis)"} <= labels
+    if name.startswith("Plants"):  # 45 rows without a common name: the Latin name names them
+        bare = [c for c in kept if c["common_name"] is None]
+        assert len(bare) == 45 and all(c["class"] == c["latin_name"] for c in bare)
+        by_class = {p["class"]: p for p in prompts}
+        assert all(by_class[c["class"]]["class_phrase"] == c["latin_name"] for c in bare)
+
+
+def test_a_csv_row_with_no_latin_name_is_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cli import main
+
+    f = tmp_path / "b.csv"
+    f.write_text("subtype,species_latin_name,species_common_name,species_description,SD_prompt\n"
+                 "owls,Strix aluco,Tawny Owl,brown owl,A photograph of a tawny owl\n"
+                 "owls,,,a bird,A photograph of a bird\n")
+    res = CliRunner().invoke(main, ["extrapolate", "import", str(f), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert f"{f}:3: empty species_latin_name" in res.output.strip().splitlines()[-1]
+    assert not (tmp_path / "o" / "prompts.jsonl").exists()

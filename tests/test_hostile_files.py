@@ -29,12 +29,13 @@ def one_line(res, *fragments, code=1):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A real recipe run (extrapolate, render, pretrain, report) to mutate."""
+    """A real recipe run with every stage that writes files others read back (extrapolate, render, curate,
+    pretrain on the curated set, report), to mutate."""
     root = tmp_path_factory.mktemp("hostile")
     recipe = root / "r.yaml"
     recipe.write_text("name: h\nseed: 0\nstages:\n  extrapolate: {mode: domains, classes: [lighthouse], "
-                      "domains_per_class: 1}\n  render: {model: tiny-lcm, images_per_prompt: 2}\n"
-                      "  pretrain: {epochs: 1, image_size: 16, batch_size: 2}\n  report: {}\n")
+                      "domains_per_class: 1}\n  render: {model: tiny-lcm, images_per_prompt: 2}\n  curate: {}\n"
+                      "  pretrain: {epochs: 1, image_size: 16, batch_size: 2, data: curate}\n  report: {}\n")
     res = augur("run", recipe, "--smoke", "--quiet", "--out", root / "run")
     assert res.exit_code == 0, res.output
     return root / "run"
@@ -176,3 +177,69 @@ def test_dg_weights_of_the_right_names_and_wrong_shapes(tmp_path):
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     last = res.output.strip().splitlines()[-1]
     assert last.startswith("Error:") and "do not fit" in last and "conv1.weight" in last, last
+
+
+# ----------------------------------------------------------------------------- every file kind, mutated
+READ_BACK = ["plan.json", "recipe.json", "*/DONE.json", "extrapolate-*/extrapolate.json", "extrapolate-*/run.json",
+             "extrapolate-*/prompts.jsonl", "render-*/images/render.json", "render-*/images/manifest.jsonl",
+             "curate-*/curate.json", "curate-*/quality.json", "curate-*/scores.jsonl", "curate-*/manifest.jsonl",
+             "pretrain-*/card.json", "pretrain-*/pretrain.json"]
+ROW_KEYS = ("id", "image_id", "class", "domain", "prompt", "path", "sha256", "kept", "reasons")  # what readers use
+
+
+def _retyped(v):
+    return 7 if isinstance(v, str) else "x"
+
+
+def mutants(path: Path):
+    """(name, text) of corrupt variants of a real output file: truncated, empty, of another shape, and, key by
+    key, a key dropped or (alternately) retyped, at the top of a record or in a row's readers' keys."""
+    text = path.read_text()
+    yield "truncated", text[: len(text) // 2]
+    yield "empty", ""
+    if path.suffix == ".jsonl":
+        yield "a row that is a list", text + "[1, 2]\n"
+        rows = [json.loads(line) for line in text.splitlines()]
+        keys = [k for k in rows[0] if k in ROW_KEYS]
+        for i, k in enumerate(keys):
+            row = dict(rows[0])
+            if i % 2:
+                row[k] = _retyped(row[k])
+            else:
+                del row[k]
+            yield f"row 1 {'with ' + k + ' retyped' if i % 2 else 'without ' + k}", "\n".join(
+                json.dumps(r) for r in [row] + rows[1:]) + "\n"
+        return
+    yield "a list", "[]"
+    data = json.loads(text)
+    for i, k in enumerate(data if isinstance(data, dict) else []):
+        if i % 2:
+            yield f"{k} retyped", json.dumps({**data, k: _retyped(data[k])})
+        else:
+            yield f"without {k}", json.dumps({x: v for x, v in data.items() if x != k})
+
+
+def test_every_file_kind_read_back_mutated_gives_one_line_or_a_report(run_dir, tmp_path):
+    """`augur report` reads every record, manifest and row file of a run: each corrupt variant either reports
+    (saying what it could not read) or fails in one line; never a traceback."""
+    full_run = run_dir  # restored after each mutant: the module's other tests read it too
+    files = sorted({p for pat in READ_BACK for p in full_run.glob(pat)})
+    assert len(files) >= 18, files
+    n = 0
+    for f in files:
+        original = f.read_bytes()
+        try:
+            for name, text in mutants(f):
+                f.write_text(text)
+                res = augur("report", full_run, "--out", tmp_path / f"r{n}")
+                n += 1
+                where = f"{f.relative_to(full_run)} {name}"
+                assert res.exception is None or isinstance(res.exception, SystemExit), (
+                    where, res.output, repr(res.exception))
+                assert res.exit_code in (0, 1) and "Traceback" not in res.output, (where, res.output)
+                if res.exit_code:
+                    lines = [x for x in res.output.strip().splitlines() if x and not x.startswith("warning:")]
+                    assert len(lines) == 1 and lines[0].startswith("Error:"), (where, res.output)
+        finally:
+            f.write_bytes(original)
+    assert n >= 120

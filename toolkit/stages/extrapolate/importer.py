@@ -8,6 +8,15 @@ Each row becomes a class (its group is `subtype`) in classes.jsonl and a prompt 
 prompt verbatim, in prompts.jsonl: the same files `extrapolate realm` writes, so `render` and the rest
 of the pipeline replicate the paper's exact class set with a local generator. Provenance records the
 file's sha256 and each row's line.
+
+Class keys. A biological row is its species: the Latin name, with the common name, labelled as the
+paper's own prompt names it, "Common Name (Latin name)", or the Latin name alone where the CSV has no
+common name (45 rows of Plants). Neither name alone is a key in the published files: Birds has two
+"Darwin's Rhea" rows (Rhea pennata pennata, Rhea pennata garleppi), and 14 of its rows (54 of Plants')
+repeat a Latin name under another common name (Oilbird / Guácharo). The paper's notebook writes each
+row's images into a folder named by the Latin name alone, where such rows' files overwrite each
+other's, while its Table 1 counts 620 and 1010 classes: the pair of names keeps every row, as the
+table does (Birds 620, Food 310, Plants 1010; tests/data/premonition). Other layouts key by item_name.
 """
 
 from __future__ import annotations
@@ -30,6 +39,21 @@ LAYOUTS = {
     "biological": ("subtype", "species_latin_name", "species_common_name", "species_description", "SD_prompt"),
     "items": ("subtype", "item_name", "item_description", "SD_prompt"),
 }
+OPTIONAL = {"species_common_name"}  # 45 of the paper's Plants rows have none: the Latin name names them
+
+
+def class_label(layout: str, row: dict[str, str]) -> str:
+    if layout != "biological":
+        return row["item_name"]
+    common, latin = row["species_common_name"], row["species_latin_name"]
+    return f"{common} ({latin})" if common else latin
+
+
+def class_phrase(layout: str, row: dict[str, str]) -> str:
+    """What the class is called in words (curate's zero-shot text): the common name where there is one."""
+    if layout != "biological":
+        return row["item_name"]
+    return row["species_common_name"] or row["species_latin_name"]
 
 
 def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]], list[str]]:
@@ -52,7 +76,7 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]], list[s
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}
             if not any(row.values()):
                 continue
-            missing = [c for c in LAYOUTS[layout] if not row.get(c)]
+            missing = [c for c in LAYOUTS[layout] if not row.get(c) and c not in OPTIONAL]
             if missing:
                 raise AugurError(f"{path}:{lineno}: empty {', '.join(missing)}")
             rows.append((lineno, row))
@@ -67,22 +91,21 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
     t0 = time.perf_counter()
     path, out = Path(path), Path(out)
     layout, rows, ignored = read_rows(path)
-    name_col = "species_common_name" if layout == "biological" else "item_name"
     desc_col = "species_description" if layout == "biological" else "item_description"
     realm = (realm or path.stem).strip()
     check_label(realm, "realm")
     for lineno, row in rows:
-        for col in ("subtype", name_col):
-            check_label(row[col], f"{path}:{lineno}: {col}")
+        check_label(row["subtype"], f"{path}:{lineno}: subtype")
+        check_label(class_label(layout, row), f"{path}:{lineno}: class name")
     digest = sha256_file(path)
     with StageRun(out, "extrapolate", {"import": str(path.resolve()), "sha256": digest, "realm": realm}, force=force,
                   hint=FORCE_HINT) as run:
         classes: dict[str, dict[str, Any]] = {}
-        slugs = class_slugs(list(dict.fromkeys(row[name_col] for _, row in rows)))
+        slugs = class_slugs(list(dict.fromkeys(class_label(layout, row) for _, row in rows)))
         prompt_rows, counts, used = [], {}, set()
         groups_of: dict[str, list[str]] = {}
         for lineno, row in rows:
-            name = row[name_col]
+            name = class_label(layout, row)
             prov = {"source": "premonition-csv", "file": path.name, "sha256": digest, "line": lineno,
                     "toolkit_version": __version__}
             if name not in classes:
@@ -90,6 +113,7 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
                                  "provenance": prov}
                 if layout == "biological":
                     classes[name]["latin_name"] = row["species_latin_name"]
+                    classes[name]["common_name"] = row["species_common_name"] or None
             if row["subtype"] not in groups_of.setdefault(name, []):
                 groups_of[name].append(row["subtype"])
             k = counts[name] = counts.get(name, 0) + 1
@@ -99,7 +123,7 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
                 extra += 1
                 row_id = f"{slugs[name]}-{k}-{extra}"
             used.add(row_id)
-            prompt_rows.append({"id": row_id, "class": name, "class_phrase": name,
+            prompt_rows.append({"id": row_id, "class": name, "class_phrase": class_phrase(layout, row),
                                 "domain": "photo", "group": row["subtype"], "prompt": row["SD_prompt"],
                                 "provenance": prov})
         merged = {name: groups for name, groups in groups_of.items() if len(groups) > 1}
@@ -115,7 +139,9 @@ def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = Fa
                 f"from {path.name} ({layout} layout); {wall:.1f} s → {out / 'prompts.jsonl'}")
         record = {"provenance": {"stage": "extrapolate", "mode": "import", "file": str(path.resolve()), "sha256": digest,
                               "layout": layout, "realm": realm, "ignored_columns": ignored,
-                              "merged_classes": merged, "model": "Premonition paper (imported)",
+                              "merged_classes": merged, "class_key": ("common name (Latin name)"
+                                                                      if layout == "biological" else "item_name"),
+                              "model": "Premonition paper (imported)",
                               "model_sha256": digest, "seed": None, "templates": ["premonition-csv"],
                               "toolkit_version": __version__},
                "per_group": [{"group": g, "status": "ok", "kept": sum(c["group"] == g for c in classes.values()),

@@ -80,10 +80,11 @@ RENDER_LIMITS = ["not curated: every rendered image is in this folder; none was 
 
 
 def write_render_card(out: Path, record: dict[str, Any], rows: list[dict[str, Any]]) -> None:
-    card = {"kind": "augur synthetic dataset (rendered)", "source": str(out), **render_part(record, rows),
-            "limits": list(RENDER_LIMITS)}
+    # The card names no path of its own folder: it travels with the folder, and a resumed render writes the
+    # same bytes as an uninterrupted one wherever it runs.
+    card = {"kind": "augur synthetic dataset (rendered)", **render_part(record, rows), "limits": list(RENDER_LIMITS)}
     write_json(out / "dataset_card.json", card)
-    lines = ["# Dataset card", "", f"A synthetic image set rendered by Augur into `{out}`.", ""]
+    lines = ["# Dataset card", "", "A synthetic image set rendered by Augur (`augur render`).", ""]
     lines += made_markdown(card)
     domains = card["domains"]
     lines += ["## Images per class and domain", "", "| class | " + " | ".join(domains) + " |",

@@ -112,8 +112,11 @@ def plan_of(root: Path) -> dict[str, Any] | None:
     if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("stage"), str)
                                               and isinstance(s.get("folder"), str) for s in steps):
         raise AugurError(f"{f}: its 'plan' is not a list of {{stage, folder}} entries")
-    for key, kind in (("stages", dict), ("recipe", str), ("name", str)):
-        if key in plan and not isinstance(plan[key], kind):
+    for key, kind in (("stages", dict), ("recipe", str), ("name", str), ("seed", int)):
+        if key not in plan:
+            raise AugurError(f"{f}: no '{key}' (a run plan names its recipe, name, seed and stages, as `augur run` "
+                             "writes it)")
+        if not isinstance(plan[key], kind) or isinstance(plan[key], bool):
             raise AugurError(f"{f}: '{key}' is a {type(plan[key]).__name__}, not a {kind.__name__}")
     return plan
 
