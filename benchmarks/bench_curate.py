@@ -73,8 +73,8 @@ def make_render_folder(root: Path, n: int, size: int) -> Path:
     return root
 
 
-def bare(source: Path, scorer_name: str, device: str, batch_size: int, repeats: int) -> tuple[float, int]:
-    """(best images/s, threads) of the scorer's forward passes on pre-decoded, preprocessed images."""
+def bare(source: Path, scorer_name: str, device: str, batch_size: int, repeats: int) -> float:
+    """Best images/s of the scorer's forward passes on pre-decoded, preprocessed images."""
     import torch
     from PIL import Image
 
@@ -98,7 +98,7 @@ def bare(source: Path, scorer_name: str, device: str, batch_size: int, repeats: 
         for b, p in batches:
             scorer(b, p)  # returns numpy: the device is synchronised
         best = max(best, len(rows) / (time.perf_counter() - t0))
-    return best, torch.get_num_threads()
+    return best
 
 
 def stage(source: Path, work: Path, scorer_name: str, device: str, batch_size: int, workers: int | None,
@@ -167,8 +167,7 @@ def main() -> None:
     best = {w: (0.0, 0.0) for w in workers}
     for r in range(args.repeats):
         torch.set_num_threads(threads)
-        b, _ = bare(source, args.scorer, args.device, args.batch_size, 2)
-        best_bare = max(best_bare, b)
+        best_bare = max(best_bare, bare(source, args.scorer, args.device, args.batch_size, 2))
         for w in workers:
             e2e, loop = stage(source, work, args.scorer, args.device, args.batch_size, w, threads, f"{w}-{r}")
             best[w] = (max(best[w][0], e2e), max(best[w][1], loop))

@@ -256,8 +256,8 @@ class ListGenerator:
         return self.generate_all(template, [fields], want, lambda i: accept)[0]
 
 
-def _semantic(embedder: Embedder | None, cfg: LLMSettings, avoid: list[str]) -> SemanticFilter | None:
-    return SemanticFilter(embedder, cfg.semantic_threshold, avoid) if embedder is not None else None
+def _semantic(embedder: Embedder | None, threshold: float, avoid: list[str]) -> SemanticFilter | None:
+    return SemanticFilter(embedder, threshold, avoid) if embedder is not None else None
 
 
 def _acceptor(check: Callable[[str, str | None], str | None], seen: set[str],
@@ -396,7 +396,7 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
             def check(domain: str, prompt: str | None, cn=cn) -> str | None:
                 return check_domain(domain, prompt, cn.content_words, exclude, LIMITS)
 
-            return _acceptor(check, set(), _semantic(stage.embedder, cfg, exclude + [cn.phrase]))
+            return _acceptor(check, set(), _semantic(stage.embedder, cfg.semantic_threshold, exclude + [cn.phrase]))
 
         fields = [{"cls": cn.phrase, "avoid": ", ".join(exclude) or "none"} for cn in resolved]
         results = stage.gen.generate_all(DOMAINS, fields, cfg.domains_per_class, accept_for, "extrapolate domains")
@@ -427,10 +427,10 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
     with Extrapolation(cfg, out, {"realm": realm}, llm, embedder) as stage:
         group_res = stage.gen.generate(
             GROUPS, {"realm": realm}, cfg.groups,
-            _acceptor(lambda g, _t: check_group(g, realm, LIMITS), set(), _semantic(stage.embedder, cfg, [realm])))
+            _acceptor(lambda g, _t: check_group(g, realm, LIMITS), set(),
+                      _semantic(stage.embedder, cfg.semantic_threshold, [realm])))
         taken: set[str] = {norm_key(realm)}
-        class_sem = (SemanticFilter(stage.embedder, cfg.class_semantic_threshold, [realm])
-                     if stage.embedder is not None else None)
+        class_sem = _semantic(stage.embedder, cfg.class_semantic_threshold, [realm])
         class_rows, prompt_rows, per_group = [], [], []
         groups = [g for g, _ in group_res.items]
 

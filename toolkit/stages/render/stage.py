@@ -166,9 +166,9 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
                 raise
         bar.close()
         # Canonical order once complete, whatever the interruptions: the unit order.
-        write_jsonl(manifest, [done[u.image_id] for u in units])
+        final = [done[u.image_id] for u in units]
+        write_jsonl(manifest, final)
         if shard[1] == 1:
-            final = [done[u.image_id] for u in units]
             contact_sheet(out, final)
             write_render_card(out, {"identity": identity, "prompts": str(prompts.resolve())}, final)
         run.finish()
