@@ -274,6 +274,23 @@ def test_dg_pretrain_and_cl_train_on_a_curated_folder(rendered, tmp_path):
     res = run_dg(DGConfig(data=str(real), synthetic=str(tmp_path / "cur"), data_free=True, steps=2, checkpoint_freq=1,
                           batch_size=2, image_size=16, quiet=True, threads=1), tmp_path / "dg")
     assert res["rows"]
+    # with and without the curated images, each rendered domain an environment of its own: the report pairs the
+    # arms before its DG section, and says per rendered domain what it held, its scores and its validation accuracy
+    from toolkit.stages.report.page import write_report
+
+    for arm, synthetic in (("none", None), ("cur", str(tmp_path / "cur"))):
+        run_dg(DGConfig(data=str(real), synthetic=synthetic, synthetic_envs="per-domain", steps=2, checkpoint_freq=1,
+                        batch_size=2, image_size=16, quiet=True, threads=1), tmp_path / "arms" / arm)
+    md = write_report(tmp_path / "arms")["markdown"].read_text()
+    assert md.index("## What the synthetic data changed") < md.index("## Domain generalization")
+    assert "| ERM | cur (per-domain) vs none | a | 1 |" in md
+    table = md[md.index("Rendered domains of `cur`"):]
+    assert "| rendered domain | images | kept of rendered | CLIPScore | class agreement (%) | entropy | " \
+           "validation acc (%) | runs |" in table
+    for d in ("origami", "stained-glass"):
+        n = sum(r["domain"] == d for r in kept)
+        assert f"| {d} | {n} | {n} of 9 |" in table
+        assert table.split(f"| {d} | {n} | {n} of 9 |")[1].split("\n")[0].rstrip().endswith("| 2 |")  # two runs
     # cl: the curated images as its data, and the backbone pretrained on them under its first task (Premonition)
     from toolkit.stages.cl.config import CLConfig
     from toolkit.stages.cl.stage import run_cl

@@ -35,6 +35,23 @@ def test_shipped_recipes_validate():
         load_recipe(ROOT / "recipes" / n)
 
 
+def test_every_shipped_dg_recipe_with_synthetic_data_runs_its_baseline_arm():
+    """Beyond Finite Data's claims are deltas: each shipped recipe that trains dg on synthetic data runs the same
+    sweep without it (the `none` arm), and a data-free one runs DomainBed's leave-one-domain-out as its baseline."""
+    seen = 0
+    for n in SHIPPED:
+        grid = load_recipe(ROOT / "recipes" / n).stages.get("dg")
+        if grid is None or grid.synthetic == ["none"]:
+            continue
+        seen += 1
+        assert "none" in grid.synthetic and len(grid.synthetic) >= 2, n
+        for _, arm, cfg in grid.runs:
+            assert (cfg.synthetic is None) == (arm == "none")
+            if arm == "none":
+                assert not cfg.data_free
+    assert seen == 3
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("name: x\nstages:\n  paint: {}\n", "stages.paint: unknown stage"),
     ("name: x\n", "missing key 'stages'"),
@@ -55,6 +72,14 @@ def test_shipped_recipes_validate():
     ("name: x\nstages:\n  dg: {algorithm: CORAL, hp: {irm_lambda: 1}}\n", "stages.dg.hp: CORAL has no hyper-parameter 'irm_lambda'"),
     ("name: x\nstages:\n  cl: {strategies: [ewc], hp: {ewc: {lambda: high}}}\n", "stages.cl.hp: strategy 'ewc': lambda takes a number"),
     ("name: x\nstages:\n  dg: {weights: pretrain}\n", "stages.dg needs stages.pretrain"),
+    ("name: x\nstages:\n  dg: {algorithm: ERM, algorithms: [ERM, CORAL]}\n", "stages.dg.algorithms: give algorithm or"),
+    ("name: x\nstages:\n  dg: {algorithms: [ERM, CORL]}\n", "stages.dg.algorithms: unknown value 'CORL'"),
+    ("name: x\nstages:\n  dg: {synthetic: [none, none]}\n", "stages.dg.synthetic: ['none', 'none'] names one twice"),
+    ("name: x\nstages:\n  dg: {algorithms: [ERM, CORAL], hp: {lr: 0.1}}\n", "stages.dg.hp: with several algorithms"),
+    ("name: x\nstages:\n  dg: {algorithms: [ERM, CORAL], hp: {CORAL: {irm_lambda: 1}}}\n",
+     "stages.dg.hp: CORAL has no hyper-parameter 'irm_lambda'"),
+    ("name: x\nstages:\n  dg: {synthetic: [none, render]}\n", "stages.dg needs stages.render"),
+    ("name: x\nstages:\n  dg: {data_free: true}\n", "stages.dg.data_free: trains on synthetic data only"),
 ])
 def test_invalid_recipes_fail_before_any_work(tmp_path, text, fragment):
     recipe = tmp_path / "bad.yaml"
@@ -237,6 +262,13 @@ def test_every_shipped_recipe_runs_end_to_end_in_smoke_mode(tmp_path, name):
     stages = set(plan["stages"])
     if "dg" in stages:
         assert "## Domain generalization" in md
+        arms = plan["stages"]["dg"]["synthetic"]
+        if isinstance(arms, list):  # a grid with its baseline arm: each sweep its folder, the pairs open the results
+            assert "none" in arms and len(arms) == 2
+            (dg,) = out.glob("dg-*")
+            assert sorted(p.name for p in dg.iterdir() if p.is_dir()) == sorted(f"erm-{a}" for a in arms)
+            assert md.index("## What the synthetic data changed") < md.index("## Domain generalization")
+            assert "vs none" in md and " pair" in md
     if "cl" in stages:
         assert "## Continual learning" in md
     if "render" in stages:

@@ -160,6 +160,10 @@ class Stage:
             return []
         return [p for p in sorted(root.iterdir()) if p.is_dir() and record_of(p) == self.name]
 
+    def evidence(self, folders: list[Path], page: Any) -> None:
+        """What opens a report's results, before every stage's section: a paired comparison of the arms its
+        runs hold (with vs without synthetic data; one set of weights vs another), when they hold several."""
+
     def report(self, folders: list[Path], page: Any) -> None:
         """Its section of a report (stages/report/page.py's Page: section, text, table, image, provenance)."""
 

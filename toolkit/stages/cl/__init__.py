@@ -167,15 +167,15 @@ class CL(Stage):
                                           initial_classes=initial, increment=increment),
                       grid.strategies, weights, grid.class_orders[:1], hp, labels=grid.labels or grid.weights)
 
-    def report(self, folders: list[Path], page: Any) -> None:
-        from ...core.files import read_jsonl
-        from ...core.schema import fits
-        from .stage import ROW_SCHEMA, table
+    def evidence(self, folders: list[Path], page: Any) -> None:
+        from .compare import evidence
 
-        results = [rows[-1] for f in folders if (f / "results.jsonl").is_file()
-                   for rows in [read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)] if rows]
-        results = [r for r in results if isinstance(r, dict) and r.get("final") and ROW_KEYS <= set(r)
-                   and fits(r, ROW_SCHEMA)]
+        evidence(_final_rows(folders), page)
+
+    def report(self, folders: list[Path], page: Any) -> None:
+        from .stage import table
+
+        results = _final_rows(folders)
         if not results:
             return
         page.section("Continual learning")
@@ -200,6 +200,17 @@ class CL(Stage):
         done = sum(1 for f in folder.glob("*/results.jsonl")
                    if any(r.get("final") for r in read_jsonl(f, tolerate_torn_tail=True)))
         return f"{done} of {total} runs finished"
+
+
+def _final_rows(folders: list[Path]) -> list[dict[str, Any]]:
+    """The final row of each folder's run (a foreign or corrupt row is left out)."""
+    from ...core.files import read_jsonl
+    from ...core.schema import fits
+    from .stage import ROW_SCHEMA
+
+    results = [rows[-1] for f in folders if (f / "results.jsonl").is_file()
+               for rows in [read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)] if rows]
+    return [r for r in results if isinstance(r, dict) and r.get("final") and ROW_KEYS <= set(r) and fits(r, ROW_SCHEMA)]
 
 
 def _curves(results: list[dict[str, Any]], path: Path) -> None:

@@ -38,8 +38,17 @@ def cl_train(cfg: CLConfig, out: Path) -> None:
 @cl.command("collect")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--latex", is_flag=True, help="A LaTeX table (default: Markdown).")
-def cl_collect(dirs, latex):
+@click.option("--compare", type=click.Choice(["weights"]), default=None,
+              help="Then the paired difference between weights (e.g. a pretrained backbone vs ImageNet): mean, 95% "
+                   "bootstrap interval, permutation p-value, over class orders and seeds.")
+@click.option("--baseline", default=None, metavar="ARM",
+              help="The weights the others are compared with, as the table names them (default: ImageNet, else "
+                   "random).")
+def cl_collect(dirs, latex, compare, baseline):
     """One table from the final rows of every results.jsonl under DIRS: mean ± std over class orders."""
+    from ...core.errors import UsageError
     from .stage import collect
 
-    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
+    if baseline and not compare:
+        raise UsageError("--baseline needs --compare weights")
+    click.echo(collect(list(dirs), "latex" if latex else "markdown", compare, baseline))

@@ -355,8 +355,9 @@ def table(results: list[dict[str, Any]], style: str = "plain") -> str:
     return format_table(header, body, style)
 
 
-def collect(dirs: list[Path], style: str = "markdown") -> str:
-    """table() over the final row of every `augur cl` run found under `dirs`."""
+def collect(dirs: list[Path], style: str = "markdown", compare: str | None = None, baseline: str | None = None) -> str:
+    """table() over the final row of every `augur cl` run found under `dirs`; with `compare` ("weights"), then the
+    paired comparison of the arms (compare.py)."""
     from ...core.files import read_jsonl
 
     rows = []
@@ -369,4 +370,8 @@ def collect(dirs: list[Path], style: str = "markdown") -> str:
                                "CL final rows", str(f))
     if not rows:
         raise AugurError(f"no finished `augur cl` run (results.jsonl with a final row) under {', '.join(map(str, dirs))}")
+    if compare:
+        from .compare import compare_table
+
+        return table(rows, style) + "\n\n" + compare_table(rows, baseline, style)
     return table(rows, style)

@@ -6,9 +6,11 @@ command.py."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...core.errors import AugurError
 from ..descriptor import (RecipeView, SmokeContext, Stage, StageResult, check_folder_key, check_weights_key,
                           pretrained_arch, register)
 
@@ -22,6 +24,53 @@ def result_of(res: dict[str, Any], main: bool = True) -> StageResult:
                        files={"results": res["results"]}, data=res, printed=main)
 
 
+NONE = "none"  # the arm without synthetic data
+
+
+@dataclass
+class DGGrid:
+    """The dg section of a recipe: one sweep per algorithm x synthetic arm (`algorithms: [ERM, CORAL]`,
+    `synthetic: [none, render]`), each a DGConfig. A grid of one sweep is the section as it always was: the
+    same settings (so the same stage hash) and the sweep in the stage's folder itself; a larger grid puts
+    each sweep in a folder of its own, `<algorithm>-<arm>` in lower case (`erm-none`). The `none` arm of a data-free section trains on
+    the real training domains (DomainBed's leave-one-domain-out): the baseline data-free is compared with."""
+
+    runs: list[tuple[str, str, Any]]  # (algorithm, arm: none / a stage / a folder, its DGConfig)
+    algorithms: list[str]
+    synthetic: list[str]  # the arms, `none` included
+
+    @property
+    def base(self) -> Any:
+        return self.runs[0][2]
+
+    def folder(self, algorithm: str, arm: str, out: Path) -> Path:
+        from ...core.names import path_name
+
+        if len(self.runs) == 1:
+            return out
+        tag = arm if arm in (NONE, "render", "curate") else f"synthetic{self.synthetic.index(arm)}"
+        return out / path_name(f"{algorithm.lower()}-{tag}")
+
+
+def _grid_list(section: dict[str, Any], one: str, many: str, where: str, default: str) -> list[str]:
+    from ...core.settings import Spec, check_value
+
+    if one in section and many in section and one != many:
+        raise AugurError(f"{where}.{many}: give {one} or {many}, not both")
+    value = section.pop(many, section.pop(one, default) if one != many else default)
+    if value is None:
+        value = NONE
+    try:
+        value = check_value(value if isinstance(value, list) else [value], list[str], Spec())
+    except ValueError as e:
+        raise AugurError(f"{where}.{many}: {e}") from None
+    if not value:
+        raise AugurError(f"{where}.{many}: give at least one")
+    if len(set(value)) < len(value):
+        raise AugurError(f"{where}.{many}: {value} names one twice")
+    return value
+
+
 @register
 class DG(Stage):
     name = "dg"
@@ -31,26 +80,82 @@ class DG(Stage):
     settings_from = "config:DGConfig"
     command_from = "command:dg"
 
-    def check(self, recipe: RecipeView, settings: Any) -> None:
-        pretrained_arch(recipe, self.name, settings.backbone, settings.image_size, settings.weights == "pretrain")
+    def parse(self, section: dict[str, Any], where: str, seed: int) -> DGGrid:
+        from ...core.settings import from_mapping
+        from .config import DGConfig
+        from .hparams import ALGORITHM_HPARAMS
 
-    def preflight(self, recipe: RecipeView, settings: Any) -> None:
-        check_folder_key(recipe, self, "data", settings.data)
-        check_folder_key(recipe, self, "synthetic", settings.synthetic)
-        check_weights_key(recipe, self, [settings.weights])
+        section = dict(section or {}) if isinstance(section, dict) or section is None else section
+        if not isinstance(section, dict):
+            raise AugurError(f"{where}: expected a mapping of parameters")
+        algorithms = _grid_list(section, "algorithm", "algorithms", where, "ERM")
+        arms = _grid_list(section, "synthetic", "synthetic", where, NONE)
+        for a in algorithms:
+            if a not in ALGORITHM_HPARAMS:
+                raise AugurError(f"{where}.algorithms: unknown value {a!r} (choose from {', '.join(ALGORITHM_HPARAMS)})")
+        hp = section.pop("hp", {}) or {}
+        if len(algorithms) > 1:  # one mapping per algorithm, as a cl section's hp per strategy
+            if not isinstance(hp, dict) or not all(k in algorithms and isinstance(v, dict) for k, v in hp.items()):
+                raise AugurError(f"{where}.hp: with several algorithms, a mapping of algorithm (one of "
+                                 f"{', '.join(algorithms)}) to its hyper-parameters")
+        data_free = bool(section.get("data_free"))
+        runs = []
+        for arm in arms:
+            for a in algorithms:
+                values = {"seed": seed, **section, "algorithm": a, "synthetic": None if arm == NONE else arm,
+                          "hp": hp.get(a, {}) if len(algorithms) > 1 else hp}
+                if arm == NONE and data_free and len(arms) > 1:
+                    values["data_free"] = False  # the baseline: the real training domains (see DGGrid)
+                runs.append((a, arm, from_mapping(DGConfig, values, where)))
+        return DGGrid(runs, algorithms, arms)
 
-    def run(self, settings: Any, out: Path, recipe: RecipeView) -> StageResult:
+    def section(self, settings: DGGrid) -> dict[str, Any]:
+        from ...core.settings import as_dict
+
+        if len(settings.runs) == 1:
+            return as_dict(settings.base)  # as a section of one sweep always was (its stage hash unchanged)
+        hp = {a: cfg.hp for a, _, cfg in settings.runs if cfg.hp}
+        return {**as_dict(settings.base), "algorithm": None, "algorithms": settings.algorithms,
+                "synthetic": settings.synthetic, "hp": hp if len(settings.algorithms) > 1 else settings.base.hp,
+                "data_free": any(cfg.data_free for _, _, cfg in settings.runs)}
+
+    def check(self, recipe: RecipeView, settings: DGGrid) -> None:
+        base = settings.base
+        pretrained_arch(recipe, self.name, base.backbone, base.image_size, base.weights == "pretrain")
+
+    def preflight(self, recipe: RecipeView, settings: DGGrid) -> None:
+        check_folder_key(recipe, self, "data", settings.base.data)
+        for arm in settings.synthetic:
+            if arm != NONE:
+                check_folder_key(recipe, self, "synthetic", arm)
+        check_weights_key(recipe, self, [settings.base.weights])
+
+    def run(self, settings: DGGrid, out: Path, recipe: RecipeView) -> StageResult:
         import dataclasses
 
         from ...core.distributed import is_main_process
+        from .collect import tables
         from .stage import run_dg
 
-        cfg = dataclasses.replace(settings, quiet=not recipe.progress,
-                                  synthetic=recipe.resolve(settings.synthetic, self.refs["synthetic"]) if settings.synthetic else None,
-                                  weights=recipe.resolve(settings.weights, "pretrain"))
-        return result_of(run_dg(cfg, out), is_main_process())
+        results = []
+        for algorithm, arm, cfg in settings.runs:
+            cfg = dataclasses.replace(cfg, quiet=not recipe.progress,
+                                      synthetic=recipe.resolve(arm, self.refs["synthetic"]) if arm != NONE else None,
+                                      weights=recipe.resolve(cfg.weights, "pretrain"))
+            results.append(run_dg(cfg, settings.folder(algorithm, arm, out)))
+        if len(results) == 1:
+            return result_of(results[0], is_main_process())
+        rows = [r for res in results for r in res["rows"]]
+        lines = [f"dg: {len(results)} sweeps ({' x '.join(map(str, (len(settings.algorithms), len(settings.synthetic))))} "
+                 f"algorithms x arms), {len(rows)} result rows → {out}"]
+        return StageResult(lines, tables=[tables(rows, selections=settings.base.selection)],
+                           files={"results": [res["results"] for res in results]}, data={"sweeps": results},
+                           printed=is_main_process())
 
-    def smoke(self, settings: Any, ctx: SmokeContext) -> Any:
+    def smoke(self, grid: DGGrid, ctx: SmokeContext) -> DGGrid:
+        return DGGrid([(a, arm, self._smoke(cfg, ctx)) for a, arm, cfg in grid.runs], grid.algorithms, grid.synthetic)
+
+    def _smoke(self, settings: Any, ctx: SmokeContext) -> Any:
         import dataclasses
 
         from ..smoke_data import SMOKE_CLASSES, make_dg_data, smoke_weights
@@ -69,19 +174,16 @@ class DG(Stage):
                                    hparams_seed=[0], image_size=32,
                                    weights=smoke_weights(settings.weights, settings.backbone, ctx.build))
 
+    def evidence(self, folders: list[Path], page: Any) -> None:
+        from .compare import evidence
+
+        evidence(_report_rows(folders)[1], page)
+
     def report(self, folders: list[Path], page: Any) -> None:
-        from ...core.files import read_json, read_jsonl
+        from ...core.files import read_json
         from .collect import tables
 
-        from .collect import effective_hparams
-
-        read = [effective_hparams(r) for f in folders if (f / "results.jsonl").is_file()
-                for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
-        from ...core.schema import fits
-        from .collect import ROW_SCHEMA
-
-        # a foreign or corrupt row is not read as a DG result
-        rows = [r for r in read if ROW_KEYS <= set(r) and fits(r, ROW_SCHEMA)]
+        read, rows = _report_rows(folders)
         if read and not rows:
             page.section("Domain generalization")
             page.text(f"(results.jsonl holds {len(read)} row(s), none of them DG result rows: not DG result rows, "
@@ -94,6 +196,9 @@ class DG(Stage):
         first = rows[0]["selection"]
         _bars([r for r in rows if r["selection"] == first], page.path("dg_bars.png"))
         page.figure("dg_bars.png", f"DG accuracy per held-out domain ({first})")
+        from .sources import rendered_domains
+
+        rendered_domains(rows, folders, page)  # which rendered domains trained, and what each carried
         if len(rows) < len(read):
             page.text(f"({len(read) - len(rows)} row(s) of results.jsonl are not DG result rows and were left out.)")
         for f in folders:
@@ -103,8 +208,20 @@ class DG(Stage):
                                                    f"data {ident.get('data')}")
 
     def progress(self, folder: Path, section: dict[str, Any]) -> str:
-        runs = len(list(folder.glob("runs/*/records.json")))
+        runs = len(list(folder.glob("runs/*/records.json"))) + len(list(folder.glob("*/runs/*/records.json")))
         return f"{runs} run(s) finished, results.jsonl not complete"
+
+
+def _report_rows(folders: list[Path]) -> tuple[list[Any], list[dict[str, Any]]]:
+    """(every row of the folders' results.jsonl, the DG result rows among them: a foreign or corrupt row is not
+    read as a DG result)."""
+    from ...core.files import read_jsonl
+    from ...core.schema import fits
+    from .collect import ROW_SCHEMA, effective_hparams
+
+    read = [effective_hparams(r) for f in folders if (f / "results.jsonl").is_file()
+            for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
+    return read, [r for r in read if isinstance(r, dict) and ROW_KEYS <= set(r) and fits(r, ROW_SCHEMA)]
 
 
 def _bars(rows: list[dict[str, Any]], path: Path) -> None:

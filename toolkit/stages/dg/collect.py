@@ -105,7 +105,8 @@ def effective_hparams(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "hparams": {**hp, "data_augmentation": applied}}
 
 
-def collect(dirs: list[Path], style: str = "markdown") -> str:
+def read_rows(dirs: list[Path]) -> list[dict[str, Any]]:
+    """Every DG result row under `dirs` (files, or folders searched for results.jsonl), migrated on read."""
     rows: list[dict[str, Any]] = []
     for d in dirs:
         d = Path(d)
@@ -117,9 +118,23 @@ def collect(dirs: list[Path], style: str = "markdown") -> str:
                                                               "DG result rows", str(f))]
     if not rows:
         raise AugurError("no DG result rows in " + ", ".join(map(str, dirs)))
+    return rows
+
+
+def collect(dirs: list[Path], style: str = "markdown", compare: str | None = None,
+            baseline: str | None = None) -> str:
+    """DomainBed's tables; with `compare` ("synthetic"), then the paired comparison of the arms (compare.py)."""
+    from .compare import compare_tables, comparisons
+
+    rows = read_rows(dirs)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    if compare:
+        for ds in datasets:  # one line, before any table, when a dataset's rows have one arm only
+            comparisons([r for r in rows if r["dataset"] == ds], baseline)
     out = []
     for ds in datasets:
         sub = [r for r in rows if r["dataset"] == ds]
         out.append(tables(sub, style=style))
+        if compare:
+            out.append(compare_tables(sub, baseline, style))
     return f"Total records: {len(rows)}\n\n" + "\n\n".join(out)

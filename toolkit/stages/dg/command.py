@@ -43,8 +43,16 @@ def dg_train(cfg: DGConfig, out: Path) -> None:
 @dg.command("collect")
 @click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--latex", is_flag=True, help="LaTeX tables (default: Markdown).")
-def dg_collect(dirs, latex):
+@click.option("--compare", type=click.Choice(["synthetic"]), default=None,
+              help="Then the paired difference between arms (with vs without synthetic data): mean, 95% bootstrap "
+                   "interval, permutation p-value, per algorithm and test domain.")
+@click.option("--baseline", default=None, metavar="ARM",
+              help="The arm the others are compared with (default: none, the runs without synthetic data).")
+def dg_collect(dirs, latex, compare, baseline):
     """DomainBed's collect_results tables from one or more `augur dg` folders."""
+    from ...core.errors import UsageError
     from .collect import collect
 
-    click.echo(collect(list(dirs), "latex" if latex else "markdown"))
+    if baseline and not compare:
+        raise UsageError("--baseline needs --compare synthetic")
+    click.echo(collect(list(dirs), "latex" if latex else "markdown", compare, baseline))

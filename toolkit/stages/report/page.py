@@ -2,7 +2,9 @@
 
 DIR may be a run folder (`augur run`), or any stage's output folder (extrapolate, render, pretrain,
 dg, cl), or a folder holding several of them (a recipe's cl grid). A run folder's report opens with
-every stage of its plan and how far it got; then the results, each stage writing its own section
+every stage of its plan and how far it got; then, when its runs hold several arms (with and without
+synthetic data; several weights), what the arm changed, paired (`Stage.evidence`); then the results, each
+stage writing its own section
 (`Stage.report`, results first: DG tables and bars, CL table, curves and accuracy matrices, the
 generated images, the extrapolated classes or domains, the pretrained backbone), then the provenance
 (models with sha256, settings, seeds, CPU threads, package versions); the recipe dump goes last.
@@ -190,10 +192,12 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
         # A run stopped half-way must not read as a complete one: every stage of the plan, and how far it got.
         page.section("Stages of the plan")
         page.table(["stage", "status", "folder"], status)
-    for st in sorted(stages(), key=lambda s: s.report_rank):  # results first
+    ranked = sorted(stages(), key=lambda s: s.report_rank)
+    # the results open with what each comparison of arms says (paired), then every stage's section, results first
+    for st, part in [(st, "evidence") for st in ranked] + [(st, "report") for st in ranked]:
         if folders.get(st.name):
             try:
-                st.report(folders[st.name], page)
+                getattr(st, part)(folders[st.name], page)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
                 # a record or result file edited or written by something else: name it, no traceback
                 where = ", ".join(str(f) for f in folders[st.name][:3])
