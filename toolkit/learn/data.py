@@ -42,6 +42,9 @@ class Domain:
     name: str
     images: list  # file paths, or uint8 HxW(x3) arrays for built-in data
     labels: np.ndarray
+    # per image, the real domain of the photo that guided it (a guided render's manifest: init_image.domain);
+    # None for images drawn from text alone, and for data that is not a render output
+    sources: list | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -206,9 +209,16 @@ def render_output(root: Path, report: bool = True) -> MultiDomain:
         raise AugurError(f"{root}: the manifest lists no images (is the render finished?)")
     classes = sorted({r["class"] for r in rows})
     per_domain: dict[str, list[tuple[Path, str]]] = {}
+    sources: dict[Path, str | None] = {}
     for r in rows:
         per_domain.setdefault(r["domain"], []).append((root / r["path"], r["class"]))
-    return _assemble(root, classes, dict(sorted(per_domain.items())), report, str(root))
+        guide = r.get("init_image")
+        sources[root / r["path"]] = guide.get("domain") if isinstance(guide, dict) else None
+    ds = _assemble(root, classes, dict(sorted(per_domain.items())), report, str(root))
+    if any(v is not None for v in sources.values()):
+        for d in ds.domains:
+            d.sources = [sources[p] for p in d.images]
+    return ds
 
 
 def fingerprint(ds: MultiDomain) -> dict[str, Any]:

@@ -62,6 +62,8 @@ class Env:
     augmentable: bool = True  # what DomainBed would do with its source (data.MultiDomain.augment)
     rows: Any = None  # np.ndarray: its readable images' rows in the sweep's image store
     labels: Any = None  # np.ndarray: their labels
+    sources: list | None = None  # as read: each item's guiding real domain (a guided render), else None
+    source_of: Any = None  # np.ndarray: the same for its store rows
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,15 @@ def environments(cfg: DGConfig) -> tuple[list[str], list[Env], data.MultiDomain]
         synth = data.load(cfg.synthetic)
         data.check_same_classes(real, synth)
         remap = {i: real.classes.index(c) for i, c in enumerate(synth.classes)}
+        guided = any(d.sources for d in synth.domains)
+        src = lambda ds: [s for d in ds for s in (d.sources or [None] * len(d.images))] if guided else None  # noqa: E731
         if cfg.synthetic_envs == "one":
             envs.append(Env("synthetic", [(img, remap[int(lab)]) for d in synth.domains
-                                          for img, lab in zip(d.images, d.labels)], False, synth.augment))
+                                          for img, lab in zip(d.images, d.labels)], False, synth.augment,
+                            sources=src(synth.domains)))
         else:
             envs += [Env(f"synthetic/{d.name}", [(img, remap[int(lab)]) for img, lab in zip(d.images, d.labels)],
-                         False, synth.augment) for d in synth.domains]
+                         False, synth.augment, sources=src([d])) for d in synth.domains]
     return real.classes, envs, real
 
 
@@ -211,9 +216,12 @@ class Sweep:
         self.store = ImageStore(all_items, self.dc, torch_device(), workers=cfg.workers)
         ends = np.cumsum([len(e.items) for e in self.envs])
         which = np.searchsorted(ends, self.store.kept, side="right")  # the environment of each store row
+        starts = np.concatenate([[0], ends[:-1]])
         for i, e in enumerate(self.envs):
             e.rows = np.flatnonzero(which == i)
             e.labels = self.store.labels_np[e.rows]
+            if e.sources is not None:
+                e.source_of = np.array(e.sources, dtype=object)[self.store.kept[e.rows] - starts[i]]
             if len(e.rows) == 0:
                 raise AugurError(f"domain '{e.name}' has no readable image")
 
@@ -315,6 +323,7 @@ class RunPlan:
     splits: dict[str, tuple[np.ndarray, np.ndarray]]
     train_envs: list[Env]
     val_envs: list[Env]
+    leakage: dict[str, Any] | None = None  # the synthetic images the leakage guard kept and dropped
 
 
 def plan_run(cfg: DGConfig, sw: Sweep, spec: RunSpec) -> RunPlan:
@@ -323,17 +332,39 @@ def plan_run(cfg: DGConfig, sw: Sweep, spec: RunSpec) -> RunPlan:
     # DomainBed: each environment split in (train / evaluate) and out (validate) by seed_hash(trial, env_i).
     splits = {e.name: data.split(len(e.rows), cfg.holdout_fraction, seed_hash(spec.trial, i))
               for i, e in enumerate(sw.envs)}
+    guard = leakage_guard(sw, spec, splits)
     names = train_env_names(cfg, spec, sw.real_names, sw.synthetic_names)
     train_envs = [e for e in sw.envs if e.name in names]
     for e in train_envs:
         if len(splits[e.name][0]) < 2:
-            raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s); each needs at least 2")
+            why = (f" once the leakage guard dropped the {guard['dropped']} synthetic image(s) guided by photos of "
+                   f"{', '.join(spec.test_envs)}" if guard and guard["dropped"] and not e.real else "")
+            raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s){why}; each needs "
+                             "at least 2")
     val_envs = [e for e in train_envs if len(splits[e.name][1])]
     if not val_envs and (cfg.swad or "training-domain" in cfg.selection):
         raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
                          "training-domain validation has nothing to select on (raise it, or add images)")
     return RunPlan(spec, hparams, run_seed(cfg.seed, cfg.algorithm, spec), cfg.steps or N_STEPS, sw.freq, splits,
-                   train_envs, val_envs)
+                   train_envs, val_envs, guard)
+
+
+def leakage_guard(sw: Sweep, spec: RunSpec, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any] | None:
+    """No test-domain leakage: a synthetic image guided by a photo of a domain this run tests on is dropped from
+    both its splits (it neither trains nor validates the run). The split itself is DomainBed's, drawn before, so
+    the other images keep their split. Returns {kept, dropped} over the synthetic environments (None when no
+    synthetic image was guided)."""
+    kept = dropped = 0
+    guided = False
+    for e in sw.envs:
+        if e.real or e.source_of is None:
+            continue
+        guided = True
+        leak = np.isin(e.source_of, list(spec.test_envs))
+        dropped += int(leak.sum())
+        kept += int((~leak).sum())
+        splits[e.name] = tuple(idx[~leak[idx]] for idx in splits[e.name])
+    return {"kept": kept, "dropped": dropped, "test_domains": list(spec.test_envs)} if guided else None
 
 
 def run_seed(seed: int, algorithm: str, spec: RunSpec) -> int:
@@ -452,6 +483,8 @@ def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun
         "steps": rp.steps, "checkpoint_freq": rp.freq,
         "steps_per_epoch": min(len(rp.splits[e.name][0]) / rp.hparams["batch_size"] for e in rp.train_envs),
         "data_config": sw.dc.as_dict(), "records": records}
+    if rp.leakage is not None:
+        result["leakage_guard"] = rp.leakage
     if cfg.swad:
         result["swad"] = swad_result(learner, rp, stream, evaluate, records[-1]["step"])
     if run.main:
@@ -518,6 +551,7 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
                              "train_domains": res["train_envs"],
                              "augmented_domains": res.get("augmented_envs", []), "steps": res["steps"],
                              "checkpoint_freq": res["checkpoint_freq"],
+                             **({"leakage_guard": res["leakage_guard"]} if "leakage_guard" in res else {}),
                              "images_per_second": float(np.mean([r["images_per_second"] for r in res["records"]]))})
     return rows
 
