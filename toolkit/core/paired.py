@@ -34,6 +34,11 @@ class Paired:
     exact: bool  # every sign pattern enumerated
 
     @property
+    def too_few(self) -> bool:
+        """Too few pairs for p < 0.05 at all: the smallest exact p-value, 2 / 2^n, is above it (n <= 5)."""
+        return 2 / 2 ** self.n > 0.05
+
+    @property
     def includes_zero(self) -> bool:
         return self.low is None or self.low <= 0 <= self.high
 
@@ -45,7 +50,7 @@ class Paired:
             return "interval includes 0"
         side = "above 0" if self.low > 0 else "below 0"
         # a percentile interval of a handful of pairs is narrow where the permutation test cannot speak: say so
-        if 2 / 2 ** self.n > 0.05:
+        if self.too_few:
             return f"{side}, but {self.n} pairs cannot reach p < 0.05"
         return side if self.p <= 0.05 else f"{side}, but p > 0.05"
 
@@ -156,5 +161,5 @@ def summary(comparisons: list[Comparison], where: str) -> str:
             parts.append(head + f", 95% CI [{points(r.low, True)}, {points(r.high, True)}] "
                                 f"{'above' if r.low > 0 else 'below'} 0 (p = {r.p:.3g}"
                                 + (f"; {r.n} pairs cannot give p < 0.05: add trials or seeds for a claim)."
-                                   if 2 / 2 ** r.n > 0.05 else ")."))
+                                   if r.too_few else ")."))
     return " ".join(parts)

@@ -128,13 +128,12 @@ def collect(dirs: list[Path], style: str = "markdown", compare: str | None = Non
 
     rows = read_rows(dirs)
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    if compare:
-        for ds in datasets:  # one line, before any table, when a dataset's rows have one arm only
-            comparisons([r for r in rows if r["dataset"] == ds], baseline)
+    # computed once per dataset, before any table: a dataset whose rows have one arm only is one line
+    compared = {ds: comparisons([r for r in rows if r["dataset"] == ds], baseline) for ds in datasets} if compare else {}
     out = []
     for ds in datasets:
         sub = [r for r in rows if r["dataset"] == ds]
         out.append(tables(sub, style=style))
         if compare:
-            out.append(compare_tables(sub, baseline, style))
+            out.append(compare_tables(sub, compared[ds], style))
     return f"Total records: {len(rows)}\n\n" + "\n\n".join(out)

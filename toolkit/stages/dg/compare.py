@@ -21,9 +21,6 @@ from typing import Any
 from ...core.paired import Comparison, about, compare_units, comparison_table, pick_baseline
 from .collect import SELECTION_NAMES
 
-COMPARE = ("synthetic",)
-
-
 def arm_names(rows: list[dict[str, Any]]) -> dict[tuple, str]:
     """(synthetic, synthetic_envs) -> a short name: the folder's name (its path where two names clash)."""
     keys = list(dict.fromkeys((r.get("synthetic"), r.get("synthetic_envs") if r.get("synthetic") else None)
@@ -94,8 +91,10 @@ def _averages(values: dict[tuple, float], domains: list[str]) -> dict[tuple, flo
             if all((d, *u) in values for d in domains)}
 
 
-def compare_tables(rows: list[dict[str, Any]], baseline: str | None = None, style: str = "markdown") -> str:
-    base, by_method = comparisons(rows, baseline)
+def compare_tables(rows: list[dict[str, Any]], compared: tuple[str, dict[str, list[Comparison]]],
+                   style: str = "markdown") -> str:
+    """The tables of `compared` (comparisons(rows, ...)) for the rows of one dataset."""
+    base, by_method = compared
     dataset = rows[0]["dataset"]
     parts = []
     for method, lines in by_method.items():
