@@ -454,3 +454,22 @@ def test_cl_output_of_other_settings_is_refused(tmp_path):
     with pytest.raises(AugurError, match="not empty and holds no cl run"):
         run_cl(cfg(strategy="ncm"), tmp_path / "theirs")
     assert [p.name for p in (tmp_path / "theirs").iterdir()] == ["notes.txt"]
+
+
+def test_training_settings_do_not_decide_a_strategy_that_trains_nothing(tmp_path):
+    """ncm trains no task: --epochs and --lr change nothing, so they find the same finished folder (recorded as
+    epochs 0, lr null), and a folder written when the identity held the values asked for still resumes."""
+    from toolkit.core.files import read_json, write_json
+
+    first = run_cl(cfg(strategy="ncm", epochs=2, lr=1e-3), tmp_path / "run")
+    again = run_cl(cfg(strategy="ncm", epochs=7, lr=0.5, weight_decay=0.1), tmp_path / "run")
+    assert again == first and (first["epochs"], first["lr"]) == (0, None)
+    record = read_json(tmp_path / "run" / "cl.json")
+    assert {k: record["identity"][k] for k in ("epochs", "lr", "weight_decay")} == {"epochs": 0, "lr": None,
+                                                                                    "weight_decay": None}
+    # an older folder's identity: the values asked for
+    write_json(tmp_path / "run" / "cl.json", {**record, "identity": {**record["identity"], "epochs": 10,
+                                                                      "lr": 1e-3, "weight_decay": 0.0}})
+    assert run_cl(cfg(strategy="ncm", epochs=3), tmp_path / "run") == first
+    with pytest.raises(AugurError, match="cl run with other settings"):  # a setting that does decide: refused
+        run_cl(cfg(strategy="ncm", image_size=24), tmp_path / "run")

@@ -452,3 +452,23 @@ def test_the_sweep_says_how_many_runs_it_trains(three_domains, tmp_path):
     assert describe_plan(cfg(selection=["leave-one-out"], trials=2), runs, ["rot0", "rot15", "rot30"], 2) == (
         "dg: 12 runs (3 test domains x 2 trials x 1 hparams draw, + 3 pairs of domains for leave-one-domain-out x "
         "2 trials x 1 hparams draw); 2 already done")
+
+
+def test_freeze_bn_is_recorded_as_applied(tmp_path):
+    """DomainBed's freeze_bn freezes BatchNorm layers: a row says true only where the backbone had some (a
+    ResNet), false for one without (a ViT, LayerNorm only), whatever was asked."""
+    import torch
+
+    from toolkit.stages.dg.stage import build_learner, plan_run, resolve
+
+    rows = {}
+    for arch, size in (("resnet18", 16), ("vit_small", 32)):
+        c = cfg(backbone=arch, image_size=size, hp={"freeze_bn": True}, test_domains=["0"],
+                selection=["training-domain"], steps=1, checkpoint_freq=1)
+        (rows[arch],) = run_dg(c, tmp_path / arch)["rows"]
+        sw = resolve(c)
+        sw.images(c)
+        learner = build_learner(c, sw, plan_run(c, sw, RunSpec(("0",), 0, 0)))
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in learner.modules())
+        assert rows[arch]["hparams"]["freeze_bn"] is has_bn
+    assert rows["resnet18"]["hparams"]["freeze_bn"] is True and rows["vit_small"]["hparams"]["freeze_bn"] is False

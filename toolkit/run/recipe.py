@@ -135,10 +135,11 @@ def preflight(recipe: Recipe) -> None:
 
 def stage_hashes(recipe: Recipe) -> dict[str, str]:
     hashes: dict[str, str] = {}
+    view = recipe.view()
     for name, st in recipe.stages.items():
         stage = get(name)
         upstream = [hashes.get(n) for n in stage.inputs(st)]
-        hashes[name] = key_of(name, stage.hash_settings(st), recipe.seed, upstream, __version__)[:12]
+        hashes[name] = key_of(name, stage.hash_settings(st, view), recipe.seed, upstream, __version__)[:12]
     return hashes
 
 

@@ -130,7 +130,7 @@ class Stage:
 
         return as_dict(settings)
 
-    def hash_settings(self, settings: Any) -> dict[str, Any]:
+    def hash_settings(self, settings: Any, recipe: RecipeView) -> dict[str, Any]:
         """What decides this stage's output folder (with the seed and the inputs' hashes)."""
         return self.section(settings)
 

@@ -60,6 +60,26 @@ def load_scenario(cfg: CLConfig) -> tuple[list[str], list, list, str]:
     return ds.classes, train, test, f"stratified {1 - cfg.test_share:.0%}/{cfg.test_share:.0%} (fixed seed)"
 
 
+def refuse_test_guides(cfg: CLConfig, w: Any, split_note: str) -> None:
+    """A backbone pretrained on images guided by photos of this run's data must have been guided by its training
+    split only: the data's `train` domain, never `test` (render refuses a domain named test) and never a folder
+    whose test images are a stratified draw that the guides may have come from."""
+    from ..render.guides import guided_by
+
+    trained_on = (w.info or {}).get("data") if w.kind == "pretrained" else None
+    guided = guided_by(Path(trained_on)) if isinstance(trained_on, str) and Path(trained_on).is_dir() else None
+    if guided is None:
+        return
+    ours = cfg.data if cfg.data == "digits" else str(Path(cfg.data).expanduser().resolve())
+    if guided["data"] != ours:
+        return
+    if "test" in guided["domains"] or split_note.startswith("stratified"):
+        raise AugurError(f"--weights {w.path}: its backbone was pretrained on images guided by photos of {cfg.data}, "
+                         f"drawn from {', '.join(guided['domains'])}, and this run's test images are {split_note} of "
+                         f"it: a guide may be a test image. Guide the rendering with the training split only (a data "
+                         "folder with train/ and test/ domains, --init-domains train)")
+
+
 def class_order(cfg: CLConfig, classes: list[str]) -> list[int]:
     text = cfg.class_order.strip()
     if text.isdigit():
@@ -129,11 +149,14 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     sc = Scenario(classes, train_items, test_items, split_note, order, make_tasks(order, cfg.initial_classes,
                                                                                    cfg.increment))
     arch, w = resolve_weights(cfg.weights, cfg.backbone)
+    refuse_test_guides(cfg, w, split_note)
     setup = Setup(name, strategy_cls, hp, arch, w, choice, cfg.train_precision())  # an impossible precision: refused
     ds_print = data.fingerprint(data.load(cfg.data, report=False, rotated=False))
     identity = {**{k: v for k, v in as_dict(cfg).items() if k not in ("workers", "hp", "strategy")},
                 "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
                 "class_order_resolved": order}
+    if not strategy_cls.trains:
+        identity = _untrained_identity(out, identity)
     with StageRun(out, "cl", identity) as run:
         finished = _finished(out)
         if finished is not None:  # the claim matched these settings and every task is scored: nothing to redo
@@ -141,6 +164,34 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
         result = _run(cfg, out, sc, setup, run, t0)
         run.finish()
         return result
+
+
+UNUSED_BY_UNTRAINED = {"epochs": 0, "lr": None, "weight_decay": None}  # as its rows record them
+
+
+def _untrained_identity(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """A strategy that trains no task (ncm, ranpac) is decided by none of the training settings: its identity
+    holds them as its rows record them, so another --epochs or --lr finds the same finished folder. A folder
+    written before 2026-12-07 holds the values asked for: it is the same run, and keeps its identity."""
+    from ...core.files import read_json
+
+    identity = {**identity, **UNUSED_BY_UNTRAINED}
+    record = out / "cl.json"
+    try:
+        old = read_json(record).get("identity") if record.is_file() else None
+    except AugurError:
+        return identity
+    if isinstance(old, dict) and {k: v for k, v in old.items() if k not in UNUSED_BY_UNTRAINED} == \
+            {k: v for k, v in _json_normal(identity).items() if k not in UNUSED_BY_UNTRAINED}:
+        return {**identity, **{k: old.get(k) for k in UNUSED_BY_UNTRAINED}}
+    return identity
+
+
+def _json_normal(obj: Any) -> Any:
+    """As the claim compares identities (core/outdir.py): through JSON."""
+    import json
+
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

@@ -463,6 +463,8 @@ def swad_result(learner, rp: RunPlan, stream, evaluate: Evaluator, last_step: in
 
 def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun) -> None:
     """One run: plan it, build it, train it (resuming from its last checkpoint), write its records."""
+    import torch
+
     rp = plan_run(cfg, sw, spec)
     learner = build_learner(cfg, sw, rp)
     stream = train_stream(cfg, sw, rp, run.world)
@@ -482,7 +484,9 @@ def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun
         "augmented_envs": [e.name for e in rp.train_envs if augmented(cfg, rp.hparams, e)],
         "steps": rp.steps, "checkpoint_freq": rp.freq,
         "steps_per_epoch": min(len(rp.splits[e.name][0]) / rp.hparams["batch_size"] for e in rp.train_envs),
-        "data_config": sw.dc.as_dict(), "records": records}
+        "data_config": sw.dc.as_dict(), "records": records,
+        # freeze_bn is applied to BatchNorm layers: a backbone without any (a ViT) froze nothing
+        "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in learner.modules())}
     if rp.leakage is not None:
         result["leakage_guard"] = rp.leakage
     if cfg.swad:
@@ -547,13 +551,23 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
                 rows.append({**base, **row, "selection": method, "selection_index": sel_index(method),
                              "test_domain": t, "domain_index": real_names.index(t),
                              "trial_seed": spec.trial, "seed": res["seed"], "hparams_seed": spec.hparams_seed,
-                             "hparams": {**res["hparams"], "data_augmentation": bool(res.get("augmented_envs"))},
+                             "hparams": applied_hparams(res),
                              "train_domains": res["train_envs"],
                              "augmented_domains": res.get("augmented_envs", []), "steps": res["steps"],
                              "checkpoint_freq": res["checkpoint_freq"],
                              **({"leakage_guard": res["leakage_guard"]} if "leakage_guard" in res else {}),
                              "images_per_second": float(np.mean([r["images_per_second"] for r in res["records"]]))})
     return rows
+
+
+def applied_hparams(res: dict[str, Any]) -> dict[str, Any]:
+    """The run's hyper-parameters as applied, under DomainBed's keys: `data_augmentation` says whether any
+    training environment was augmented, `freeze_bn` whether any BatchNorm layer was frozen (records written
+    before 2026-12-07 do not say whether the backbone had BatchNorm: their freeze_bn stays as asked)."""
+    hp = {**res["hparams"], "data_augmentation": bool(res.get("augmented_envs"))}
+    if "freeze_bn" in hp and res.get("batchnorm") is False:
+        hp["freeze_bn"] = False
+    return hp
 
 
 def sel_index(method: str) -> int:

@@ -81,6 +81,18 @@ def load_lora(pipe, path: Path) -> None:
     pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
 
 
+def image_to_image(pipe, path: Path):
+    """The text-to-image pipeline's image-to-image sibling, from the same components (no second load):
+    diffusers' AutoPipelineForImage2Image maps LCM, SD, SD-Turbo and SD + LCM-LoRA pipelines to theirs."""
+    from diffusers import AutoPipelineForImage2Image
+
+    try:
+        return AutoPipelineForImage2Image.from_pipe(pipe)
+    except ValueError:
+        raise AugurError(f"{path}: diffusers has no image-to-image pipeline for {type(pipe).__name__}; render it "
+                         "from text (without --init-images)") from None
+
+
 class Backend:
     def load(self, path: Path, defaults: dict[str, Any], cfg, device: str, precision: str, variant: str | None,
              lora: Path | None, tiny_vae: Path | None):
@@ -106,6 +118,8 @@ class TorchBackend(Backend):
                                                      use_safetensors=True, variant=variant, safety_checker=None,
                                                      requires_safety_checker=False)
         set_scheduler(pipe, defaults.get("scheduler"))
+        if cfg.init_images is not None:
+            pipe = image_to_image(pipe, path)
         if lora is not None:
             load_lora(pipe, lora)
         if tiny_vae is not None:
@@ -169,7 +183,19 @@ class OnnxBackend(Backend):
 
             # Under `accelerate launch` each process has set its own current GPU; the EP would take GPU 0.
             options = {"device_id": torch.cuda.current_device()}
-        pipe = ORTDiffusionPipeline.from_pretrained(str(path), provider=provider, provider_options=options)
+        if cfg.init_images is not None:  # optimum's image-to-image class of the exported pipeline
+            from optimum.onnxruntime import ORTPipelineForImage2Image
+
+            try:
+                pipe = ORTPipelineForImage2Image.from_pretrained(str(path), provider=provider,
+                                                                 provider_options=options)
+            except ValueError as e:
+                if "can't find a pipeline" not in str(e):
+                    raise
+                raise AugurError(f"{path}: optimum has no ONNX image-to-image pipeline for this model; render it "
+                                 "with --backend torch") from None
+        else:
+            pipe = ORTDiffusionPipeline.from_pretrained(str(path), provider=provider, provider_options=options)
         # The export already holds the card's scheduler and fused LoRA (see onnx_export.py); a
         # folder exported elsewhere still gets the card's scheduler here.
         set_scheduler(pipe, defaults.get("scheduler"))

@@ -53,7 +53,20 @@ def render_part(record: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str,
             "classes": sorted({r["class"] for r in rows}), "domains": sorted({r["domain"] for r in rows}),
             "images": len(rows),
             "images_per_class_domain": {c: dict(sorted(d.items())) for c, d in sorted(per.items())},
-            "prompts_file": record.get("prompts"), "prompts_sha256": ident.get("prompts_sha256")}
+            "prompts_file": record.get("prompts"), "prompts_sha256": ident.get("prompts_sha256"),
+            **({"guides": guides_part(record, rows)} if isinstance(ident.get("init_images"), dict) else {})}
+
+
+def guides_part(record: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Guided rendering: which real images the set started from (each row names its own guide)."""
+    ident = record["identity"]
+    used: dict[str, set] = {}
+    for r in rows:
+        guide = r.get("init_image") or {}
+        used.setdefault(guide.get("domain"), set()).add(guide.get("path"))
+    return {"data": record.get("init_images"), "data_sha256": ident["init_images"].get("sha256"),
+            "domains": ident["init_images"].get("domains"), "strengths": ident.get("strengths"),
+            "guide_images_used": {str(d): len(p) for d, p in sorted(used.items(), key=lambda kv: str(kv[0]))}}
 
 
 def made_markdown(card: dict[str, Any]) -> list[str]:
@@ -69,6 +82,12 @@ def made_markdown(card: dict[str, Any]) -> list[str]:
     lines.append(f"- **Prompts**: `{card.get('prompts_file')}` (sha256 `{card.get('prompts_sha256')}`)")
     lines.append(f"- **Generator**: `{g['model']}` (sha256 `{g['model_sha256']}`, licence {g['license']}), "
                  + ", ".join(f"{k} {g[k]}" for k in GENERATOR_KEYS if k in g))
+    if card.get("guides"):
+        gd = card["guides"]
+        lines.append(f"- **Guided by real images** (image-to-image): `{gd['data']}` (digest `{gd['data_sha256']}`), "
+                     f"domains {', '.join(gd['domains'] or [])}, strengths {', '.join(f'{x:g}' for x in gd['strengths'])}; "
+                     "guide images used per domain: " + ", ".join(f"{d} {n}" for d, n in gd["guide_images_used"].items())
+                     + " (each image's guide: `init_image` in manifest.jsonl)")
     lines += [f"- **Classes** ({len(card['classes'])}): {', '.join(card['classes'])}",
               f"- **Domains** ({len(card['domains'])}): {', '.join(card['domains'])}",
               f"- **Images**: {card['images']}", ""]

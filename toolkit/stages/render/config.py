@@ -33,6 +33,16 @@ class RenderConfig:
     shard: str | None = setting(None, "i/n: render only this shard of the images (merge with `augur render "
                                       "merge`).", recipe=False, metavar="I/N")
     negative_prompt: str | None = setting(None, "For pipelines that take one (not LCM).")
+    init_images: str | None = setting(None, "Real images that guide the rendering (image-to-image): a "
+                                            "DomainBed-layout folder, or digits. Each image starts from a seeded "
+                                            "choice among the guide images of its prompt row's class; in a recipe, "
+                                            "dg.data names the dg section's data.", metavar="DATA")
+    init_domains: list[str] | None = setting(None, "The guide folder's domains that may guide, comma-separated "
+                                                   "(default: every domain but a test split named 'test').")
+    strength: list[float] | None = setting(None, "How far each guided image moves from its guide, comma-separated "
+                                                 "(0 < s <= 1; 1 ignores the guide): every guided image is drawn at "
+                                                 "each strength (default: the card's, else 0.5).", min=0.0,
+                                           min_open=True, max=1.0)
     attention_slicing: bool = setting(False, "Less memory, a little slower (torch).", is_flag=True)
     vae_slicing: bool = setting(False, "Decode images one by one (torch).", is_flag=True)
     vae_tiling: bool = setting(False, "Decode large images tile by tile (torch).", is_flag=True)
@@ -66,6 +76,14 @@ class RenderConfig:
 
     def check(self) -> None:
         parse_shard(self.shard)
+        if self.init_images is None and (self.strength or self.init_domains):
+            # no option is a silent no-op: strengths and guide domains mean nothing without guide images
+            raise SettingError("strength" if self.strength else "init_domains",
+                               "applies to guided rendering: give --init-images DATA too")
+        if self.strength and len(set(self.strength)) < len(self.strength):
+            raise SettingError("strength", f"{self.strength} names one strength twice")
+        if self.init_domains and "test" in self.init_domains:
+            raise SettingError("init_domains", "'test' is a test split: guide images come from training data only")
         if self.backend != "torch" and (self.tiny_vae or self.attention_slicing or self.vae_slicing
                                         or self.vae_tiling or self.cpu_offload or self.compile or self.fuse_qkv):
             raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile, --fuse-qkv and "

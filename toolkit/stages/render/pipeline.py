@@ -20,6 +20,8 @@ so a GPU sends a quarter of the bytes and the host does no per-pixel work; the a
 from __future__ import annotations
 
 import inspect
+import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,14 @@ from .config import RenderConfig
 
 @dataclass(frozen=True)
 class Unit:
-    """One image to make."""
+    """One image to make (a guided one: from `guide`, at `strength`; stages/render/guides.py)."""
 
     image_id: str
     row: dict[str, Any]
     index: int
     seed: int
+    strength: float | None = None
+    guide: Any = None
 
 
 @dataclass
@@ -135,7 +139,11 @@ class Renderer:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
         d = resolved.defaults
-        self.steps = cfg.steps or int(d.get("steps", 4))
+        self.guided = cfg.init_images is not None
+        # a card may say which strengths and step counts make sense for image-to-image (a one-step model needs
+        # steps x strength >= 1); the command line overrides both
+        self.strengths = (list(cfg.strength or d.get("strength") or [0.5])) if self.guided else None
+        self.steps = cfg.steps or int((self.guided and d.get("img2img_steps")) or d.get("steps", 4))
         self.guidance = float(cfg.guidance if cfg.guidance is not None else d.get("guidance", 1.0))
         self.negative_prompt = cfg.negative_prompt if cfg.negative_prompt is not None else d.get("negative_prompt", "")
         self.lora = self.tiny_vae = None
@@ -170,6 +178,8 @@ class Renderer:
                              "is the folder complete?") from None
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler = type(self.pipe.scheduler).__name__
+        self.denoising_steps = ({s: check_denoising(self.pipe.scheduler, self.steps, s) for s in self.strengths}
+                                if self.guided else {})
         scale = getattr(self.pipe, "vae_scale_factor", 8)
         unet_cfg = getattr(getattr(self.pipe, "unet", None), "config", None)
         native = (unet_cfg.sample_size * scale) if unet_cfg is not None and hasattr(unet_cfg, "sample_size") else 512
@@ -187,6 +197,9 @@ class Renderer:
                "compute_batch": self.compute_batch,
                "channels_last": self.cfg.channels_last and self.cfg.backend == "torch",
                "compile": self.cfg.compile}
+        if self.guided:  # absent for text-only runs: older folders keep their identity
+            out["strengths"] = self.strengths
+            out["pipeline"] = type(self.pipe).__name__  # the image-to-image class that drew them
         if self.cfg.fuse_qkv:
             out["fuse_qkv"] = True
         # slicing, tiling and offloading change float rounding (tested: pixels 1/255 apart), so a folder records
@@ -205,10 +218,13 @@ class Renderer:
         return {"threads": threads(), "threads_choice": self.threads.why}
 
     def __call__(self, units: list[Unit]):
-
         out = []
-        for start in range(0, len(units), self.compute_batch):
-            out += self._compute(units[start: start + self.compute_batch])
+        start = 0
+        while start < len(units):  # compute batches of one strength (a pipeline call takes one)
+            end = min(start + self.compute_batch, len(units))
+            end = next((i for i in range(start + 1, end) if units[i].strength != units[start].strength), end)
+            out += self._compute(units[start:end])
+            start = end
         return out
 
     def _compute(self, units: list[Unit]):
@@ -220,13 +236,20 @@ class Renderer:
             height=self.size, width=self.size, output_type="np",
             # CPU generators: the same starting noise on any device
             generator=[torch.Generator("cpu").manual_seed(u.seed) for u in units])
+        if self.guided:  # image-to-image draws at its guide's size, which guides.py fits to --size
+            from .guides import Guides
+
+            del kwargs["height"], kwargs["width"]
+            kwargs.update(image=[Guides.image(u.guide, self.size) for u in units], strength=units[0].strength)
         if self.takes_negative and self.negative_prompt:
             kwargs["negative_prompt"] = [u.row.get("negative_prompt") or self.negative_prompt for u in units]
         torch_out = self.cfg.backend == "torch"
         if torch_out:
             kwargs["output_type"] = "pt"
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # optimum's ONNX image-to-image pipelines read config attributes the old way, once per call
+                warnings.filterwarnings("ignore", message="Accessing config attribute", category=FutureWarning)
                 images = self.pipe(**kwargs).images
                 if torch_out:
                     return self._to_uint8(images, units)
@@ -265,6 +288,27 @@ class Renderer:
                 if self.dtype != "fp32" else "are the model's weights intact?")
         raise AugurError(f"the model produced non-finite pixels for {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
                          f" on {self.cfg.backend}/{self.device}/{self.dtype}; nothing was written for them ({hint})")
+
+
+def check_denoising(scheduler, steps: int, strength: float) -> int:
+    """The denoising steps image-to-image takes at `strength`, as diffusers computes them; none is one line.
+    Most schedulers run int(steps x strength) of `steps` (the img2img pipelines' get_timesteps); LCM's runs all
+    `steps`, spaced over the first int(original_inference_steps x strength) steps of its training schedule, so it
+    needs at least `steps` of those (LCMScheduler.set_timesteps)."""
+    if type(scheduler).__name__ == "LCMScheduler":
+        origin = int(scheduler.config.original_inference_steps * strength)
+        if origin < steps:
+            raise AugurError(f"--strength {strength:g} leaves no denoising step for {steps} LCM steps (LCM spaces them "
+                             f"over {origin} of its {scheduler.config.original_inference_steps} training steps at this "
+                             f"strength): raise --strength to at least "
+                             f"{steps / scheduler.config.original_inference_steps:g} or lower --steps")
+        return steps
+    effective = min(int(steps * strength), steps)
+    if effective < 1:
+        raise AugurError(f"--strength {strength:g} with {steps} step(s) leaves no denoising step (image-to-image runs "
+                         f"int(steps x strength) = {effective}): raise --steps to at least {math.ceil(1 / strength)} "
+                         "or --strength")
+    return effective
 
 
 def gpu_identity() -> dict[str, Any]:

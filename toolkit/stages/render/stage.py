@@ -36,6 +36,7 @@ from ...core.progress import progress
 from ...core.stagerun import StageResult, StageRun
 from .card import write_render_card
 from .config import RenderConfig
+from .guides import Guides
 from .pipeline import Renderer, Resolved, Unit, resolve_model
 
 REQUIRED_ROW_KEYS = ("id", "class", "domain", "prompt")
@@ -62,15 +63,20 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def plan(rows: list[dict[str, Any]], images_per_prompt: int, seed: int, shard: tuple[int, int]) -> list[Unit]:
-    """All images of the run in a fixed order; a shard keeps the ones whose id hashes to it."""
+def plan(rows: list[dict[str, Any]], images_per_prompt: int, seed: int, shard: tuple[int, int],
+         strengths: list[float] | None = None, guides: Guides | None = None) -> list[Unit]:
+    """All images of the run in a fixed order; a shard keeps the ones whose id hashes to it. A guided run
+    draws every (row, k) at each strength, from one guide and one seed: strength by strength, so that a GPU
+    batch holds one strength (the pipelines take one per call)."""
     i, n = shard
     units = []
-    for row in rows:
-        for k in range(images_per_prompt):
-            image_id = f"{row['id']}-{k}"
-            if n == 1 or int(key_of("shard", image_id)[:8], 16) % n == i:
-                units.append(Unit(image_id, row, k, derive_seed(seed, "render", row["id"], k)))
+    for strength in (strengths or [None]):
+        for row in rows:
+            for k in range(images_per_prompt):
+                image_id = f"{row['id']}-{k}" if strength is None else f"{row['id']}-{k}-s{strength:g}"
+                if n == 1 or int(key_of("shard", image_id)[:8], 16) % n == i:
+                    units.append(Unit(image_id, row, k, derive_seed(seed, "render", row["id"], k), strength,
+                                      guides.pick(row, k, seed) if guides is not None else None))
     return units
 
 
@@ -117,19 +123,25 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     prompts, out = Path(prompts), Path(out)
     shard = cfg.shard_tuple()
     rows = load_rows(prompts)
-    units = plan(rows, cfg.images_per_prompt, cfg.seed, shard)
     outdir.check_out_path(out)
     if out.is_dir() and (other := outdir.foreign_stage(out, "render")):
         raise AugurError(f"{out} holds a {other} run, not a render run; use another --out")
+    # the guides are checked before the model loads: a guide folder without the prompts' classes is one line
+    guides = Guides(cfg.init_images, cfg.init_domains, [r["class"] for r in rows]) if cfg.init_images else None
     if renderer is None:
         renderer = Renderer(resolve_model(cfg.model, cfg.backend), cfg)
+    units = plan(rows, cfg.images_per_prompt, cfg.seed, shard, renderer.strengths, guides)
     resolved: Resolved = renderer.resolved
     identity = {"prompts_sha256": sha256_file(prompts), "model": resolved.card.name, "model_sha256": resolved.sha256,
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, **renderer.settings()}
+    extra = {"prompts": str(prompts.resolve())}
+    if guides is not None:  # absent for text-only runs: older folders keep their identity
+        identity["init_images"] = guides.identity()
+        extra["init_images"] = guides.data if guides.data == "digits" else str(Path(guides.data).expanduser().resolve())
     _refuse_other_gpu_batch(out, identity)
     # A shard claims the folder beside its siblings (core/outdir.py): every process of a launch writes.
     with StageRun(out, "render", identity, hint="use another --out, or delete that folder", shard=shard,
-                  extra={"prompts": str(prompts.resolve())}) as run:
+                  extra=extra) as run:
         manifest = out / manifest_name(shard)
         done = done_units(out, units)
         todo = [u for u in units if u.image_id not in done]
@@ -154,8 +166,8 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
                     arrays = renderer(batch)
                     if pending is not None:
                         finish(*pending)
-                    pending = (batch, [pool.submit(_write_image, out, u, arr, base, renderer) for u, arr in
-                                       zip(batch, arrays)])
+                    pending = (batch, [pool.submit(_write_image, out, u, arr, base, renderer, guides)
+                                       for u, arr in zip(batch, arrays)])
                     bar.set_postfix(img_s=f"{(start + len(batch)) / max(time.perf_counter() - t_render, 1e-9):.2f}")
                 if pending is not None:
                     finish(*pending)
@@ -170,7 +182,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         write_jsonl(manifest, final)
         if shard[1] == 1:
             contact_sheet(out, final)
-            write_render_card(out, {"identity": identity, "prompts": str(prompts.resolve())}, final)
+            write_render_card(out, {"identity": identity, **extra}, final)
         run.finish()
     wall = time.perf_counter() - t0
     rendered = len(todo)
@@ -179,7 +191,9 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
             "manifest": str(manifest),
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
-                     f"{renderer.steps} steps, {renderer.size}px; {wall:.1f} s → {manifest}")}
+                     f"{renderer.steps} steps, {renderer.size}px"
+                     + (f", guided by {cfg.init_images} at strength {', '.join(f'{x:g}' for x in renderer.strengths)}"
+                        if guides is not None else "") + f"; {wall:.1f} s → {manifest}")}
 
 
 def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
@@ -214,10 +228,14 @@ def writer_threads(cfg: RenderConfig, device: str) -> int:
     return max(1, min(8 if device == "cuda" else 2, cpu_count()))
 
 
-def _write_image(out: Path, u: Unit, arr, base: dict[str, Any], renderer: Renderer) -> dict[str, Any]:
+def _write_image(out: Path, u: Unit, arr, base: dict[str, Any], renderer: Renderer,
+                 guides: Guides | None = None) -> dict[str, Any]:
     """One image: its provenance, PNG bytes, an atomic write; returns its manifest row (a writer thread)."""
     info = {"image_id": u.image_id, "row_id": u.row["id"], "class": u.row["class"], "domain": u.row["domain"],
             "prompt": u.row["prompt"], "seed": u.seed, "index": u.index, **base}
+    if u.guide is not None and guides is not None:  # the photo it started from, and how far it moved
+        info.update(init_image=guides.record(u.guide), strength=u.strength,
+                    denoising_steps=renderer.denoising_steps[u.strength])
     if renderer.takes_negative and renderer.negative_prompt:
         info["negative_prompt"] = u.row.get("negative_prompt") or renderer.negative_prompt
     data = png_bytes(arr, info)
@@ -257,7 +275,8 @@ def merge(out: Path) -> dict[str, Any]:
     if not (out / "render.json").is_file():
         raise AugurError(f"{out}: not a render folder (no render.json)")
     info = read_json(out / "render.json")
-    with StageRun(out, "render", info["identity"], extra={"prompts": info.get("prompts")}) as run:
+    extra = {k: info[k] for k in ("prompts", "init_images") if k in info}
+    with StageRun(out, "render", info["identity"], extra=extra) as run:
         shards = sorted(out.glob("manifest-*-of-*.jsonl"))
         if not shards:
             raise AugurError(f"{out}: no shard manifests (manifest-i-of-n.jsonl) to merge")
@@ -272,7 +291,7 @@ def merge(out: Path) -> dict[str, Any]:
             raise AugurError(f"{out}: shard(s) {', '.join(map(str, missing))} of {n} are missing")
         rows = load_rows(Path(info["prompts"]))
         identity = info["identity"]
-        units = plan(rows, identity["images_per_prompt"], identity["seed"], (0, 1))
+        units = plan(rows, identity["images_per_prompt"], identity["seed"], (0, 1), identity.get("strengths"))
         by_id: dict[str, dict[str, Any]] = {}
         for p in shards:
             for row in read_manifest(p):
