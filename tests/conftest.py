@@ -19,7 +19,7 @@ os.environ["AUGUR_HOME"] = str(_SESSION_HOME)
 os.environ.pop("AUGUR_CACHE_DIR", None)
 # One thread count for every process a test starts: the count changes float sums, and a test comparing two
 # processes' bytes must not depend on the load the automatic choice (core/threads.py) sees at each start.
-# The choice itself is tested with this variable removed (test_threads.py).
+# The choice itself is tested with this variable removed (test_workstation.py).
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                               else (os.cpu_count() or 1)))
 # Offline as users run it: the hub libraries must never try the network, and say so when they would.
@@ -176,3 +176,4 @@ def assert_same_files(ref: Path, got: Path, masked_text: tuple[str, ...] = (), o
     assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
     differ = [k for k in a if a[k] != b[k]]
     assert not differ, f"files differ from the uninterrupted run: {differ}"
+

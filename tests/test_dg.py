@@ -347,7 +347,7 @@ def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, 
     keys = InfiniteBatches(len(env.rows), 8, 0, "x").batch(0)
     stored, _ = sw.store.gather(env.rows[[k[0] for k in keys]])
     assert torch.equal(x, sw.store.augment.normalize(stored))  # no flip, no crop, no jitter
-    # the same feed told to augment changes the pixels (the augmentation itself is tested in test_augment.py)
+    # the same feed told to augment changes the pixels (the augmentation itself: tests/test_augment.py)
     x_aug, _ = next(sw.store.feed(env.rows, InfiniteBatches(len(env.rows), 8, 0, "x"), augment=True).stream(0, 1))
     assert not torch.equal(x_aug, x)
     assert first_batch(cfg(data=str(three_domains), test_domains=["rot0"]))[2]  # a folder: augmented

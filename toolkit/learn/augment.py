@@ -15,14 +15,17 @@ order of the four operations and a factor for each), and the pixel operations ar
 tensor formulas (`_blend` for brightness, contrast and saturation, its HSV conversion for hue, ITU-R
 601 luma for greyscale). The crop-and-resize is one `grid_sample` call over the batch (bilinear or
 bicubic, as the backbone's data config asks; the crop is never smaller than the output, so no
-antialiasing is involved).
+antialiasing is involved). Inside the crop its samples are torchvision's crop-then-resize; on the output's last
+row and column the interpolation reads the image's next pixel past the crop's edge, where torchvision, having
+cropped first, repeats the edge pixel (tests/test_augment.py asserts both).
 
 Images are float in [0, 1] through the operations and normalised with the backbone's mean and std at
 the end. Two ways to run the same operations: `__call__` takes the seeds and runs each colour
 operation on the images that have it at that position (index lists known on the host: the cheapest
 on a CPU); `on_device` takes the drawn parameters already on the device (`pack`, copied there ahead
 of time by learn/images.py) and selects per image with masks, so a GPU step never waits for a
-host-to-device copy. tests/test_augment.py checks that both give the same images, on the CPU.
+host-to-device copy. tests/test_augment.py checks that both give the same images (on the CPU; the masked form
+is the code a GPU step runs), and the formulas and draws against torchvision's.
 """
 
 from __future__ import annotations

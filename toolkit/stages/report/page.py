@@ -205,7 +205,8 @@ def write_report(root: Path, out: Path | None = None, title: str = "Augur run") 
                                  f"({e.__class__.__name__}: {e}); it cannot be reported") from None
     page.section("Provenance")
     page.table(["stage", "model", "sha256", "seed", "settings"], page.prov)
-    page.text(f"Machine: {platform.machine()} {platform.processor() or ''}, Python {platform.python_version()}.")
+    page.text(f"Report made on: {platform.machine()} {platform.processor() or ''}, Python {platform.python_version()} "
+              "(each stage's own records name the device, precision and threads it ran with).")
     page.table(["package", "version"], [[k, v] for k, v in _versions().items()])
     plan = plan_of(root)
     if plan is not None:  # the recipe last
