@@ -128,6 +128,17 @@ def launch_log(res) -> str:
     return err if len(err) <= 6000 else f"{err[:4000]}\n[...]\n{err[-2000:]}"
 
 
+def assert_one_line_error(res, *fragments: str, code: int | None = None):
+    """A CLI result (click's CliRunner) that failed as bad input must: one `Error:` line naming the fragments,
+    no traceback, a non-zero exit (`code` when given)."""
+    assert res.exit_code != 0 and (code is None or res.exit_code == code), (res.exit_code, res.output)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in lines[0], lines[0]
+
+
 # Fields that describe a process, not its results (time, throughput, what a cache served, the summary line
 # that prints them): a resumed run differs from an uninterrupted one there only.
 TIMING_FIELDS = {"wall_seconds", "images_per_second", "seconds", "img_s", "wall", "rates", "generation_seconds",

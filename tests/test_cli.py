@@ -8,20 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
+from conftest import assert_one_line_error
 from toolkit.core.files import read_jsonl
 
 
 def run(*args: str):
     return CliRunner().invoke(main, list(args))
-
-
-def assert_one_line_error(res, *fragments: str, code: int | None = None):
-    assert res.exit_code != 0 and (code is None or res.exit_code == code), (res.exit_code, res.output)
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    assert "Traceback" not in res.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
 
 
 def test_domains_command_writes_outputs(tmp_path):

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
+from conftest import assert_one_line_error
 from toolkit import models
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl, sha256_file, write_jsonl
@@ -209,30 +210,23 @@ def test_onnx_backend_renders_guided_images_as_torch_does(reference, tmp_path, t
            [r["init_image"] for r in read_jsonl(ref / "manifest.jsonl")]
 
 
-def one_line(res, code: int, *fragments: str) -> None:
-    assert res.exit_code == code, (res.exit_code, res.output)
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in res.output, res.output
-    for f in fragments:
-        assert f in lines[0], lines[0]
-
-
 def test_bad_guided_input_is_one_line(tmp_path, prompts, tiny):
     out = tmp_path / "out"
     run = lambda *a: CliRunner().invoke(main, ["render", str(prompts), "--out", str(out), "--model", "tiny-lcm",  # noqa: E731
                                                "--quiet", *a])
-    one_line(run("--init-images", "digits", "--strength", "0"), 2, "--strength", "> 0 and <= 1")
-    one_line(run("--init-images", "digits", "--strength", "0.5,1.2"), 2, "--strength")
-    one_line(run("--strength", "0.5"), 2, "--init-images")  # no option is a silent no-op
-    one_line(run("--init-images", "digits", "--init-domains", "0,test"), 2, "test split")
-    one_line(run("--init-images", "digits", "--init-domains", "90"), 1, "90 not among the domains")
-    one_line(run("--init-images", str(tmp_path / "nowhere")), 1, "is not a folder")
+    assert_one_line_error(run("--init-images", "digits", "--strength", "0"), "--strength", "> 0 and <= 1", code=2)
+    assert_one_line_error(run("--init-images", "digits", "--strength", "0.5,1.2"), "--strength", code=2)
+    assert_one_line_error(run("--strength", "0.5"), "--init-images", code=2)  # no option is a silent no-op
+    assert_one_line_error(run("--init-images", "digits", "--init-domains", "0,test"), "test split", code=2)
+    assert_one_line_error(run("--init-images", "digits", "--init-domains", "90"), "90 not among the domains", code=1)
+    assert_one_line_error(run("--init-images", str(tmp_path / "nowhere")), "is not a folder", code=1)
     # a strength that leaves the LCM no step of its schedule
-    one_line(run("--init-images", "digits", "--strength", "0.05"), 1, "leaves no denoising step", "--strength")
+    assert_one_line_error(run("--init-images", "digits", "--strength", "0.05"), "leaves no denoising step",
+                          "--strength", code=1)
     # a guide folder without the prompts' classes
     (tmp_path / "pets" / "photo" / "dog").mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(tmp_path / "pets" / "photo" / "dog" / "a.png")
-    one_line(run("--init-images", str(tmp_path / "pets")), 1, "no image of class(es) 0, 1, 2")
+    assert_one_line_error(run("--init-images", str(tmp_path / "pets")), "no image of class(es) 0, 1, 2", code=1)
     assert not out.exists()  # nothing was started
 
 
@@ -315,8 +309,8 @@ def test_cl_refuses_a_backbone_guided_by_what_it_may_test_on(tmp_path, prompts, 
     (split / "train").rename(split / "all")
     on_pooled = CLConfig(data=str(split))
     with pytest.raises(AugurError, match="stratified"):
-        refuse_test_guides(on_pooled, Weights("pretrained", "resnet18", tmp_path / "pt", info={"data": str(from_train)}),
-                           load_scenario(on_pooled)[3])
+        refuse_test_guides(on_pooled, Weights("pretrained", "resnet18", tmp_path / "pt",
+                                              info={"data": str(from_train)}), load_scenario(on_pooled)[3])
 
 
 GUIDED_RECIPE = ("name: guided\nseed: 0\nstages:\n"
@@ -342,8 +336,8 @@ def test_a_recipe_guides_with_the_dg_data_and_hashes_what_it_names(tmp_path):
             (GUIDED_RECIPE.replace("  dg: {data: DATA, synthetic: render}\n", ""), "has no dg section"),
             (GUIDED_RECIPE.replace("DATA", "digits").replace("synthetic: render", "synthetic: render, data_free: true"),
              "data-free"),
-            (GUIDED_RECIPE.replace("DATA", "digits").replace("synthetic: render", "synthetic: render, test_domains: ['0']"),
-             "init_domains")):
+            (GUIDED_RECIPE.replace("DATA", "digits").replace("synthetic: render",
+                                                              "synthetic: render, test_domains: ['0']"), "init_domains")):
         with pytest.raises(AugurError, match=fragment):
             load_recipe(recipe(text))
     # fixed test domains with the training domains named: fine

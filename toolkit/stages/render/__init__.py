@@ -72,7 +72,8 @@ class Render(Stage):
     def preflight(self, recipe: RecipeView, settings: Any) -> None:
         if not _is_folder(settings.model):
             check_model_present(recipe, settings.model)
-        if settings.init_images not in (None, DG_DATA, "digits") and not Path(settings.init_images).expanduser().is_dir():
+        guides = settings.init_images
+        if guides not in (None, DG_DATA, "digits") and not Path(guides).expanduser().is_dir():
             raise AugurError(f"{recipe.where(self.name)}.init_images: {settings.init_images} is not a folder here")
 
     def hash_settings(self, settings: Any, recipe: RecipeView) -> dict[str, Any]:

@@ -84,10 +84,11 @@ def made_markdown(card: dict[str, Any]) -> list[str]:
                  + ", ".join(f"{k} {g[k]}" for k in GENERATOR_KEYS if k in g))
     if card.get("guides"):
         gd = card["guides"]
+        strengths = ", ".join(f"{x:g}" for x in gd["strengths"])
+        used = ", ".join(f"{d} {n}" for d, n in gd["guide_images_used"].items())
         lines.append(f"- **Guided by real images** (image-to-image): `{gd['data']}` (digest `{gd['data_sha256']}`), "
-                     f"domains {', '.join(gd['domains'] or [])}, strengths {', '.join(f'{x:g}' for x in gd['strengths'])}; "
-                     "guide images used per domain: " + ", ".join(f"{d} {n}" for d, n in gd["guide_images_used"].items())
-                     + " (each image's guide: `init_image` in manifest.jsonl)")
+                     f"domains {', '.join(gd['domains'] or [])}, strengths {strengths}; guide images used per domain: "
+                     f"{used} (each image's guide: `init_image` in manifest.jsonl)")
     lines += [f"- **Classes** ({len(card['classes'])}): {', '.join(card['classes'])}",
               f"- **Domains** ({len(card['domains'])}): {', '.join(card['domains'])}",
               f"- **Images**: {card['images']}", ""]
