@@ -376,3 +376,24 @@ def test_lora_card_is_fused_at_load(prompts, tmp_path, tiny, torch_renderer, mon
     plain = tmp_path / "plain"
     render(prompts, plain, cfg(), renderer=torch_renderer)
     assert images(out) != images(plain)
+
+
+def test_a_model_folder_is_hashed_once_until_a_file_changes(prompts, tmp_path, tiny):
+    """`render --model DIR` reads a folder's digest from the cache while no file's size or time changed, says so,
+    and hashes it anew (another digest) when a file changes."""
+    from toolkit.core.digests import tree_digest
+    from toolkit.core.files import sha256_tree
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny, folder)
+    first = render(prompts, tmp_path / "a", cfg(model=str(folder)))
+    again = render(prompts, tmp_path / "b", cfg(model=str(folder)))
+    assert (first["model_digest"], again["model_digest"]) == ("computed", "cached")
+    assert "digest from the cache" in again["line"] and "digest from the cache" not in first["line"]
+    a, b = (json.loads((tmp_path / x / "render.json").read_text())["identity"]["model_sha256"] for x in "ab")
+    assert a == b == sha256_tree(folder)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text().replace("{", '{"_note": "edited",', 1))
+    digest, cached = tree_digest(folder)
+    assert not cached and digest == sha256_tree(folder) != a
+    assert tree_digest(folder) == (digest, True)

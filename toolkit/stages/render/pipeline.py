@@ -30,7 +30,7 @@ from ... import models
 from ...core import threads as core_threads
 from ...core.device import pick_device, resolve_precision, threads
 from ...core.errors import AugurError
-from ...core.files import sha256_tree
+from ...core.digests import tree_digest
 from .backends import BACKENDS, detect_variant
 from .config import RenderConfig
 
@@ -53,6 +53,7 @@ class Resolved:
     path: Path
     sha256: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    digest_cached: bool = False  # a folder's digest read from the cache (its files' sizes and times unchanged)
 
 
 def pick_render_model() -> str:
@@ -78,7 +79,8 @@ def resolve_model(name: str, backend: str) -> Resolved:
         if backend == "onnx" and kind == "diffusers":
             raise AugurError(f"{p} is a torch pipeline; export it (augur models import NAME {p} --kind diffusers, "
                              "then augur models export-onnx NAME) or use --backend torch")
-        return Resolved(card, p, sha256_tree(p), {})
+        digest, cached = tree_digest(p)
+        return Resolved(card, p, digest, {}, digest_cached=cached)
     card = models.get_card(name)
     if card.kind not in ("diffusers", "onnx"):
         raise AugurError(f"model '{name}' is a {card.kind} model; render needs a diffusers or onnx pipeline")
@@ -159,7 +161,7 @@ class Renderer:
         if cfg.tiny_vae:
             tv = Path(cfg.tiny_vae)
             if tv.is_dir():
-                tiny_vae_path, tv_sha = tv, sha256_tree(tv)
+                tiny_vae_path, tv_sha = tv, tree_digest(tv)[0]
             else:
                 _, tiny_vae_path, tv_sha = models.ensure(cfg.tiny_vae)
             self.tiny_vae = {"model": str(cfg.tiny_vae), "sha256": tv_sha}

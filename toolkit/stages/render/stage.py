@@ -187,11 +187,13 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     wall = time.perf_counter() - t0
     rendered = len(todo)
     return {"images": len(units), "rendered": rendered, "resumed": len(units) - rendered, "wall_seconds": wall,
+            "model_digest": "cached" if resolved.digest_cached else "computed",
             "images_per_second": rendered / max(time.perf_counter() - t_render, 1e-9) if rendered else 0.0,
             "manifest": str(manifest),
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
                      f"{renderer.steps} steps, {renderer.size}px"
+                     + (" (model folder's digest from the cache: no file changed)" if resolved.digest_cached else "")
                      + (f", guided by {cfg.init_images} at strength {', '.join(f'{x:g}' for x in renderer.strengths)}"
                         if guides is not None else "") + f"; {wall:.1f} s → {manifest}")}
 
