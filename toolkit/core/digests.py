@@ -2,7 +2,7 @@
 
 `render --model DIR` names a pipeline folder of several GB; hashing it on every call costs a minute or more.
 `tree_digest` keeps `sha256_tree`'s result in the cache folder (core/paths.py), keyed by the folder's resolved path
-and, for every file `sha256_tree` reads, its relative path, size and modification time in ns: a file rewritten,
+and, for every file under it, its relative path, size and modification time in ns: a file rewritten,
 added or removed gives another key, and the folder is hashed anew. The caller records which it was.
 """
 
@@ -16,20 +16,21 @@ from .errors import AugurError
 from .files import read_json, sha256_tree, write_json
 
 
-def _listing(root: Path) -> list[tuple[str, int, int]]:
+def file_stats(root: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, modification time in ns) of every file under `root`, hidden ones too (a key built on
+    it changes whenever a file does; the model store's records use it as well)."""
     out = []
     for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if p.is_file() and not any(part.startswith(".") for part in rel.parts):  # what sha256_tree reads
+        if p.is_file():
             st = p.stat()
-            out.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
+            out.append((p.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
     return out
 
 
 def tree_digest(root: str | Path) -> tuple[str, bool]:
     """(sha256_tree(root), whether it came from the cache)."""
     root = Path(root).resolve()
-    key = key_of("tree-digest", str(root), _listing(root))
+    key = key_of("tree-digest", str(root), file_stats(root))
     record = paths.cache_dir() / "tree-digests" / f"{key[:32]}.json"
     if record.is_file():
         try:

@@ -190,7 +190,8 @@ class Claim:
         self.release()
 
 
-def _normal(obj: Any) -> Any:
+def as_recorded(obj: Any) -> Any:
+    """An identity as a claim records and compares it: through JSON (sorted keys, paths as text)."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
@@ -247,7 +248,7 @@ def claim(out: str | Path, stage: str, identity: dict[str, Any], *, force: bool 
         if shared:
             i, n = shard
             locks.append(Lock(out / f".augur-shard-{i}-of-{n}.lock", True, f"{out} (shard {i}/{n})"))
-        c = Claim(out, stage, _normal(identity), locks, made_folder=made_folder, record_name=record)
+        c = Claim(out, stage, as_recorded(identity), locks, made_folder=made_folder, record_name=record)
         # Content first, then the record: a run writes its record before anything else, so content
         # seen here (a sibling shard's, written meanwhile) comes with a record to compare with.
         nonempty = _has_content(out)

@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from ..core import paths
 from ..core.cache import key_of
+from ..core.digests import file_stats
 from ..core.errors import AugurError
 from ..core.files import atomic_write, read_json, sha256_of, write_json
 from ..core.names import check_identifier
@@ -85,9 +86,7 @@ def local_path(card: ModelCard) -> Path | None:
 def _stat_key(path: Path) -> list[int] | str:
     """Cheap fingerprint: if it is unchanged, the remembered digest still holds."""
     if path.is_dir():
-        parts = [(p.relative_to(path).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                 for p in sorted(path.rglob("*")) if p.is_file()]
-        return key_of(parts)
+        return key_of(file_stats(path))
     st = path.stat()
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 

@@ -64,7 +64,7 @@ def refuse_test_guides(cfg: CLConfig, w: Any, split_note: str) -> None:
     """A backbone pretrained on images guided by photos of this run's data must have been guided by its training
     split only: the data's `train` domain, never `test` (render refuses a domain named test) and never a folder
     whose test images are a stratified draw that the guides may have come from."""
-    from ..render.guides import guided_by
+    from ..render.guides import TEST_SPLIT, guided_by
 
     trained_on = (w.info or {}).get("data") if w.kind == "pretrained" else None
     guided = guided_by(Path(trained_on)) if isinstance(trained_on, str) and Path(trained_on).is_dir() else None
@@ -73,7 +73,7 @@ def refuse_test_guides(cfg: CLConfig, w: Any, split_note: str) -> None:
     ours = cfg.data if cfg.data == "digits" else str(Path(cfg.data).expanduser().resolve())
     if guided["data"] != ours:
         return
-    if "test" in guided["domains"] or split_note.startswith("stratified"):
+    if TEST_SPLIT in guided["domains"] or split_note.startswith("stratified"):
         raise AugurError(f"--weights {w.path}: its backbone was pretrained on images guided by photos of {cfg.data}, "
                          f"drawn from {', '.join(guided['domains'])}, and this run's test images are {split_note} of "
                          f"it: a guide may be a test image. Guide the rendering with the training split only (a data "
@@ -174,6 +174,7 @@ def _untrained_identity(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     holds them as its rows record them, so another --epochs or --lr finds the same finished folder. A folder
     written before 2026-12-07 holds the values asked for: it is the same run, and keeps its identity."""
     from ...core.files import read_json
+    from ...core.outdir import as_recorded
 
     identity = {**identity, **UNUSED_BY_UNTRAINED}
     record = out / "cl.json"
@@ -182,16 +183,9 @@ def _untrained_identity(out: Path, identity: dict[str, Any]) -> dict[str, Any]:
     except AugurError:
         return identity
     if isinstance(old, dict) and {k: v for k, v in old.items() if k not in UNUSED_BY_UNTRAINED} == \
-            {k: v for k, v in _json_normal(identity).items() if k not in UNUSED_BY_UNTRAINED}:
+            {k: v for k, v in as_recorded(identity).items() if k not in UNUSED_BY_UNTRAINED}:
         return {**identity, **{k: old.get(k) for k in UNUSED_BY_UNTRAINED}}
     return identity
-
-
-def _json_normal(obj: Any) -> Any:
-    """As the claim compares identities (core/outdir.py): through JSON."""
-    import json
-
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def _finished(out: Path) -> dict[str, Any] | None:

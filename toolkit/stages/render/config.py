@@ -82,8 +82,11 @@ class RenderConfig:
                                "applies to guided rendering: give --init-images DATA too")
         if self.strength and len(set(self.strength)) < len(self.strength):
             raise SettingError("strength", f"{self.strength} names one strength twice")
-        if self.init_domains and "test" in self.init_domains:
-            raise SettingError("init_domains", "'test' is a test split: guide images come from training data only")
+        from .guides import TEST_SPLIT
+
+        if self.init_domains and TEST_SPLIT in self.init_domains:
+            raise SettingError("init_domains", f"'{TEST_SPLIT}' is a test split: guide images come from training "
+                                               "data only")
         if self.backend != "torch" and (self.tiny_vae or self.attention_slicing or self.vae_slicing
                                         or self.vae_tiling or self.cpu_offload or self.compile or self.fuse_qkv):
             raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile, --fuse-qkv and "
