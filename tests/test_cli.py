@@ -18,10 +18,10 @@ def run(*args: str):
 
 def test_domains_command_writes_outputs(tmp_path):
     out = tmp_path / "out"
-    res = run("extrapolate", "domains", "--classes", "lighthouse", "-n", "2", "--exclude-domains",
+    res = run("extrapolate", "domains", "--classes", "lighthouse", "-n", "2", "--min-fraction", "0", "--exclude-domains",
               "photo,art_painting", "--out", str(out), "--quiet")
     assert res.exit_code == 0, res.output
-    assert "extrapolate domains: 1 classes" in res.output and "tok/s" in res.output
+    assert "/2 domains kept (lighthouse " in res.output and "tok/s" in res.output
     rows = read_jsonl(out / "prompts.jsonl")
     assert rows and all(r["class"] == "lighthouse" for r in rows)
     assert (out / "run.json").exists()

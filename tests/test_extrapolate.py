@@ -22,11 +22,15 @@ CLASSES = ["heron", "guitar"]
 EXCLUDE = ["photo", "sketch"]
 
 
+# These tests check rows, caching and resumes, not how much the 270M base model manages to list: no share of
+# the count is required of it here (min_fraction has its own tests below).
 def cfg(classes=CLASSES, n=3, exclude=EXCLUDE, **kw) -> DomainsConfig:
+    kw.setdefault("min_fraction", 0.0)
     return DomainsConfig(classes=list(classes), domains_per_class=n, exclude_domains=list(exclude), quiet=True, **kw)
 
 
 def realm(name="birds", groups=2, per_group=3, **kw) -> RealmConfig:
+    kw.setdefault("min_fraction", 0.0)
     return RealmConfig(realm=name, groups=groups, classes_per_group=per_group, quiet=True, **kw)
 
 
@@ -117,7 +121,8 @@ def test_resume_after_kill_matches_uninterrupted_run(reference, tmp_path, parall
     out = tmp_path / "killed"
     env = {**os.environ, "AUGUR_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "cli", "extrapolate", "domains", "--classes", ",".join(CLASSES), "-n", "3",
-           "--exclude-domains", ",".join(EXCLUDE), "--out", str(out), "--quiet", "--parallel", parallel]
+           "--exclude-domains", ",".join(EXCLUDE), "--out", str(out), "--quiet", "--parallel", parallel,
+           "--min-fraction", "0"]
     cwd = Path(__file__).resolve().parent.parent
     cache = tmp_path / "cache" / "extrapolate"
     killed_at(cmd, "extrapolate.request:2", env=env)  # a request finished and cached, others not
@@ -140,6 +145,121 @@ def test_unservable_class_is_recorded_not_dropped(tmp_path, llm, embedder):
     assert c["class"] == "teacup" and c["attempts"] == 1 and c["wanted"] == 40
     assert c["kept"] == len(read_jsonl(tmp_path / "prompts.jsonl")) < 40
     assert c["status"] == ("partial" if c["kept"] else "failed")  # what it kept decides the status
+
+
+class ScriptedLLM:
+    """Answers request (list, attempt) from a script, finishing queued requests in a chosen order: a stand-in
+    for the decoder only, so that the list scheduler itself (ListGenerator, real) can be checked exactly."""
+
+    prompting, n_ctx, sha256, name = "base", 4096, "0" * 64, "scripted"
+
+    def __init__(self, script: dict[tuple[int, int], str], lifo: bool = False):
+        self.script, self.lifo = script, lifo
+        self.texts: list[str] = []
+        self.asked: dict[tuple[int, int], tuple[str, int]] = {}  # (list, attempt) -> (query, max_tokens)
+
+    def base_prompt(self, prefix: str, suffix: str):
+        self.texts.append(suffix)
+        return [0], [0, len(self.texts) - 1]
+
+    def generate(self, jobs, on_done):
+        from toolkit.stages.extrapolate.decode import Generation
+
+        queue = list(jobs)
+        while queue:
+            pre, tokens, seed, sampling, stops, ticket = queue.pop() if self.lifo else queue.pop(0)
+            self.asked[(ticket.item, ticket.attempt)] = (self.texts[tokens[1]], sampling.max_tokens)
+            text = self.script[(ticket.item, ticket.attempt)]
+            queue += on_done(ticket, Generation(text[1:], 5, 5, "stop", 0.0))  # the "-" is the prompt's
+
+
+def scheduled(lifo: bool, tmp_path):
+    from toolkit.core.cache import JsonCache
+    from toolkit.stages.extrapolate.stage import ListGenerator, _acceptor
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    script = {(0, 0): "- a1\n- a2", (0, 1): "- a2\n- x\n- a3", (0, 2): "- a4\n- a5\n- a6",
+              (1, 0): "- x\n- b1", (1, 1): "- b1", (1, 2): "- a1",  # nothing new twice in a row: it stops
+              (2, 0): "- c1", (2, 1): "- c2", (2, 2): "- c3"}  # one new each time, up to max_attempts
+    llm = ScriptedLLM(script, lifo)
+    gen = ListGenerator(llm, DomainsConfig(classes=["a"], max_attempts=3, patience=2, quiet=True),
+                        JsonCache(tmp_path / ("lifo" if lifo else "fifo")))
+    seen: set[str] = set()  # shared by the three lists, as the realm's taken names are
+    items = [{"cls": c, "avoid": "none"} for c in ("a", "b", "c")]
+    results = gen.generate_all(DOMAINS, items, 5, lambda i: _acceptor(lambda d, t: None, seen, None))
+    return results, llm
+
+
+def test_lists_are_asked_for_the_rest_until_full_or_stuck(tmp_path):
+    """Each retry states how many items are still wanted and lists what is kept, with an answer budget that
+    scales with that count; a list stops when full, after `patience` attempts that add nothing, or at
+    max_attempts; answers are read in rounds (attempt 0 of every list, then attempt 1...), so which list keeps
+    a name two lists give ('x') does not depend on which request finished first."""
+    from toolkit.stages.extrapolate.stage import TOKENS_PER_ITEM
+
+    results, llm = scheduled(False, tmp_path)
+    a, b, c = results
+    assert [i for i, _ in a.items] == ["a1", "a2", "a3", "a4", "a5"] and (a.attempts, a.stopped) == (3, "reached")
+    assert [i for i, _ in b.items] == ["x", "b1"] and (b.attempts, b.stopped) == (3, "no progress")
+    assert [i for i, _ in c.items] == ["c1", "c2", "c3"] and (c.attempts, c.stopped) == (3, "max attempts")
+    assert a.rejected == {"duplicate": 2} and b.rejected == {"duplicate": 2}  # x went to b: round 0 is read first
+    assert llm.asked[(0, 0)][0].endswith("Already listed: none\n5 new domains:\n-")
+    assert llm.asked[(0, 1)][0].endswith("Already listed: a1, a2\n3 new domains:\n-")
+    assert llm.asked[(0, 2)][0].endswith("Already listed: a1, a2, a3\n2 new domains:\n-")
+    assert [llm.asked[(0, k)][1] for k in range(3)] == [TOKENS_PER_ITEM * (n + 2) for n in (5, 3, 2)]
+    assert set(llm.asked) == set(llm.script)  # no request beyond the stopping rules
+    lifo, _ = scheduled(True, tmp_path)
+    assert [(r.items, r.attempts, r.stopped) for r in lifo] == [(r.items, r.attempts, r.stopped) for r in results]
+
+
+def test_real_retries_list_what_is_kept(tmp_path, llm, embedder, monkeypatch):
+    """On the real model: every attempt's query lists exactly what its class had kept by then, and asks for
+    the rest; a count beyond one request's old 256-token cap gets a budget that fits it."""
+    from toolkit.stages.extrapolate.stage import TOKENS_PER_ITEM, ListGenerator
+
+    asked = []
+    real_job = ListGenerator._job
+
+    def spy(self, template, lst, attempt, ticket):
+        job = real_job(self, template, lst, attempt, ticket)
+        asked.append((attempt, lst.query(), job[3].max_tokens))
+        return job
+
+    monkeypatch.setattr(ListGenerator, "_job", spy)
+    run = extrapolate_domains(cfg(["lighthouse"], 12, []), tmp_path, llm=llm, embedder=embedder)
+    (c,) = run["classes"]
+    kept = [r["domain_text"] for r in read_jsonl(tmp_path / "prompts.jsonl")]
+    assert len(asked) == c["attempts"] >= 1 and [a for a, _, _ in asked] == list(range(len(asked)))
+    for attempt, query, max_tokens in asked:
+        listed = [] if query["listed"] == "none" else query["listed"].split(", ")
+        assert listed == kept[:len(listed)] and int(query["n"]) == 12 - len(listed)
+        assert max_tokens == TOKENS_PER_ITEM * (int(query["n"]) + 2)
+    assert asked[0][2] > 256
+    assert c["stopped"] in ("reached", "no progress", "max attempts") and (c["stopped"] == "reached") == (c["kept"] == 12)
+    line = run["summary"]["line"]
+    assert f"{c['kept']}/12 domains kept (lighthouse {c['kept']}/12)" in line
+
+
+def test_a_run_short_of_min_fraction_fails_in_one_line_and_a_lower_one_resumes(tmp_path):
+    """More than one request can hold, one attempt: far below the default 0.9. The command fails in one line
+    naming the class and its count, leaves run.json and no prompts; the same folder with --min-fraction 0
+    finishes from the cache (the threshold judges a run, it is not part of it)."""
+    env = {**os.environ, "AUGUR_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "cli", "extrapolate", "domains", "--classes", "lighthouse", "-n", "30",
+            "--max-attempts", "1", "--quiet", "--out", str(out)]
+    cwd = Path(__file__).resolve().parent.parent
+    res = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=600)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 1 and len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    for fragment in ("kept", "/30 domains", "< min_fraction 0.9", "short: lighthouse ", "run.json"):
+        assert fragment in lines[0]
+    assert (out / "run.json").is_file() and not (out / "prompts.jsonl").exists()
+    res = subprocess.run([*args, "--min-fraction", "0"], env=env, cwd=cwd, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert "(1/1 requests cached)" in res.stdout and "/30 domains kept (lighthouse " in res.stdout
+    assert len(read_jsonl(out / "prompts.jsonl")) < 27
 
 
 def test_without_semantic_dedup(tmp_path, llm, embedder):

@@ -111,3 +111,28 @@ def test_non_words_are_rejected_everywhere():
     assert check_class("hawk", "big", set(), lim) == "description length"
     assert check_class("hawk", "big raptor with a hooked beak", {"hawk"}, lim) == "duplicate"
     assert check_class("hawk", "big raptor with a hooked beak", set(), lim) is None
+
+
+# The classes of DomainBed's small datasets (PACS, VLCS, OfficeHome, TerraIncognita), as their folders name them.
+DG_CLASSES = {
+    "dog", "elephant", "giraffe", "guitar", "horse", "house", "person", "bird", "car", "chair", "bobcat", "cat",
+    "coyote", "opossum", "rabbit", "raccoon", "squirrel", "alarm clock", "backpack", "batteries", "bed", "bike",
+    "bicycle", "bottle", "bucket", "calculator", "calendar", "candles", "clipboards", "computer", "couch",
+    "curtains", "desk lamp", "drill", "eraser", "exit sign", "fan", "file cabinet", "flipflops", "flowers", "folder",
+    "fork", "glasses", "hammer", "helmet", "kettle", "keyboard", "knives", "lamp shade", "laptop", "marker",
+    "monitor", "mop", "mouse", "mug", "notebook", "oven", "pan", "paper clip", "pen", "pencil", "postit notes",
+    "printer", "push pin", "radio", "refrigerator", "ruler", "scissors", "screwdriver", "shelf", "sink", "sneakers",
+    "soda", "speaker", "spoon", "tv", "table", "telephone", "toothbrush", "toys", "trash can", "webcam"}
+
+
+def test_worked_examples_name_no_class_of_a_common_dg_dataset():
+    """An example subject that is a target class (PACS's elephant) would teach the model that class's own
+    domains, and its prompts would be filtered as leaks of the example."""
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    subjects = [q.split("\n")[0].removeprefix("Class: ") for q, _ in DOMAINS.examples]
+    assert subjects == list(DOMAINS.subjects)
+    assert not set(subjects) & DG_CLASSES
+    for q, a in DOMAINS.examples:  # each example asks for as many as it answers, beyond what it lists
+        n = int(q.rsplit("\n", 1)[1].split()[0])
+        assert len(a.splitlines()) == n

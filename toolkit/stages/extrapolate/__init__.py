@@ -21,8 +21,10 @@ def result_of(run: dict[str, Any]) -> StageResult:
     for unit, items in (("class", run.get("classes")), ("group", run.get("per_group"))):
         for it in items or []:
             if it["status"] != "ok":
+                why = f", {it['stopped']}" if it.get("stopped") else ""
                 warnings.append(f"{unit} '{it.get('class') or it.get('group')}' is {it['status']}: {it['kept']}/"
-                                f"{it['wanted']} after {it['attempts']} attempts (rejected: {it['rejected'] or 'none'})")
+                                f"{it['wanted']} after {it['attempts']} attempts{why} (rejected: "
+                                f"{it['rejected'] or 'none'})")
     return StageResult([run["summary"]["line"]], warnings=warnings, data={"run": run})
 
 
@@ -51,6 +53,11 @@ class Extrapolate(Stage):
         from .config import DomainsConfig
 
         return {**as_dict(settings), "mode": "domains" if isinstance(settings, DomainsConfig) else "realm"}
+
+    def hash_settings(self, settings: Any, recipe: RecipeView) -> dict[str, Any]:
+        from .stage import NOT_IDENTITY
+
+        return {k: v for k, v in self.section(settings).items() if k not in NOT_IDENTITY}
 
     def check(self, recipe: RecipeView, settings: Any) -> None:
         from ... import models
@@ -81,7 +88,9 @@ class Extrapolate(Stage):
 
         from ..smoke_data import stand_in
 
-        changes: dict[str, Any] = {"model": stand_in(settings.model, ctx.build), "max_attempts": 1}
+        # A stand-in LLM checks the plumbing, not the counts: one attempt, and whatever it keeps will do.
+        changes: dict[str, Any] = {"model": stand_in(settings.model, ctx.build), "max_attempts": 1,
+                                   "min_fraction": 0.0}
         if hasattr(settings, "classes_per_group"):
             changes.update(groups=min(settings.groups, 2), classes_per_group=min(settings.classes_per_group, 2))
         else:

@@ -20,8 +20,12 @@ class LLMSettings:
     prompting: str = setting("auto", "Few-shot completion (base models) or chat template (instruct models); "
                                      "auto: from the card, else from the GGUF metadata.", choices=PROMPTING)
     temperature: float = setting(0.8, "Sampling temperature.", min=0.0, max=2.0)
-    max_attempts: int = setting(4, "LLM requests per item before it is recorded as partial or failed.", min=1,
-                                max=100)
+    max_attempts: int = setting(10, "At most this many LLM requests per list (each asks for what is still wanted "
+                                    "and lists what is kept).", min=1, max=1000)
+    patience: int = setting(2, "Attempts in a row that add nothing new before a list stops short of its count.",
+                            min=1, max=100)
+    min_fraction: float = setting(0.9, "Fail (writing run.json, no prompts) when fewer than this fraction of the "
+                                       "items asked for are kept in all; 0 keeps whatever comes.", min=0.0, max=1.0)
     semantic_dedup: bool = setting(True, "Drop near-duplicates by all-MiniLM-L6-v2 similarity.")
     semantic_threshold: float = setting(0.8, "Cosine similarity at or above which a new item is a duplicate.",
                                         min=0.0, min_open=True, max=1.0)

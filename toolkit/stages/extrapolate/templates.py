@@ -41,83 +41,84 @@ class Template:
         return msgs
 
 
+# Every query states how many items it wants and what this list already holds ("Already listed"), and one
+# worked example of each template shows a continuation: a retry asks for the rest, not for the same list
+# again. No example names a class of PACS, VLCS, OfficeHome or TerraIncognita (tests/test_quality.py).
 DOMAINS = Template(
     name="domains",
     instructions=(
-        "Novel visual domains for image generation. For each object class, list domains in which the "
-        "object could be depicted, far from the usual photos: art styles, media, materials, settings, "
-        "weather, lighting, camera types. Avoid the listed domains. Each line: domain | image prompt."
+        "Novel visual domains for image generation. For each object class, list as many new domains as "
+        "asked in which the object could be depicted, far from the usual photos: art styles, media, "
+        "materials, settings, weather, lighting, camera types. Avoid the listed domains and those already "
+        "listed. Each line: domain | image prompt."
     ),
     examples=(
-        ("Class: bicycle\nAvoid: photo, sketch\nDomains:",
-         "- watercolor | a watercolor painting of a bicycle leaning on a garden fence\n"
-         "- neon sign | a bicycle drawn as a glowing neon sign on a brick wall\n"
-         "- underwater | a bicycle lying on the sandy sea floor among fish\n"
-         "- origami | an origami bicycle folded from colored paper\n"
-         "- blizzard | a bicycle half buried in snow during a blizzard\n"
-         "- mosaic | a bicycle made of small ceramic mosaic tiles\n"
-         "- pixel art | a bicycle in retro pixel art\n"
-         "- thermal camera | a thermal camera image of a bicycle"),
-        ("Class: elephant\nAvoid: cartoon\nDomains:",
-         "- stained glass | an elephant in a stained glass church window\n"
-         "- clay figure | a small handmade clay figure of an elephant\n"
-         "- night vision | a green night vision image of an elephant at night\n"
-         "- embroidery | an elephant embroidered on a linen cloth\n"
-         "- chalk drawing | a chalk drawing of an elephant on a sidewalk\n"
-         "- foggy morning | an elephant walking through thick morning fog\n"
-         "- cave painting | an elephant as an ancient cave painting\n"
-         "- x-ray | an x-ray image of an elephant"),
-        ("Class: teapot\nAvoid: photo, painting\nDomains:",
-         "- woodcut print | a teapot as a black and white woodcut print\n"
-         "- lego bricks | a teapot built from lego bricks\n"
-         "- desert sunset | a teapot on desert sand at sunset\n"
+        ("Class: accordion\nAvoid: photo, sketch\nAlready listed: none\n8 new domains:",
+         "- watercolor | a watercolor painting of an accordion on a cafe table\n"
+         "- neon sign | an accordion drawn as a glowing neon sign on a brick wall\n"
+         "- underwater | an accordion lying on the sandy sea floor among fish\n"
+         "- origami | an origami accordion folded from colored paper\n"
+         "- blizzard | an accordion half buried in snow during a blizzard\n"
+         "- mosaic | an accordion made of small ceramic mosaic tiles\n"
+         "- pixel art | an accordion in retro pixel art\n"
+         "- thermal camera | a thermal camera image of an accordion"),
+        ("Class: lighthouse\nAvoid: cartoon\nAlready listed: none\n6 new domains:",
+         "- stained glass | a lighthouse in a stained glass church window\n"
+         "- clay figure | a small handmade clay figure of a lighthouse\n"
+         "- night vision | a green night vision image of a lighthouse at night\n"
+         "- embroidery | a lighthouse embroidered on a linen cloth\n"
+         "- chalk drawing | a chalk drawing of a lighthouse on a sidewalk\n"
+         "- foggy morning | a lighthouse in thick morning fog"),
+        ("Class: teapot\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks, desert sunset\n"
+         "5 new domains:",
          "- blueprint | a technical blueprint drawing of a teapot\n"
          "- ice sculpture | a teapot carved from clear ice\n"
          "- graffiti | a teapot painted as graffiti on a concrete wall\n"
          "- tattoo | a teapot tattoo on an arm\n"
          "- low poly 3d | a low poly 3d render of a teapot"),
     ),
-    query="Class: {cls}\nAvoid: {avoid}\nDomains:",
-    subjects=("bicycle", "elephant", "teapot"),
+    query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
+    subjects=("accordion", "lighthouse", "teapot"),
 )
 
 GROUPS = Template(
     name="realm-groups",
     instructions=(
-        "Taxonomies of visual concepts. For each realm, list its main sub-groups of similar-looking "
-        "classes. Each line: group."
+        "Taxonomies of visual concepts. For each realm, list as many of its main sub-groups of "
+        "similar-looking classes as asked, none already listed. Each line: group."
     ),
     examples=(
-        ("Realm: vehicles\nGroups:", "- cars\n- trucks\n- motorcycles\n- boats\n- aircraft\n- trains"),
-        ("Realm: fruit\nGroups:", "- citrus fruits\n- berries\n- stone fruits\n- tropical fruits\n- melons\n- apples and pears"),
-        ("Realm: furniture\nGroups:", "- chairs\n- tables\n- beds\n- sofas\n- cabinets\n- shelves"),
+        ("Realm: vehicles\nAlready listed: none\n6 new groups:",
+         "- cars\n- trucks\n- motorcycles\n- boats\n- aircraft\n- trains"),
+        ("Realm: fruit\nAlready listed: citrus fruits, berries\n4 new groups:",
+         "- stone fruits\n- tropical fruits\n- melons\n- apples and pears"),
+        ("Realm: furniture\nAlready listed: none\n5 new groups:", "- chairs\n- tables\n- beds\n- sofas\n- cabinets"),
     ),
-    query="Realm: {realm}\nGroups:",
+    query="Realm: {realm}\nAlready listed: {listed}\n{n} new groups:",
 )
 
 CLASSES = Template(
     name="realm-classes",
     instructions=(
-        "Fine-grained visual classes. For each group of a realm, name real, visually distinct classes, "
-        "each with a short description of how it looks. Each line: class | visual description."
+        "Fine-grained visual classes. For each group of a realm, name as many real, visually distinct "
+        "classes as asked, none already listed, each with a short description of how it looks. Each line: "
+        "class | visual description."
     ),
     examples=(
-        ("Realm: birds\nGroup: waterfowl\nClasses:",
+        ("Realm: birds\nGroup: waterfowl\nAlready listed: none\n5 new classes:",
          "- mallard | duck with a glossy green head, white neck ring and grey body\n"
          "- mute swan | large white swan with an orange bill and a black knob\n"
          "- wood duck | small duck with a green crest, red eye and patterned face\n"
          "- canada goose | brown goose with a black neck and a white chin strap\n"
          "- common eider | stocky sea duck, white back, black belly, pale green nape"),
-        ("Realm: vehicles\nGroup: trucks\nClasses:",
-         "- fire truck | red truck with a long ladder, hoses and flashing lights\n"
-         "- dump truck | truck with a large open tipping bed for gravel\n"
+        ("Realm: vehicles\nGroup: trucks\nAlready listed: fire truck, dump truck\n3 new classes:",
          "- tow truck | truck with a crane boom and hook at the back\n"
          "- garbage truck | boxy truck with a rear loading compactor\n"
          "- tanker truck | truck carrying a long shiny cylindrical tank"),
     ),
-    query="Realm: {realm}\nGroup: {group}\nClasses:",
+    query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new classes:",
 )
 
 TEMPLATES = {t.name: t for t in (DOMAINS, GROUPS, CLASSES)}
 # A base model ends a list with a blank line or starts the next example; stop there.
-BASE_STOPS = ["\n\n", "\nClass:", "\nRealm:", "\nGroup:"]
+BASE_STOPS = ["\n\n", "\nClass:", "\nRealm:", "\nGroup:", "\nAlready listed:"]
