@@ -129,7 +129,8 @@ def models_pull(name: str, tiny: bool) -> None:
         click.echo(f"{tiny_card.name}: {path} (sha256 {digest}); {tiny_card.description}")
         return
     path = pull(card)
-    click.echo(f"{name}: {path} (sha256 {verify(card, path, use_record=False)})")
+    # a local build (embedded, built-in) is pinned anew; a download must match what was first recorded
+    click.echo(f"{name}: {path} (sha256 {verify(card, path, use_record=False, repin='hub' not in card.source)})")
 
 
 @models.command("export-onnx")
@@ -145,6 +146,30 @@ def models_export_onnx(name, quantize, parity_size) -> None:
     for target, info in export_onnx(name, quantize, parity_size).items():
         click.echo(f"{target}: {info['path']} (sha256 {info['sha256'][:12]}…), parity vs torch fp32: "
                    f"max pixel difference {info['parity_max_pixel_diff']:.0f}/255")
+
+
+# ---------------------------------------------------------------- datasets
+@main.group()
+def data() -> None:
+    """Datasets: convert official releases to the DomainBed layout the stages read."""
+
+
+@data.command("convert")
+@click.argument("dataset", type=click.Choice(["cub", "cars"]))
+@click.argument("src", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The folder to write: OUT/train/<class>/, "
+                                                                           "OUT/test/<class>/, OUT/convert.json.")
+@click.option("--link", type=click.Choice(["copy", "hardlink", "symlink"]), default="copy", show_default=True,
+              help="How images are placed (a hard link across filesystems is a copy, and recorded as one).")
+@click.option("--force", is_flag=True, help="Replace an earlier conversion in --out.")
+def data_convert(dataset: str, src: Path, out: Path, link: str, force: bool) -> None:
+    """SRC as its archive unpacks (CUB_200_2011/, or Stanford Cars' folder with devkit/) -> OUT, split by the
+    dataset's own split files."""
+    from toolkit.datasets.convert import convert
+
+    r = convert(dataset, src, out, link, force)
+    click.echo(f"data convert {dataset}: {r['images']['train']} train and {r['images']['test']} test images of "
+               f"{r['classes']} classes → {out} ({', '.join(f'{n} {k}' for k, n in sorted(r['placed'].items()))})")
 
 
 # ---------------------------------------------------------------- recipes and reports

@@ -369,6 +369,33 @@ def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
     assert c["status"] == ("ok" if c["kept"] == c["wanted"] else "partial" if c["kept"] else "failed")
 
 
+# Gemma-2-it's own chat template (google/gemma-2-2b-it): no system role, and it says so by raising.
+GEMMA2_TEMPLATE = ("{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                   "supported') }}{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != "
+                   "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/"
+                   "user/assistant/...') }}{% endif %}{% if (message['role'] == 'assistant') %}{% set role = 'model' "
+                   "%}{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + "
+                   "message['content'] | trim + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+                   "{{'<start_of_turn>model\\n'}}{% endif %}")
+
+
+def test_a_chat_template_without_a_system_role_gets_the_instruction_in_the_first_user_turn(tmp_path, llm, embedder):
+    from toolkit.stages.extrapolate.llm import LLM
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    chat = LLM(llm.path, name=llm.name, sha256=llm.sha256, prompting="base")
+    chat.metadata["tokenizer.chat_template"] = GEMMA2_TEMPLATE
+    chat.prompting = "chat"
+    pre, tokens, _ = chat.chat_prompt(DOMAINS.messages(cls="lighthouse", avoid="none", listed="none", n="2"))
+    text = chat._llm.detokenize(tokens, special=True).decode()
+    assert text.count("<start_of_turn>user\n") == len(DOMAINS.examples) + 1 and "<start_of_turn>system" not in text
+    first_user = text.split("<start_of_turn>user\n")[1]
+    assert first_user.startswith(DOMAINS.instructions) and "Class: accordion" in first_user
+    assert tokens[:len(pre)] == pre
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder)
+    assert run["provenance"]["system_role"] == "folded into the first user turn"
+
+
 PAPER_CSVS = Path(__file__).parent / "data" / "premonition"
 
 

@@ -184,3 +184,110 @@ def test_out_of_memory_message_names_the_levers():
     msg = str(out_of_memory("sd15-lcm-lora", "while loading"))
     for lever in ("--batch-size", "--vae-slicing", "--vae-tiling", "--cpu-offload", "sd15-lcm-lora", "GPU memory"):
         assert lever in msg
+
+
+# ---------------------------------------------------------------- the user's Hugging Face cache
+def cache_repo(hub: Path, repo: str, files: dict[str, Path | bytes], commit: str = "0123456789abcdef" * 2 + "01234567"
+               ) -> Path:
+    """A repository in huggingface_hub's cache layout (models--org--name/{blobs,snapshots/COMMIT,refs/main}),
+    files as symlinks into content-named blobs, as `hf_hub_download` leaves them; its snapshot folder."""
+    import hashlib
+
+    base = hub / f"models--{repo.replace('/', '--')}"
+    snap = base / "snapshots" / commit
+    for rel, content in files.items():
+        data = content if isinstance(content, bytes) else Path(content).read_bytes()
+        blob = base / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    (base / "refs").mkdir(parents=True, exist_ok=True)
+    (base / "refs" / "main").write_text(commit)
+    return snap
+
+
+@pytest.fixture
+def hf_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache for this test, and a model home of its own."""
+    from huggingface_hub import constants
+
+    hub = tmp_path / "hf-hub"
+    hub.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("AUGUR_HOME", str(tmp_path / "augur-home"))
+    return hub
+
+
+def test_hub_cards_render_from_the_hf_cache_reading_only_what_they_need(hf_hub, prompts, tmp_path):
+    """SD 1.5 + LCM-LoRA as a user's cache holds it (fp16 and fp32 weights, .bin copies, a safety checker):
+    both cards resolve from the cache offline with nothing copied; the pipeline's view holds the fp16
+    safetensors, configs and tokenizer only, so its digest is that of exactly those files, whatever else the
+    snapshot holds; it renders, with the LoRA."""
+    from huggingface_hub import scan_cache_dir
+
+    from toolkit.core.files import sha256_file, sha256_tree
+
+    pull_tiny(models.get_card("sd15-lcm-lora"))  # the real folder structure, tiny random weights
+    tiny = models.local_path(models.get_card("sd15-lcm-lora-tiny"))
+    lora = models.local_path(models.get_card("lcm-lora-sdv1-5-tiny"))
+    files = {p.relative_to(tiny).as_posix(): p for p in tiny.rglob("*") if p.is_file()}
+    needed = sorted(n for n in files if not n.startswith(("safety_checker/", "feature_extractor/")) and (
+        ".fp16." in n or not n.endswith(".safetensors")))
+    noise = {"unet/diffusion_pytorch_model.bin": b"never read", "text_encoder/pytorch_model.bin": b"never read",
+             "vae/diffusion_pytorch_model.fp16.bin": b"never read", "v1-5-pruned.ckpt": b"never read"}
+    snap = cache_repo(hf_hub, "stable-diffusion-v1-5/stable-diffusion-v1-5", {**files, **noise})
+    lora_snap = cache_repo(hf_hub, "latent-consistency/lcm-lora-sdv1-5", {"pytorch_lora_weights.safetensors": lora})
+    assert {r.repo_id for r in scan_cache_dir(hf_hub).repos} == {  # huggingface_hub reads the tree as its own
+        "stable-diffusion-v1-5/stable-diffusion-v1-5", "latent-consistency/lcm-lora-sdv1-5"}
+    assert any(n.startswith("safety_checker/") for n in files) and any(
+        n.endswith(".safetensors") and ".fp16." not in n for n in files)  # the snapshot holds what must be skipped
+
+    card, path, digest = models.ensure("lcm-lora-sdv1-5")
+    assert path == lora_snap / "pytorch_lora_weights.safetensors" and digest == sha256_file(lora)  # not a copy
+    card, view, digest = models.ensure("sd15-lcm-lora")
+    linked = sorted(p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_file())
+    assert linked == needed
+    assert all((view / n).is_symlink() and (view / n).resolve().parent.name == "blobs" for n in linked)
+    expected = tmp_path / "expected"
+    for n in needed:
+        (expected / n).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files[n], expected / n)
+    assert digest == sha256_tree(expected)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "sd15-lcm-lora", "--size", "32", "--out",
+                                    str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert row["variant"] == "fp16" and row["lora"]["model"] == "lcm-lora-sdv1-5"
+    assert row["scheduler"] == "LCMScheduler"
+
+
+def test_a_hub_card_is_pinned_at_first_use_and_a_file_in_a_snapshot_imports(hf_hub, tmp_path):
+    """A shipped hub card has no sha256 of its own: the digest seen first is recorded and every later load
+    must match it; an explicit import records a new one. A file inside a snapshot (a symlink to a blob with
+    no extension) imports by its own name."""
+    from safetensors.torch import save_file
+    import torch
+
+    first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": torch.zeros(2)}, str(first))
+    save_file({"w": torch.ones(2)}, str(second))
+    snap = cache_repo(hf_hub, "latent-consistency/lcm-lora-sdv1-5", {"pytorch_lora_weights.safetensors": first})
+    _, _, digest = models.ensure("lcm-lora-sdv1-5")
+    blob = (snap / "pytorch_lora_weights.safetensors").resolve()
+    blob.write_bytes(second.read_bytes())  # the cache's copy changed under the same name
+    with pytest.raises(AugurError, match="recorded when it was first imported"):
+        models.ensure("lcm-lora-sdv1-5")
+    res = CliRunner().invoke(main, ["models", "list"])
+    assert res.exit_code == 0 and "MISMATCH" in next(l for l in res.output.splitlines() if l.startswith("lcm-lora-sdv1-5"))
+    res = CliRunner().invoke(main, ["models", "import", "lcm-lora-sdv1-5", str(snap / "pytorch_lora_weights.safetensors")])
+    assert res.exit_code == 0, res.output  # by the link's name, not the blob's
+    _, path, again = models.ensure("lcm-lora-sdv1-5")
+    assert again != digest and path == snap / "pytorch_lora_weights.safetensors"
+    # a backbone .pth inside a snapshot, under a card of the user's own
+    pth = cache_repo(hf_hub, "someone/backbone", {"weights.pth": b"\x80\x02}q\x00."}) / "weights.pth"
+    res = CliRunner().invoke(main, ["models", "import", "my-backbone", str(pth), "--kind", "backbone"])
+    assert res.exit_code == 0, res.output

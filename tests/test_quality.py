@@ -136,3 +136,12 @@ def test_worked_examples_name_no_class_of_a_common_dg_dataset():
     for q, a in DOMAINS.examples:  # each example asks for as many as it answers, beyond what it lists
         n = int(q.rsplit("\n", 1)[1].split()[0])
         assert len(a.splitlines()) == n
+
+
+def test_markdown_and_reasoning_spans_are_not_items():
+    """Instruct models bold their items and reasoning models think aloud first: neither is part of an item."""
+    text = ("<think>\nThe user wants - origami | paper things\n</think>\n- **Watercolor** | a *soft* watercolor of x\n"
+            "- __neon sign__ | a `neon` sign\n- snake_case_thing | x\n1. **Pixel art**")
+    assert parse_lines(text, truncated=False) == [("Watercolor", "a soft watercolor of x"), ("neon sign", "a neon sign"),
+                                                 ("snake_case_thing", "x"), ("Pixel art", None)]
+    assert parse_lines("<think>\nstill thinking\n- origami | paper", truncated=True) == []  # never closed

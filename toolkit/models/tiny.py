@@ -76,4 +76,4 @@ def pull_tiny(card) -> tuple[Any, Path, str]:
     if new.kind != "gguf":
         new.sha256 = digest
         save_user_card(new)
-    return new, path, store.verify(new, path, use_record=False)
+    return new, path, store.verify(new, path, use_record=False, repin=True)

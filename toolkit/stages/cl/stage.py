@@ -255,7 +255,8 @@ def _train_task(cfg: CLConfig, out: Path, setup: Setup, strategy, store, t: int,
 
     records = loop.run(strategy, stream, total_steps=cfg.epochs * spe, is_checkpoint=lambda s: (s + 1) % spe == 0,
                        ckpt=out / "checkpoint" / f"task-{t:03d}", seed=derive_seed(cfg.seed, "task", t),
-                       precision=setup.precision, progress=cfg.progress, desc=f"cl {setup.name} task {t + 1}/{n_tasks}")
+                       precision=setup.precision, progress=cfg.progress, desc=f"cl {setup.name} task {t + 1}/{n_tasks}",
+                       save_last=False)  # _save_task writes the whole strategy once the task is scored
     # the steady rate: epochs after the first (which pays one-time kernel choice), when there are some
     steady = [r["images_per_second"] for r in records[1:]] or [r["images_per_second"] for r in records]
     return float(np.mean(steady)) if steady else None

@@ -93,6 +93,7 @@ class LLM:
             raise AugurError(f"model '{name}' has no chat template in its GGUF; use --prompting base")
         self.n_ctx = n_ctx
         self.parallel = max(1, parallel)
+        self.system_role = "system message"  # how chat prompts carry the instruction (chat_prompt may fold it)
         self._decoder = None
 
     @property
@@ -109,7 +110,8 @@ class LLM:
     def provenance(self) -> dict[str, Any]:
         return {"model": self.name, "model_file": self.path.name, "model_sha256": self.sha256,
                 "prompting": self.prompting, "decoder": DECODER,
-                **({"chat_template": self.chat_template} if self.prompting == "chat" else {})}
+                **({"chat_template": self.chat_template, "system_role": self.system_role}
+                   if self.prompting == "chat" else {})}
 
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
@@ -147,15 +149,29 @@ class LLM:
             template=template, eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "", stop_token_ids=[eos])
         try:
-            full = fmt(messages=messages)
-            marked = fmt(messages=[*messages[:-1], {"role": "user", "content": SENTINEL}])
+            full, marked = self._render(fmt, messages)
         except Exception as e:  # jinja raises its own types for templates it cannot render
-            raise AugurError(f"model '{self.name}' cannot be prompted as chat ({e}); try --prompting base") from None
+            if not (messages and messages[0]["role"] == "system" and len(messages) > 1):
+                raise AugurError(f"model '{self.name}' cannot be prompted as chat ({e}); try --prompting base") from None
+            # Templates without a system role (Gemma-2-it, Mistral-Instruct) raise on one: the instruction goes
+            # at the head of the first user turn instead, as those models' own cards advise.
+            system, first, *rest = messages
+            folded = [{"role": first["role"], "content": f"{system['content']}\n\n{first['content']}"}, *rest]
+            try:
+                full, marked = self._render(fmt, folded)
+            except Exception as e2:
+                raise AugurError(f"model '{self.name}' cannot be prompted as chat ({e2}); try --prompting base") from None
+            self.system_role = "folded into the first user turn"
         add_bos = not full.added_special
         stops = [full.stop] if isinstance(full.stop, str) else list(full.stop or [])
         prefix = marked.prompt.split(SENTINEL)[0]
         stops = [s for s in [*stops, *extra_stops] if s]
         return self.tokenize(prefix, add_bos), self.tokenize(full.prompt, add_bos), stops
+
+    @staticmethod
+    def _render(fmt, messages: list[dict[str, str]]):
+        """(the whole prompt, the prompt with the last user message replaced by a marker)."""
+        return fmt(messages=messages), fmt(messages=[*messages[:-1], {"role": "user", "content": SENTINEL}])
 
     # -- the shared prefix's KV state, kept on disk
     def _prefix_state_file(self, pre: list[int]) -> Path:

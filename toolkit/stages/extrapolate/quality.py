@@ -13,6 +13,8 @@ from dataclasses import dataclass
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s*")
 # Control tokens a small model sometimes emits as text (Gemma's <start_of_image>, <eos>, ...): cut there.
 _SPECIAL = re.compile(r"<[^<>\s]{2,40}>")
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+_EMPHASIS = re.compile(r"(?<!\w)(\*\*|__|\*|_)(\S(?:.*?\S)?)\1(?!\w)")  # not snake_case_words
 _ARTICLES = {"a", "an", "the"}
 # Words that add nothing when judging whether a domain merely restates the class.
 _FILLER = {"of", "in", "on", "with", "and", "style", "image", "picture", "depiction", "view", "version"}
@@ -55,8 +57,18 @@ def _related(a: str, b: str) -> bool:
     return a == b or (len(a) >= 5 and len(b) >= 5 and a[:5] == b[:5])
 
 
+def _plain(text: str) -> str:
+    """Markdown emphasis and code marks off an item or text (`**watercolor**`, `_x_`, `` `x` ``)."""
+    text = _EMPHASIS.sub(r"\2", text)
+    return text.replace("`", "").strip()
+
+
 def parse_lines(text: str, truncated: bool) -> list[tuple[str, str | None]]:
-    """`- item | text` lines → (item, text or None). A final line cut off by max_tokens is dropped."""
+    """`- item | text` lines → (item, text or None). A final line cut off by max_tokens is dropped. A reasoning
+    model's `<think>...</think>` span is not part of the answer (an unclosed one is all there is: nothing)."""
+    text = _THINK.sub("", text)
+    if "<think>" in text:
+        return []
     lines = text.split("\n")
     if truncated and lines:
         lines = lines[:-1]
@@ -67,8 +79,8 @@ def parse_lines(text: str, truncated: bool) -> list[tuple[str, str | None]]:
         if not line:
             continue
         item, _, rest = line.partition("|")
-        item = item.strip().strip(".:;,").strip()
-        rest = rest.strip().strip('"').strip() or None
+        item = _plain(item).strip().strip(".:;,").strip()
+        rest = _plain(rest).strip().strip('"').strip() or None
         if item:
             out.append((item, rest))
     return out

@@ -155,7 +155,7 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
                                      **extra})
         new.sha256 = sha256_tree(target_dir)
         cards.save_user_card(new)
-        store.verify(new, target_dir, use_record=False)
+        store.verify(new, target_dir, use_record=False, repin=True)
         diff = parity(name, target_name, parity_size)
         new.extra["parity_max_pixel_diff"] = diff
         cards.save_user_card(new)

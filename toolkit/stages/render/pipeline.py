@@ -190,6 +190,20 @@ class Renderer:
         # See the module docstring: one image per computation on a CPU, batches on a GPU.
         self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
 
+    def prompt_tokens(self, prompts: list[str]) -> dict[str, Any] | None:
+        """How the pipeline's own tokenizer counts the prompts against its text encoder's limit (CLIP: 77 with
+        the start and end tokens): diffusers cuts longer ones and says so through its logger, which Augur keeps
+        quiet, so the render says it instead, with the counts. None for a pipeline without a tokenizer."""
+        tok = getattr(self.pipe, "tokenizer", None)
+        limit = getattr(tok, "model_max_length", None)
+        if tok is None or not isinstance(limit, int) or limit > 100_000:
+            return None
+        distinct = sorted(set(prompts))
+        counts = {p: len(tok(p, truncation=False).input_ids) for p in distinct}
+        cut = sorted((p for p in distinct if counts[p] > limit), key=lambda p: -counts[p])
+        return {"limit": limit, "prompts": len(distinct), "truncated": len(cut),
+                "longest": max(counts.values(), default=0), "example": cut[0][:80] if cut else None}
+
     def settings(self) -> dict[str, Any]:
         """What decides the pixels: the run's identity and every manifest row carry it."""
         out = {"backend": self.cfg.backend, "device": self.device, "dtype": self.dtype, "scheduler": self.scheduler,

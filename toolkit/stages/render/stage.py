@@ -135,6 +135,9 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     identity = {"prompts_sha256": sha256_file(prompts), "model": resolved.card.name, "model_sha256": resolved.sha256,
                 "images_per_prompt": cfg.images_per_prompt, "seed": cfg.seed, **renderer.settings()}
     extra = {"prompts": str(prompts.resolve())}
+    tokens = renderer.prompt_tokens([r["prompt"] for r in rows])
+    if tokens is not None:
+        extra["prompt_tokens"] = tokens
     if guides is not None:  # absent for text-only runs: older folders keep their identity
         identity["init_images"] = guides.identity()
         extra["init_images"] = guides.data if guides.data == "digits" else str(Path(guides.data).expanduser().resolve())
@@ -189,7 +192,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     return {"images": len(units), "rendered": rendered, "resumed": len(units) - rendered, "wall_seconds": wall,
             "model_digest": "cached" if resolved.digest_cached else "computed",
             "images_per_second": rendered / max(time.perf_counter() - t_render, 1e-9) if rendered else 0.0,
-            "manifest": str(manifest),
+            "manifest": str(manifest), "prompt_tokens": tokens,
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
                      f"{renderer.steps} steps, {renderer.size}px"
@@ -209,7 +212,7 @@ def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
     state = distributed.state() if cfg.shard is None else None
     if state is None:
         res = render(prompts, out, cfg)
-        return StageResult([res["line"]], files={"manifest": res["manifest"]}, data=res)
+        return StageResult([res["line"]], files={"manifest": res["manifest"]}, data=res, warnings=truncation(res))
     cfg = dataclasses.replace(cfg, shard=f"{state.process_index}/{state.num_processes}",
                               quiet=cfg.quiet or not state.is_main_process)
     res = render(prompts, out, cfg)
@@ -219,7 +222,16 @@ def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
         with distributed.alone():
             lines.append(merge(out)["line"])
     state.wait_for_everyone()  # the merged manifest is there for whoever reads it next
-    return StageResult(lines, files={"manifest": str(Path(out) / "manifest.jsonl")}, data=res)
+    return StageResult(lines, files={"manifest": str(Path(out) / "manifest.jsonl")}, data=res,
+                       warnings=truncation(res) if state.is_main_process else [])
+
+
+def truncation(res: dict[str, Any]) -> list[str]:
+    t = res.get("prompt_tokens")
+    if not t or not t["truncated"]:
+        return []
+    return [f"{t['truncated']} of {t['prompts']} prompts are longer than the text encoder's {t['limit']} tokens "
+            f"and were cut (longest {t['longest']} tokens, e.g. '{t['example']}')"]
 
 
 def writer_threads(cfg: RenderConfig, device: str) -> int:
