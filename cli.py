@@ -16,6 +16,8 @@ import click
 
 from toolkit import __version__
 from toolkit.core.errors import EXIT_INTERRUPTED, EXIT_USAGE, AugurError, environment_message
+from toolkit.core.settings import click_options
+from toolkit.models.render_defaults import RenderDefaults
 
 
 def _fail(message: str, code: int) -> None:
@@ -105,12 +107,18 @@ def models_verify(name: str) -> None:
 @click.option("--kind", help="Model kind, needed when NAME has no card (gguf, diffusers, onnx, embedding, lora, "
                              "autoencoder-tiny, backbone).")
 @click.option("--prompting", type=click.Choice(["base", "chat"]), help="For a new GGUF card: base or chat prompting.")
-def models_import(name: str, path: Path, kind: str | None, prompting: str | None) -> None:
-    """Register a file or folder copied in by hand (the offline workflow)."""
+@click_options(RenderDefaults)
+def models_import(name: str, path: Path, kind: str | None, prompting: str | None, **render) -> None:
+    """Register a file or folder copied in by hand (the offline workflow). A diffusion pipeline may be given
+    its render defaults; without them it renders with its pipeline class's own (recorded in every image's
+    row)."""
+    from toolkit.core.settings import from_cli
     from toolkit.models import import_model
 
-    card, digest = import_model(name, path, kind, prompting)
-    click.echo(f"{card.name}: imported {path} ({card.kind}), sha256 {digest}")
+    given = from_cli(RenderDefaults, render).given()
+    card, digest = import_model(name, path, kind, prompting, given or None)
+    said = f"; render defaults {', '.join(f'{k} {v}' for k, v in given.items())}" if given else ""
+    click.echo(f"{card.name}: imported {path} ({card.kind}), sha256 {digest}{said}")
 
 
 @models.command("pull")

@@ -234,7 +234,8 @@ def test_hub_cards_render_from_the_hf_cache_reading_only_what_they_need(hf_hub, 
     tiny = models.local_path(models.get_card("sd15-lcm-lora-tiny"))
     lora = models.local_path(models.get_card("lcm-lora-sdv1-5-tiny"))
     files = {p.relative_to(tiny).as_posix(): p for p in tiny.rglob("*") if p.is_file()}
-    needed = sorted(n for n in files if not n.startswith(("safety_checker/", "feature_extractor/")) and (
+    # no safety checker (its feature extractor's config stays: diffusers reads every component model_index names)
+    needed = sorted(n for n in files if not n.startswith("safety_checker/") and (
         ".fp16." in n or not n.endswith(".safetensors")))
     noise = {"unet/diffusion_pytorch_model.bin": b"never read", "text_encoder/pytorch_model.bin": b"never read",
              "vae/diffusion_pytorch_model.fp16.bin": b"never read", "v1-5-pruned.ckpt": b"never read"}
@@ -291,3 +292,62 @@ def test_a_hub_card_is_pinned_at_first_use_and_a_file_in_a_snapshot_imports(hf_h
     pth = cache_repo(hf_hub, "someone/backbone", {"weights.pth": b"\x80\x02}q\x00."}) / "weights.pth"
     res = CliRunner().invoke(main, ["models", "import", "my-backbone", str(pth), "--kind", "backbone"])
     assert res.exit_code == 0, res.output
+
+
+def test_a_pipeline_without_a_card_renders_with_its_class_defaults_or_those_imported(home, prompts, tmp_path):
+    """No LCM numbers for a model that is not LCM: a folder with no card defaults draws with its pipeline
+    class's documented ones (Stable Diffusion: 50 steps, guidance 7.5), the row says so, and fewer than 20
+    steps for it is warned about; `models import --steps ...` gives it a card's defaults instead."""
+    pull_tiny(models.get_card("sd-turbo"))
+    folder = tmp_path / "my-sd"
+    shutil.copytree(models.local_path(models.get_card("sd-turbo-tiny")), folder)
+    res = CliRunner().invoke(main, ["models", "import", "my-sd", str(folder), "--kind", "diffusers"])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "plain"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "my-sd", "--size", "32", "--images-per-prompt",
+                                    "1", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert (row["steps"], row["guidance"]) == (50, 7.5)
+    assert row["defaults_from"] == {"steps": "StableDiffusionPipeline default",
+                                    "guidance": "StableDiffusionPipeline default"}
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "my-sd", "--size", "32", "--steps", "4",
+                                    "--images-per-prompt", "1", "--out", str(tmp_path / "few"), "--quiet"])
+    assert res.exit_code == 0 and "4 denoising steps for a model no card calls distilled" in res.output, res.output
+    res = CliRunner().invoke(main, ["models", "import", "my-sd", str(folder), "--steps", "2", "--guidance", "0",
+                                    "--size", "32", "--scheduler", "euler"])
+    assert res.exit_code == 0 and "render defaults steps 2, guidance 0.0, size 32, scheduler euler" in res.output
+    out = tmp_path / "carded"
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "my-sd", "--images-per-prompt", "1", "--out",
+                                    str(out), "--quiet"])
+    assert res.exit_code == 0 and "distilled" not in res.output, res.output
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert (row["steps"], row["guidance"], row["scheduler"]) == (2, 0.0, "EulerDiscreteScheduler")
+    assert row["defaults_from"] == {"steps": "card", "guidance": "card"}
+    res = CliRunner().invoke(main, ["models", "import", "my-sd", str(folder), "--steps", "0"])
+    assert res.exit_code == 2 and "--steps" in res.output
+    from toolkit.core import paths
+
+    bad = paths.user_cards_dir() / "bad-defaults.yaml"
+    bad.write_text("name: bad-defaults\nkind: diffusers\nsource: {path: /x}\nextra:\n  render: {steps: 5000}\n")
+    with pytest.raises(AugurError, match="extra.render.steps"):
+        models.load_cards()
+    bad.unlink()
+
+
+def test_the_safety_checker_is_off_unless_asked_and_recorded_when_on(home, prompts, tmp_path):
+    """SD 1.5's layout ships a safety checker: Augur loads none unless --safety-checker, which is then recorded
+    (and part of the run's identity); a pipeline without one, or the ONNX backend, refuses the flag in one line."""
+    from conftest import assert_one_line_error
+
+    pull_tiny(models.get_card("sd15-lcm-lora"))
+    base = ["render", str(prompts), "--model", "sd15-lcm-lora-tiny", "--images-per-prompt", "1", "--quiet"]
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "off")])
+    assert res.exit_code == 0, res.output
+    assert "safety_checker" not in read_jsonl(tmp_path / "off" / "manifest.jsonl")[0]
+    res = CliRunner().invoke(main, [*base, "--safety-checker", "--out", str(tmp_path / "on")])
+    assert res.exit_code == 0, res.output
+    assert read_jsonl(tmp_path / "on" / "manifest.jsonl")[0]["safety_checker"] is True
+    res = CliRunner().invoke(main, ["render", str(prompts), "--model", "tiny-lcm", "--safety-checker", "--out",
+                                    str(tmp_path / "none")])
+    assert_one_line_error(res, "has no safety checker")

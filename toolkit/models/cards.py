@@ -68,6 +68,10 @@ class ModelCard:
             raise AugurError(f"{where}: prompting must be one of {', '.join(PROMPTING_STYLES)}")
         if d.get("chat_template") not in (None, *CHAT_TEMPLATES):
             raise AugurError(f"{where}: chat_template must be one of {', '.join(CHAT_TEMPLATES)}")
+        if "render" in (d.get("extra") or {}):
+            from .render_defaults import check_render_defaults
+
+            check_render_defaults(d["extra"]["render"], where)
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -159,8 +159,11 @@ def ensure(name: str) -> tuple[ModelCard, Path, str]:
     return card, path, verify(card, path, repin=built)  # a fresh local build is pinned anew
 
 
-def import_model(name: str, src: Path, kind: str | None = None, prompting: str | None = None) -> tuple[ModelCard, str]:
-    """Register a file or folder the user copied in. Unknown names need --kind and get a user card."""
+def import_model(name: str, src: Path, kind: str | None = None, prompting: str | None = None,
+                 render: dict[str, Any] | None = None) -> tuple[ModelCard, str]:
+    """Register a file or folder the user copied in. Unknown names need --kind and get a user card. `render`
+    (steps, guidance, size, scheduler, negative prompt) become the card's render defaults: a user card's, or a
+    copy of a shipped card in the user's cards, which then wins over it."""
     check_identifier(name, "model name")
     # absolute, but not resolved: a file inside a Hugging Face snapshot is a symlink to an extension-less blob,
     # and its name (the link's) is what says its format
@@ -178,11 +181,17 @@ def import_model(name: str, src: Path, kind: str | None = None, prompting: str |
         KINDS.canonical(kind)
         card = ModelCard(name=name, kind=kind, description=f"imported from {src}",
                          source={"path": str(src)}, prompting=prompting)
+    if render and card.kind not in ("diffusers", "onnx"):
+        raise AugurError(f"render defaults (--steps, --guidance, ...) are for diffusion pipelines, not a {card.kind} "
+                         "model")
     KINDS.get(card.kind).check(src)
     digest = verify(card, src, use_record=False, repin=True)
+    if render:
+        card.extra = {**card.extra, "render": {**card.render_defaults, **render}}
     if name not in cards:
         card.sha256 = digest
         card.size = src.stat().st_size if src.is_file() else None
+    if name not in cards or render:
         save_user_card(card)
     return card, digest
 

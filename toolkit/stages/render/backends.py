@@ -3,17 +3,16 @@ precision. Adding one (TensorRT, OpenVINO, ...) is one decorated class."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
 from ...core.registry import Registry
+# Scheduler names a card's render defaults may give (diffusers class names are accepted as well).
+from ...models.render_defaults import SCHEDULERS
 
 BACKENDS = Registry("backend", instantiate=True)
-
-# Scheduler names a card's render defaults may give (diffusers class names are accepted as well).
-SCHEDULERS = {"lcm": "LCMScheduler", "euler": "EulerDiscreteScheduler", "euler-a": "EulerAncestralDiscreteScheduler",
-              "ddim": "DDIMScheduler", "pndm": "PNDMScheduler", "dpm++": "DPMSolverMultistepScheduler"}
 
 
 def set_scheduler(pipe, name: str | None) -> None:
@@ -113,10 +112,14 @@ class TorchBackend(Backend):
 
         dtype = torch_dtype(precision)
         check_model_index(path)
+        checker = {} if cfg.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        if cfg.safety_checker:
+            index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+            if (index.get("safety_checker") or [None])[0] is None:
+                raise AugurError(f"{path}: this pipeline has no safety checker; drop --safety-checker")
         with quiet_libraries():
             pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
-                                                     use_safetensors=True, variant=variant, safety_checker=None,
-                                                     requires_safety_checker=False)
+                                                     use_safetensors=True, variant=variant, **checker)
         set_scheduler(pipe, defaults.get("scheduler"))
         if cfg.init_images is not None:
             pipe = image_to_image(pipe, path)

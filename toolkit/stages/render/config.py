@@ -43,6 +43,9 @@ class RenderConfig:
                                                  "(0 < s <= 1; 1 ignores the guide): every guided image is drawn at "
                                                  "each strength (default: the card's, else 0.5).", min=0.0,
                                            min_open=True, max=1.0)
+    safety_checker: bool = setting(False, "Load the pipeline's own safety checker, which blacks out images it flags "
+                                          "(off by default, as in the Premonition notebook; torch; recorded).",
+                                   is_flag=True)
     attention_slicing: bool = setting(False, "Less memory, a little slower (torch).", is_flag=True)
     vae_slicing: bool = setting(False, "Decode images one by one (torch).", is_flag=True)
     vae_tiling: bool = setting(False, "Decode large images tile by tile (torch).", is_flag=True)

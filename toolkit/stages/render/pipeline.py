@@ -132,6 +132,8 @@ class Renderer:
             raise AugurError(f"--precision {self.dtype} is not available with the {cfg.backend} backend "
                              f"({', '.join(self.backend.precisions(self.device))}; int8 comes from "
                              "`augur models export-onnx NAME --quantize int8`)")
+        if cfg.safety_checker and cfg.backend != "torch":  # no option is a silent no-op
+            raise AugurError("--safety-checker loads the pipeline's checker with diffusers: use --backend torch")
         if cfg.cpu_offload and self.device != "cuda":  # no option is a silent no-op
             raise AugurError("--cpu-offload moves components between the GPU and the CPU: it needs --device cuda "
                              f"(this run renders on {self.device})")
@@ -145,8 +147,6 @@ class Renderer:
         # a card may say which strengths and step counts make sense for image-to-image (a one-step model needs
         # steps x strength >= 1); the command line overrides both
         self.strengths = (list(cfg.strength or d.get("strength") or [0.5])) if self.guided else None
-        self.steps = cfg.steps or int((self.guided and d.get("img2img_steps")) or d.get("steps", 4))
-        self.guidance = float(cfg.guidance if cfg.guidance is not None else d.get("guidance", 1.0))
         self.negative_prompt = cfg.negative_prompt if cfg.negative_prompt is not None else d.get("negative_prompt", "")
         self.lora = self.tiny_vae = None
         lora_path = tiny_vae_path = None
@@ -180,6 +180,8 @@ class Renderer:
                              "is the folder complete?") from None
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler = type(self.pipe.scheduler).__name__
+        self.warnings: list[str] = []
+        self._choose_steps(cfg, d)
         self.denoising_steps = ({s: check_denoising(self.pipe.scheduler, self.steps, s) for s in self.strengths}
                                 if self.guided else {})
         scale = getattr(self.pipe, "vae_scale_factor", 8)
@@ -189,6 +191,34 @@ class Renderer:
         self.takes_negative = "negative_prompt" in inspect.signature(self.pipe.__call__).parameters
         # See the module docstring: one image per computation on a CPU, batches on a GPU.
         self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
+
+    def _choose_steps(self, cfg: RenderConfig, d: dict[str, Any]) -> None:
+        """Steps and guidance: the command line's, else the card's, else what the pipeline class itself
+        documents as its defaults (its __call__'s: 50 and 7.5 for Stable Diffusion, 4 and 8.5 for LCM), never
+        one model's numbers for another. Where each came from is recorded; fewer than 20 steps for a model
+        that no card calls distilled is warned about."""
+        params = inspect.signature(self.pipe.__call__).parameters
+        cls = type(self.pipe).__name__
+
+        def class_default(name: str):
+            p = params.get(name)
+            return p.default if p is not None and isinstance(p.default, (int, float)) else None
+
+        card_steps = (self.guided and d.get("img2img_steps")) or d.get("steps")
+        steps = [(cfg.steps, "command line"), (card_steps, "card"),
+                 (class_default("num_inference_steps"), f"{cls} default"), (4, "LCM's 4")]
+        self.steps, steps_from = next((int(v), w) for v, w in steps if v)
+        guidance = [(cfg.guidance, "command line"), (d.get("guidance"), "card"),
+                    (class_default("guidance_scale"), f"{cls} default"), (1.0, "none")]
+        value, guidance_from = next((v, w) for v, w in guidance if v is not None)
+        self.guidance = float(value)
+        self.defaults_from = {"steps": steps_from, "guidance": guidance_from}
+        documented = class_default("num_inference_steps")
+        if (not d.get("steps") and self.scheduler != "LCMScheduler" and documented and documented >= 20
+                and self.steps < 20):
+            self.warnings.append(f"{self.steps} denoising steps for a model no card calls distilled ({cls} documents "
+                                 f"{documented}): expect unfinished images; import it with its card's --steps, or "
+                                 "give a distilled model (LCM, Turbo)")
 
     def prompt_tokens(self, prompts: list[str]) -> dict[str, Any] | None:
         """How the pipeline's own tokenizer counts the prompts against its text encoder's limit (CLIP: 77 with
@@ -218,6 +248,8 @@ class Renderer:
             out["pipeline"] = type(self.pipe).__name__  # the image-to-image class that drew them
         if self.cfg.fuse_qkv:
             out["fuse_qkv"] = True
+        if self.cfg.safety_checker:  # absent when off: older folders keep their identity
+            out["safety_checker"] = True
         # slicing, tiling and offloading change float rounding (tested: pixels 1/255 apart), so a folder records
         # them, and a resume with other switches is another run; absent when off (older folders' identities hold)
         for key in ("attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload"):
@@ -231,7 +263,7 @@ class Renderer:
 
     def provenance(self) -> dict[str, Any]:
         """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
-        return {"threads": threads(), "threads_choice": self.threads.why}
+        return {"threads": threads(), "threads_choice": self.threads.why, "defaults_from": self.defaults_from}
 
     def __call__(self, units: list[Unit]):
         out = []

@@ -192,7 +192,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
     return {"images": len(units), "rendered": rendered, "resumed": len(units) - rendered, "wall_seconds": wall,
             "model_digest": "cached" if resolved.digest_cached else "computed",
             "images_per_second": rendered / max(time.perf_counter() - t_render, 1e-9) if rendered else 0.0,
-            "manifest": str(manifest), "prompt_tokens": tokens,
+            "manifest": str(manifest), "prompt_tokens": tokens, "warnings": list(renderer.warnings),
             "line": (f"render: {len(units)} images ({rendered} new, {len(units) - rendered} already done) "
                      f"with {resolved.card.name} on {renderer.cfg.backend}/{renderer.device}/{renderer.dtype}, "
                      f"{renderer.steps} steps, {renderer.size}px"
@@ -227,10 +227,11 @@ def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
 
 
 def truncation(res: dict[str, Any]) -> list[str]:
+    """The run's warnings: the renderer's, and prompts the text encoder cut."""
     t = res.get("prompt_tokens")
     if not t or not t["truncated"]:
-        return []
-    return [f"{t['truncated']} of {t['prompts']} prompts are longer than the text encoder's {t['limit']} tokens "
+        return list(res.get("warnings", []))
+    return list(res.get("warnings", [])) + [f"{t['truncated']} of {t['prompts']} prompts are longer than the text encoder's {t['limit']} tokens "
             f"and were cut (longest {t['longest']} tokens, e.g. '{t['example']}')"]
 
 
