@@ -151,7 +151,10 @@ class ScriptedLLM:
     """Answers request (list, attempt) from a script, finishing queued requests in a chosen order: a stand-in
     for the decoder only, so that the list scheduler itself (ListGenerator, real) can be checked exactly."""
 
-    prompting, n_ctx, sha256, name = "base", 4096, "0" * 64, "scripted"
+    prompting, n_ctx, sha256, name, n_threads = "base", 4096, "0" * 64, "scripted", 1
+
+    def provenance(self):
+        return {"model": self.name, "model_sha256": self.sha256, "prompting": self.prompting}
 
     def __init__(self, script: dict[tuple[int, int], str], lifo: bool = False):
         self.script, self.lifo = script, lifo
@@ -169,7 +172,7 @@ class ScriptedLLM:
         while queue:
             pre, tokens, seed, sampling, stops, ticket = queue.pop() if self.lifo else queue.pop(0)
             self.asked[(ticket.item, ticket.attempt)] = (self.texts[tokens[1]], sampling.max_tokens)
-            text = self.script[(ticket.item, ticket.attempt)]
+            text = self.script.get((ticket.item, ticket.attempt), "- ")
             queue += on_done(ticket, Generation(text[1:], 5, 5, "stop", 0.0))  # the "-" is the prompt's
 
 
@@ -210,6 +213,26 @@ def test_lists_are_asked_for_the_rest_until_full_or_stuck(tmp_path):
     assert set(llm.asked) == set(llm.script)  # no request beyond the stopping rules
     lifo, _ = scheduled(True, tmp_path)
     assert [(r.items, r.attempts, r.stopped) for r in lifo] == [(r.items, r.attempts, r.stopped) for r in results]
+
+
+def test_a_domain_naming_another_target_class_is_rejected_and_a_class_left_empty_fails(tmp_path, monkeypatch):
+    """PACS's dog and house: "a dog in front of a house" would teach dg a house in the dog's domain. And a
+    class left with no domain at all stops the stage, before anything is rendered for the others."""
+    from toolkit.core.errors import AugurError
+
+    script = {(0, 0): "- front yard | a dog in front of a house\n- watercolor | a watercolor painting of a dog",
+              (1, 0): "- snowfall | a house in heavy snowfall\n- kennel | a house with a dog kennel beside it"}
+    run = extrapolate_domains(cfg(["dog", "house"], 1, [], semantic_dedup=False), tmp_path / "ok",
+                              llm=ScriptedLLM(script))
+    kept = {r["class"]: r["domain_text"] for r in read_jsonl(tmp_path / "ok" / "prompts.jsonl")}
+    assert kept == {"dog": "watercolor", "house": "snowfall"}
+    assert run["classes"][0]["rejected"] == {"names another class": 1}
+    script = {(0, 0): "- watercolor | a watercolor painting of a dog", (1, 0): "- kennel | a house by a dog kennel"}
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "other-cache"))  # other answers to the same requests
+    with pytest.raises(AugurError, match=r"no usable domain for 1 class\(es\): house"):
+        extrapolate_domains(cfg(["dog", "house"], 1, [], semantic_dedup=False), tmp_path / "empty",
+                            llm=ScriptedLLM(script))
+    assert (tmp_path / "empty" / "run.json").is_file() and not (tmp_path / "empty" / "prompts.jsonl").exists()
 
 
 def test_real_retries_list_what_is_kept(tmp_path, llm, embedder, monkeypatch):

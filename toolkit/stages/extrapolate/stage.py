@@ -33,7 +33,7 @@ from .config import DomainsConfig, LLMSettings, RealmConfig
 from .embed import EMBEDDER, Embedder, SemanticFilter
 from .llm import DECODER, LLM, Generation, Sampling
 from .quality import (Limits, check_class, check_domain, check_group, compose_prompt, near_duplicate, norm_key,
-                      parse_lines, words)
+                      parse_lines, stem, words)
 from .templates import BASE_STOPS, CLASSES, DOMAINS, GROUPS, Template
 
 # A generated list line is ~15-20 tokens; this budget per wanted item leaves room for drift.
@@ -439,11 +439,20 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
         slugs = class_slugs(classes)
         foreign = {w for s in DOMAINS.subjects for w in words(s)}
 
+        # the other target classes, by their words: "a dog in front of a house" is no domain of PACS's dog
+        phrases = [(c.label, {stem(w) for w in words(c.phrase)}) for c in resolved]
+
         def accept_for(i: int):
             cn = resolved[i]
+            rivals = [ws for label, ws in phrases if label != cn.label and ws and not ws <= cn.content_words]
 
             def check(domain: str, prompt: str | None, cn=cn) -> str | None:
-                return check_domain(domain, prompt, cn.content_words, exclude, LIMITS)
+                reason = check_domain(domain, prompt, cn.content_words, exclude, LIMITS)
+                if reason is None:
+                    said = {stem(w) for w in words(f"{domain} {prompt or ''}")}
+                    if any(ws <= said for ws in rivals):
+                        return "names another class"
+                return reason
 
             return _acceptor(check, set(), _semantic(stage.embedder, cfg.semantic_threshold, exclude + [cn.phrase]))
 
@@ -465,6 +474,12 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
         run = {"provenance": stage.run_provenance("domains", [DOMAINS], inputs), "classes": per_class,
                "summary": summary}
         stage.check_reached(run, counts, "domains")
+        empty = [c["class"] for c in per_class if not c["kept"]]
+        if empty:  # dg would meet a class with no synthetic image only after the render: say it now
+            write_json(stage.out / "run.json", run)
+            raise AugurError(f"no usable domain for {len(empty)} class(es): {', '.join(empty[:8])}"
+                             f"{' ...' if len(empty) > 8 else ''}; see {stage.out / 'run.json'} (try another seed, "
+                             "more --max-attempts, or a stronger model)")
         stage.write(run, {"prompts.jsonl": rows})
         return run
 
