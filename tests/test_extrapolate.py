@@ -156,8 +156,8 @@ class ScriptedLLM:
     def provenance(self):
         return {"model": self.name, "model_sha256": self.sha256, "prompting": self.prompting}
 
-    def __init__(self, script: dict[tuple[int, int], str], lifo: bool = False):
-        self.script, self.lifo = script, lifo
+    def __init__(self, script: dict[tuple[int, int], str], lifo: bool = False, answer=None):
+        self.script, self.lifo, self.answer = script, lifo, answer  # answer(query text, attempt): by query
         self.texts: list[str] = []
         self.asked: dict[tuple[int, int], tuple[str, int]] = {}  # (list, attempt) -> (query, max_tokens)
 
@@ -172,7 +172,8 @@ class ScriptedLLM:
         while queue:
             pre, tokens, seed, sampling, stops, ticket = queue.pop() if self.lifo else queue.pop(0)
             self.asked[(ticket.item, ticket.attempt)] = (self.texts[tokens[1]], sampling.max_tokens)
-            text = self.script.get((ticket.item, ticket.attempt), "- ")
+            text = (self.answer(self.texts[tokens[1]], ticket.attempt) if self.answer is not None
+                    else self.script.get((ticket.item, ticket.attempt), "- "))
             queue += on_done(ticket, Generation(text[1:], 5, 5, "stop", 0.0))  # the "-" is the prompt's
 
 
@@ -233,6 +234,40 @@ def test_a_domain_naming_another_target_class_is_rejected_and_a_class_left_empty
         extrapolate_domains(cfg(["dog", "house"], 1, [], semantic_dedup=False), tmp_path / "empty",
                             llm=ScriptedLLM(script))
     assert (tmp_path / "empty" / "run.json").is_file() and not (tmp_path / "empty" / "prompts.jsonl").exists()
+
+
+def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
+    """--style premonition as the paper's notebook: orders, then species with Latin names and short
+    descriptions; a second name for a Latin name already kept, a non-binomial and a description over 180
+    characters are rejected; labels and prompts name the species as the paper's CSVs do; temperature 0.2."""
+    long = "Large raptor " + "golden-brown feathered " * 9  # within the 40-word limit, but 220 characters
+
+    def answer(query: str, attempt: int) -> str:
+        if attempt:
+            return "- "
+        if "new groups" in query:
+            return "- Anseriformes\n- Accipitriformes"
+        if "Group: Anseriformes" in query:
+            return ("- Mallard | Anas platyrhynchos | Dabbling duck, male with a glossy green head and white collar\n"
+                    "- Green-headed duck | Anas platyrhynchos | Duck with a green head and a yellow bill\n"
+                    "- Mute swan | Cygnus olor | Large white swan with an orange bill and a black knob\n"
+                    "- Odd bird | not a latin name | Some bird with some feathers on it")
+        return f"- Red kite | Milvus milvus | Slim raptor with a deeply forked rusty tail\n- Golden eagle | Aquila chrysaetos | {long}"
+
+    cfg_ = realm(groups=2, per_group=3, style="premonition", semantic_dedup=False)
+    run = extrapolate_realm(cfg_, tmp_path, llm=ScriptedLLM({}, answer=answer))
+    classes = read_jsonl(tmp_path / "classes.jsonl")
+    assert [c["class"] for c in classes] == ["Mallard (Anas platyrhynchos)", "Mute swan (Cygnus olor)",
+                                             "Red kite (Milvus milvus)"]
+    assert classes[0]["latin_name"] == "Anas platyrhynchos" and classes[0]["common_name"] == "Mallard"
+    prompts = read_jsonl(tmp_path / "prompts.jsonl")
+    assert prompts[0]["prompt"] == ("A photograph of a Mallard (Anas platyrhynchos): Dabbling duck, male with a glossy "
+                                    "green head and white collar")
+    assert run["per_group"][0]["rejected"] == {"duplicate": 1, "latin name": 1}
+    assert run["per_group"][1]["rejected"] == {"description length": 1}
+    prov = run["provenance"]
+    assert prov["sampling"]["temperature"] == 0.2 and [t.split("@")[0] for t in prov["templates"]] == [
+        "premonition-orders", "premonition-species"]
 
 
 def test_real_retries_list_what_is_kept(tmp_path, llm, embedder, monkeypatch):

@@ -19,7 +19,8 @@ class LLMSettings:
     seed: int = seed_setting()
     prompting: str = setting("auto", "Few-shot completion (base models) or chat template (instruct models); "
                                      "auto: from the card, else from the GGUF metadata.", choices=PROMPTING)
-    temperature: float = setting(0.8, "Sampling temperature.", min=0.0, max=2.0)
+    temperature: float | None = setting(None, "Sampling temperature (default 0.8; 0.2 for --style premonition, as "
+                                              "its notebook samples).", min=0.0, max=2.0, none_word="auto")
     max_attempts: int = setting(10, "At most this many LLM requests per list (each asks for what is still wanted "
                                     "and lists what is kept).", min=1, max=1000)
     patience: int = setting(2, "Attempts in a row that add nothing new before a list stops short of its count.",
@@ -67,6 +68,11 @@ class RealmConfig(LLMSettings):
     """Premonition: a realm's sub-groups and their classes, with visual descriptions."""
 
     realm: str = setting("birds", "The realm, e.g. birds or cars.", cli=False)
+    style: str = setting("augur", "augur: groups of similar-looking classes with visual descriptions; premonition: "
+                                  "the paper's notebook (scientific orders, species with Latin names, descriptions "
+                                  "of at most 180 characters that tell a species apart, prompts 'A photograph of a "
+                                  "{common} ({latin}): {description}', temperature 0.2 unless given).",
+                         choices=("augur", "premonition"))
     groups: int = setting(6, "Sub-groups to predict.", min=1, max=200)
     classes_per_group: int = setting(8, "Classes to predict per group.", min=1, max=200)
     # Measured with the shipped MiniLM on name + description: distinct fine-grained classes reach 0.88 (BMW 3 /

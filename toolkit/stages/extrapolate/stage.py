@@ -10,6 +10,7 @@ free and an interrupted run resumes. Output rows are written only when the whole
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
@@ -34,7 +35,7 @@ from .embed import EMBEDDER, Embedder, SemanticFilter
 from .llm import DECODER, LLM, Generation, Sampling
 from .quality import (Limits, check_class, check_domain, check_group, compose_prompt, near_duplicate, norm_key,
                       parse_lines, stem, words)
-from .templates import BASE_STOPS, CLASSES, DOMAINS, GROUPS, Template
+from .templates import BASE_STOPS, CLASSES, DOMAINS, GROUPS, ORDERS, SPECIES, Template
 
 # A generated list line is ~15-20 tokens; this budget per wanted item leaves room for drift.
 TOKENS_PER_ITEM = 28
@@ -42,7 +43,9 @@ LIMITS = Limits()
 
 
 def sampling_of(cfg: LLMSettings) -> Sampling:
-    return Sampling(temperature=cfg.temperature)
+    if cfg.temperature is not None:
+        return Sampling(temperature=cfg.temperature)
+    return Sampling(temperature=0.2 if getattr(cfg, "style", "augur") == "premonition" else 0.8)
 
 
 @dataclass
@@ -484,15 +487,47 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
         return run
 
 
+_LATIN = re.compile(r"^[A-Z][a-z]+(?: [a-z][a-z-]+){1,2}$")  # a binomial or trinomial: "Anas platyrhynchos"
+MAX_PREMONITION_DESCRIPTION = 180  # the notebook's limit
+
+
+def premonition_fields(text: str | None) -> tuple[str | None, str | None]:
+    """'Latin name | description' (Premonition style) -> (latin or None for '-', description)."""
+    latin, _, desc = (text or "").partition("|")
+    latin, desc = latin.strip(), desc.strip()
+    return (None if latin in ("-", "") else latin), (desc or None)
+
+
+def _premonition_check(taken: set[str]) -> Callable[[str, str | None], str | None]:
+    def check(name: str, text: str | None) -> str | None:
+        latin, desc = premonition_fields(text)
+        reason = check_class(name, desc, taken, LIMITS)
+        if reason:
+            return reason
+        if len(desc or "") > MAX_PREMONITION_DESCRIPTION:
+            return "description length"
+        if latin is not None:
+            if not _LATIN.match(latin):
+                return "latin name"
+            if norm_key(latin) in taken:
+                return "duplicate"
+            taken.add(norm_key(latin))  # a second name for the same species is the same class
+        return None
+
+    return check
+
+
 def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
                       embedder: Embedder | None = None) -> dict[str, Any]:
     realm = cfg.realm.strip()
     if not words(realm):
         raise AugurError("the realm is empty; give one like 'birds' or 'cars'")
     check_label(realm, "realm")
+    premonition = cfg.style == "premonition"
+    groups_t, classes_t = (ORDERS, SPECIES) if premonition else (GROUPS, CLASSES)
     with Extrapolation(cfg, out, {"realm": realm}, llm, embedder) as stage:
         group_res = stage.gen.generate(
-            GROUPS, {"realm": realm}, cfg.groups,
+            groups_t, {"realm": realm}, cfg.groups,
             _acceptor(lambda g, _t: check_group(g, realm, LIMITS), set(),
                       _semantic(stage.embedder, cfg.semantic_threshold, [realm])))
         taken: set[str] = {norm_key(realm)}
@@ -502,17 +537,22 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
 
         def accept_for(i: int):
             taken.add(norm_key(groups[i]))
-            return _acceptor(lambda c, d: check_class(c, d, taken, LIMITS), taken, class_sem, classes=True)
+            check = _premonition_check(taken) if premonition else (lambda c, d: check_class(c, d, taken, LIMITS))
+            return _acceptor(check, taken, class_sem, classes=True)
 
-        results = stage.gen.generate_all(CLASSES, [{"realm": realm, "group": g} for g in groups],
+        results = stage.gen.generate_all(classes_t, [{"realm": realm, "group": g} for g in groups],
                                          cfg.classes_per_group, accept_for, f"extrapolate realm '{realm}'")
         for group, res in zip(groups, results):
-            for name, desc in res.items:
-                prov = stage.row_provenance(CLASSES)
-                class_rows.append({"class": name, "group": group, "realm": realm, "description": desc,
+            for name, text in res.items:
+                prov = stage.row_provenance(classes_t)
+                latin, desc = premonition_fields(text) if premonition else (None, text)
+                label = f"{name} ({latin})" if latin else name  # as `extrapolate import` labels the paper's rows
+                named = f"{name} ({latin})" if latin else name
+                class_rows.append({"class": label, "group": group, "realm": realm, "description": desc,
+                                   **({"common_name": name, "latin_name": latin} if premonition else {}),
                                    "provenance": prov})
-                prompt_rows.append({"id": slug(name), "class": name, "class_phrase": name, "domain": "photo",
-                                    "group": group, "prompt": f"A photograph of a {name}: {desc}",
+                prompt_rows.append({"id": slug(label), "class": label, "class_phrase": name, "domain": "photo",
+                                    "group": group, "prompt": f"A photograph of a {named}: {desc}",
                                     "provenance": prov})
             per_group.append({"group": group, "status": res.status, "kept": len(res.items), "wanted": res.wanted,
                               "attempts": res.attempts, "stopped": res.stopped,
@@ -521,8 +561,9 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
         counts = [(g["group"], g["kept"], g["wanted"]) for g in per_group]
         counts += [(f"(group {i + 1} not found)", 0, cfg.classes_per_group) for i in range(len(groups), cfg.groups)]
         summary = stage.summary("realm", len(prompt_rows), counts, head=f"{len(groups)}/{cfg.groups} groups, ")
-        inputs = {"realm": realm, "groups": cfg.groups, "classes_per_group": cfg.classes_per_group}
-        run = {"provenance": stage.run_provenance("realm", [GROUPS, CLASSES], inputs),
+        inputs = {"realm": realm, "groups": cfg.groups, "classes_per_group": cfg.classes_per_group,
+                  "style": cfg.style}
+        run = {"provenance": stage.run_provenance("realm", [groups_t, classes_t], inputs),
                "groups": {"status": group_res.status, "kept": len(group_res.items), "wanted": cfg.groups,
                           "attempts": group_res.attempts, "stopped": group_res.stopped,
                           "rejected": dict(sorted(group_res.rejected.items()))},

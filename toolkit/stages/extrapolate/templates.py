@@ -119,6 +119,49 @@ CLASSES = Template(
     query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new classes:",
 )
 
-TEMPLATES = {t.name: t for t in (DOMAINS, GROUPS, CLASSES)}
+# Premonition's own way (the paper's notebook, cl-premonition/premonition): a biological realm is split by
+# scientific order, each order lists species with their Latin names, and each description is short (at most
+# 180 characters) and says what tells the species apart from others in a photograph. Prompts then read
+# "A photograph of a {common} ({latin}): {description}". A realm that is not biological lists its main
+# sub-types, and its classes carry "-" for a Latin name.
+ORDERS = Template(
+    name="premonition-orders",
+    instructions=(
+        "Taxonomies for image datasets. For a realm of living things, list as many of its scientific orders as "
+        "asked (Latin order names); for any other realm, its main sub-types. None already listed. Each line: group."
+    ),
+    examples=(
+        ("Realm: mammals\nAlready listed: none\n5 new groups:",
+         "- Carnivora\n- Rodentia\n- Chiroptera\n- Artiodactyla\n- Primates"),
+        ("Realm: kitchen appliances\nAlready listed: ovens\n3 new groups:",
+         "- coffee makers\n- food processors\n- kettles and toasters"),
+    ),
+    query="Realm: {realm}\nAlready listed: {listed}\n{n} new groups:",
+)
+
+SPECIES = Template(
+    name="premonition-species",
+    instructions=(
+        "Fine-grained classes for image datasets. For a group of a realm, name as many real species (or, outside "
+        "living things, models or kinds) as asked, none already listed, each with its Latin name (\"-\" when "
+        "there is none) and a description of at most 180 characters that helps tell it from other species in a "
+        "photograph. Each line: common name | Latin name | description."
+    ),
+    examples=(
+        ("Realm: mammals\nGroup: Carnivora\nAlready listed: none\n3 new species:",
+         "- Red fox | Vulpes vulpes | Slender fox with rusty-orange fur, white-tipped bushy tail, black legs and "
+         "pointed black-backed ears\n"
+         "- Eurasian badger | Meles meles | Stocky grey body, short legs and a white face with two bold black "
+         "stripes through the eyes\n"
+         "- Snow leopard | Panthera uncia | Pale grey cat with dark rosettes, thick fur and a very long, heavy "
+         "tail, often on rocky slopes"),
+        ("Realm: kitchen appliances\nGroup: coffee makers\nAlready listed: moka pot\n2 new species:",
+         "- French press | - | Glass cylinder in a metal frame with a plunger rod and mesh filter on top\n"
+         "- Espresso machine | - | Boxy steel machine with a portafilter handle, steam wand and cup tray"),
+    ),
+    query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new species:",
+)
+
+TEMPLATES = {t.name: t for t in (DOMAINS, GROUPS, CLASSES, ORDERS, SPECIES)}
 # A base model ends a list with a blank line or starts the next example; stop there.
 BASE_STOPS = ["\n\n", "\nClass:", "\nRealm:", "\nGroup:", "\nAlready listed:"]
