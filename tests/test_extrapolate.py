@@ -270,6 +270,22 @@ def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
         "premonition-orders", "premonition-species"]
 
 
+def test_the_reasoning_style_reads_past_the_reasoning(tmp_path):
+    """Beyond Finite Data's role prompt with a reasoning step: the reasoning is asked for, and never becomes an
+    item or a prompt."""
+    from toolkit.stages.extrapolate.templates import DOMAINS_REASONING
+
+    answer = ("-Reasoning: a heron | stands still, so light and crafts change it most\n"
+              "- origami | an origami heron folded from paper\n- neon sign | a heron drawn as a neon sign")
+    llm = ScriptedLLM({(0, 0): answer})
+    run = extrapolate_domains(cfg(["heron"], 2, [], style="reasoning", semantic_dedup=False), tmp_path, llm=llm)
+    rows = read_jsonl(tmp_path / "prompts.jsonl")
+    assert [r["domain_text"] for r in rows] == ["origami", "neon sign"] and run["classes"][0]["rejected"] == {}
+    assert all("Reasoning" not in r["prompt"] and "stands still" not in r["prompt"] for r in rows)
+    assert run["provenance"]["templates"] == [DOMAINS_REASONING.id]
+    assert llm.texts[0].endswith("2 new domains:\nReasoning:")  # a base model is started on its reasoning
+
+
 def test_real_retries_list_what_is_kept(tmp_path, llm, embedder, monkeypatch):
     """On the real model: every attempt's query lists exactly what its class had kept by then, and asks for
     the rest; a count beyond one request's old 256-token cap gets a budget that fits it."""

@@ -128,14 +128,15 @@ DG_CLASSES = {
 def test_worked_examples_name_no_class_of_a_common_dg_dataset():
     """An example subject that is a target class (PACS's elephant) would teach the model that class's own
     domains, and its prompts would be filtered as leaks of the example."""
-    from toolkit.stages.extrapolate.templates import DOMAINS
+    from toolkit.stages.extrapolate.templates import DOMAINS, DOMAINS_REASONING
 
-    subjects = [q.split("\n")[0].removeprefix("Class: ") for q, _ in DOMAINS.examples]
-    assert subjects == list(DOMAINS.subjects)
-    assert not set(subjects) & DG_CLASSES
-    for q, a in DOMAINS.examples:  # each example asks for as many as it answers, beyond what it lists
-        n = int(q.rsplit("\n", 1)[1].split()[0])
-        assert len(a.splitlines()) == n
+    for template in (DOMAINS, DOMAINS_REASONING):
+        subjects = [q.split("\n")[0].removeprefix("Class: ") for q, _ in template.examples]
+        assert subjects == list(template.subjects)
+        assert not set(subjects) & DG_CLASSES
+        for q, a in template.examples:  # each example asks for as many as it answers, beyond what it lists
+            n = int(q.rsplit("\n", 1)[1].split()[0])
+            assert len([line for line in a.splitlines() if line.startswith("- ")]) == n
 
 
 def test_markdown_and_reasoning_spans_are_not_items():

@@ -55,6 +55,9 @@ class DomainsConfig(LLMSettings):
     domains_per_class: int = setting(8, "Domains to imagine per class.", min=1, max=1000, flags=("-n",))
     exclude_domains: list[str] | None = setting(None, "Domains to avoid, e.g. art_painting,cartoon,photo,sketch "
                                                       "(default: the dataset's own, with --dataset).")
+    style: str = setting("augur", "augur: the list straight away; reasoning: Beyond Finite Data's role prompt with a "
+                                  "reasoning step before the list (read past: never an item or a prompt).",
+                         choices=("augur", "reasoning"))
 
     def check(self) -> None:
         given = [n for n in ("classes", "classes_file", "dataset") if getattr(self, n)]

@@ -35,7 +35,7 @@ from .embed import EMBEDDER, Embedder, SemanticFilter
 from .llm import DECODER, LLM, Generation, Sampling
 from .quality import (Limits, check_class, check_domain, check_group, compose_prompt, near_duplicate, norm_key,
                       parse_lines, stem, words)
-from .templates import BASE_STOPS, CLASSES, DOMAINS, GROUPS, ORDERS, SPECIES, Template
+from .templates import BASE_STOPS, CLASSES, DOMAINS, DOMAINS_REASONING, GROUPS, ORDERS, SPECIES, Template
 
 # A generated list line is ~15-20 tokens; this budget per wanted item leaves room for drift.
 TOKENS_PER_ITEM = 28
@@ -239,7 +239,7 @@ class _Rounds:
             lst.accept = self.accept_for(i)
         lst.attempts = attempt + 1
         before = len(lst.kept)
-        for item, text in parse_lines(gen["text"], truncated=gen["finish_reason"] == "length"):
+        for item, text in parse_lines(self.template.answer(gen["text"]), truncated=gen["finish_reason"] == "length"):
             if len(lst.kept) == lst.want:
                 break
             reason = lst.accept(item, text)
@@ -437,10 +437,11 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
         exclude_domains = classnames.dataset_domains(Path(cfg.dataset)) if cfg.dataset else []
     exclude = [e.replace("_", " ").strip() for e in exclude_domains if e.strip()]
     inputs = {"classes": list(classes), "exclude_domains": exclude}
+    template = DOMAINS_REASONING if cfg.style == "reasoning" else DOMAINS
     with Extrapolation(cfg, out, inputs, llm, embedder) as stage:
         resolved = [classnames.resolve(c) for c in classes]
         slugs = class_slugs(classes)
-        foreign = {w for s in DOMAINS.subjects for w in words(s)}
+        foreign = {w for s in template.subjects for w in words(s)}
 
         # the other target classes, by their words: "a dog in front of a house" is no domain of PACS's dog
         phrases = [(c.label, {stem(w) for w in words(c.phrase)}) for c in resolved]
@@ -460,21 +461,21 @@ def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None
             return _acceptor(check, set(), _semantic(stage.embedder, cfg.semantic_threshold, exclude + [cn.phrase]))
 
         fields = [{"cls": cn.phrase, "avoid": ", ".join(exclude) or "none"} for cn in resolved]
-        results = stage.gen.generate_all(DOMAINS, fields, cfg.domains_per_class, accept_for, "extrapolate domains")
+        results = stage.gen.generate_all(template, fields, cfg.domains_per_class, accept_for, "extrapolate domains")
         rows, per_class = [], []
         for cn, res in zip(resolved, results):
             for domain, prompt in res.items:
                 rows.append({"id": f"{slugs[cn.label]}--{slug(domain)}", "class": cn.label, "class_phrase": cn.phrase,
                              "domain": slug(domain), "domain_text": domain,
                              "prompt": compose_prompt(domain, prompt, cn.phrase, cn.content_words, foreign),
-                             "provenance": stage.row_provenance(DOMAINS)})
+                             "provenance": stage.row_provenance(template)})
             per_class.append({"class": cn.label, "phrase": cn.phrase, "status": res.status, "kept": len(res.items),
                               "wanted": res.wanted, "attempts": res.attempts, "stopped": res.stopped,
                               "rejected": dict(sorted(res.rejected.items()))})
         counts = [(c["class"], c["kept"], c["wanted"]) for c in per_class]
         summary = stage.summary("domains", len(rows), counts)
         inputs = {"classes": list(classes), "domains_per_class": cfg.domains_per_class, "exclude_domains": exclude}
-        run = {"provenance": stage.run_provenance("domains", [DOMAINS], inputs), "classes": per_class,
+        run = {"provenance": stage.run_provenance("domains", [template], inputs), "classes": per_class,
                "summary": summary}
         stage.check_reached(run, counts, "domains")
         empty = [c["class"] for c in per_class if not c["kept"]]

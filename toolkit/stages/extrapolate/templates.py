@@ -19,6 +19,15 @@ class Template:
     query: str  # str.format() text with the item fields
     answer_head: str = "-"  # base models continue from here (no trailing space: words carry their own)
     subjects: tuple[str, ...] = ()  # the examples' own subjects, which must not leak into outputs
+    preamble: str = ""  # a line the answer opens with before its list (a reasoning step), never an item
+
+    def answer(self, text: str) -> str:
+        """The list part of an answer: what follows the preamble's line(s), up to the first '- ' line."""
+        if not self.preamble:
+            return text
+        lines = text.split("\n")
+        first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("- ")), len(lines))
+        return "\n".join(lines[first:])
 
     @property
     def id(self) -> str:
@@ -34,7 +43,9 @@ class Template:
         return self.query.format(**fields) + "\n" + self.answer_head
 
     def messages(self, **fields: str) -> list[dict[str, str]]:
-        msgs = [{"role": "system", "content": self.instructions + " Answer with the list only, one '- ' line per item."}]
+        form = (f" Answer with one '{self.preamble}' line, then the list, one '- ' line per item." if self.preamble
+                else " Answer with the list only, one '- ' line per item.")
+        msgs = [{"role": "system", "content": self.instructions + form}]
         for q, a in self.examples:
             msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         msgs.append({"role": "user", "content": self.query.format(**fields)})
@@ -79,6 +90,35 @@ DOMAINS = Template(
     ),
     query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
     subjects=("accordion", "lighthouse", "teapot"),
+)
+
+# Beyond Finite Data's way: a role, and a reasoning step before the list (the paper prompts its LLM to think
+# about what would be new for the class first). The reasoning is read past: it is never an item or a prompt.
+DOMAINS_REASONING = Template(
+    name="domains-reasoning",
+    instructions=(
+        "You are an expert in visual domains for image generation. For each object class, first reason in one "
+        "sentence about which art styles, media, materials, settings, weather, lighting or camera types would "
+        "depict it far from its usual photos; then list as many new domains as asked, none of the avoided or "
+        "already listed ones. Each list line: domain | image prompt."
+    ),
+    examples=(
+        ("Class: accordion\nAvoid: photo, sketch\nAlready listed: none\n4 new domains:",
+         "Reasoning: an accordion is a folded, shiny instrument, so crafts, light and odd places make it new.\n"
+         "- origami | an origami accordion folded from colored paper\n"
+         "- neon sign | an accordion drawn as a glowing neon sign on a brick wall\n"
+         "- underwater | an accordion lying on the sandy sea floor among fish\n"
+         "- thermal camera | a thermal camera image of an accordion"),
+        ("Class: teapot\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks\n3 new domains:",
+         "Reasoning: a teapot is small and glossy; materials and technical drawings change its look most.\n"
+         "- blueprint | a technical blueprint drawing of a teapot\n"
+         "- ice sculpture | a teapot carved from clear ice\n"
+         "- low poly 3d | a low poly 3d render of a teapot"),
+    ),
+    query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
+    answer_head="Reasoning:",
+    subjects=("accordion", "teapot"),
+    preamble="Reasoning:",
 )
 
 GROUPS = Template(
@@ -162,6 +202,6 @@ SPECIES = Template(
     query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new species:",
 )
 
-TEMPLATES = {t.name: t for t in (DOMAINS, GROUPS, CLASSES, ORDERS, SPECIES)}
+TEMPLATES = {t.name: t for t in (DOMAINS, DOMAINS_REASONING, GROUPS, CLASSES, ORDERS, SPECIES)}
 # A base model ends a list with a blank line or starts the next example; stop there.
 BASE_STOPS = ["\n\n", "\nClass:", "\nRealm:", "\nGroup:", "\nAlready listed:"]
