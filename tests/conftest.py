@@ -20,11 +20,8 @@ os.environ.pop("AUGUR_CACHE_DIR", None)
 # One thread count for every process a test starts: the count changes float sums, and a test comparing two
 # processes' bytes must not depend on the load the automatic choice (core/threads.py) sees at each start.
 # The choice itself is tested with this variable removed (test_workstation.py).
-# Under pytest-xdist (`make test` runs two workers on two cores) each worker and what it starts takes one
-# thread: two workers at two threads each would wait on each other's cores (core/threads.py).
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                              else (os.cpu_count() or 1)))
 # Offline as users run it: the hub libraries must never try the network, and say so when they would.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -191,14 +188,3 @@ def assert_same_files(ref: Path, got: Path, masked_text: tuple[str, ...] = (), o
     differ = [k for k in a if a[k] != b[k]]
     assert not differ, f"files differ from the uninterrupted run: {differ}"
 
-
-
-# The longest modules first, so that two workers (`--dist loadfile`: a module's tests and its module fixtures
-# stay in one worker) do not end with one of them alone on the slowest module. Measured serially on the
-# 2-core build machine (2026-12-07): recipe smoke runs and kill-and-resume cases dominate.
-HEAVY_FIRST = ["test_recipe.py", "test_hostile.py", "test_dg.py", "test_cl.py", "test_extrapolate.py", "test_train.py"]
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order inside a module stays
