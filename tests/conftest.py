@@ -22,7 +22,11 @@ os.environ.pop("AUGUR_CACHE_DIR", None)
 # The choice itself is tested with this variable removed (test_workstation.py).
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                               else (os.cpu_count() or 1)))
-# Offline as users run it: the hub libraries must never try the network, and say so when they would.
+# Offline as users run it: the hub libraries must never try the network, and say so when they would. And an
+# empty Hugging Face cache of the session's own: models in the user's cache would otherwise be found by hub
+# cards (toolkit/models/hf_cache.py) and become `render --model auto`'s choice.
+os.environ["HF_HOME"] = str(_SESSION_HOME / "hf-home")
+os.environ["HF_HUB_CACHE"] = str(_SESSION_HOME / "hf-home" / "hub")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 

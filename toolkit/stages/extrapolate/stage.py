@@ -548,12 +548,11 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
                 prov = stage.row_provenance(classes_t)
                 latin, desc = premonition_fields(text) if premonition else (None, text)
                 label = f"{name} ({latin})" if latin else name  # as `extrapolate import` labels the paper's rows
-                named = f"{name} ({latin})" if latin else name
                 class_rows.append({"class": label, "group": group, "realm": realm, "description": desc,
                                    **({"common_name": name, "latin_name": latin} if premonition else {}),
                                    "provenance": prov})
                 prompt_rows.append({"id": slug(label), "class": label, "class_phrase": name, "domain": "photo",
-                                    "group": group, "prompt": f"A photograph of a {named}: {desc}",
+                                    "group": group, "prompt": f"A photograph of a {label}: {desc}",
                                     "provenance": prov})
             per_group.append({"group": group, "status": res.status, "kept": len(res.items), "wanted": res.wanted,
                               "attempts": res.attempts, "stopped": res.stopped,
