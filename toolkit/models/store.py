@@ -81,7 +81,7 @@ def local_path(card: ModelCard) -> Path | None:
         from . import hf_cache
 
         # the user's own Hugging Face cache, offline; a folder card gets a view of symlinks in the store
-        found = hf_cache.find(card, paths.model_store() / check_identifier(card.name, "model name"))
+        found = hf_cache.find(card, p)  # p: where a folder card's view goes (a file card needs none)
         if found is not None:
             return found[0]
     module = _pypi_module(card) if "pypi" in card.source else None
@@ -210,7 +210,7 @@ def pull(card: ModelCard) -> Path:
     if "hub" in src:
         from . import hf_cache
 
-        found = hf_cache.find(card, paths.model_store() / check_identifier(card.name, "model name"))
+        found = hf_cache.find(card, dest)
         return found[0] if found is not None else _download_hub(card, dest)
     raise AugurError(f"model '{card.name}' has no source to pull from; {how_to_get(card)}")
 

@@ -212,7 +212,7 @@ def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
     state = distributed.state() if cfg.shard is None else None
     if state is None:
         res = render(prompts, out, cfg)
-        return StageResult([res["line"]], files={"manifest": res["manifest"]}, data=res, warnings=truncation(res))
+        return StageResult([res["line"]], files={"manifest": res["manifest"]}, data=res, warnings=run_warnings(res))
     cfg = dataclasses.replace(cfg, shard=f"{state.process_index}/{state.num_processes}",
                               quiet=cfg.quiet or not state.is_main_process)
     res = render(prompts, out, cfg)
@@ -223,10 +223,10 @@ def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
             lines.append(merge(out)["line"])
     state.wait_for_everyone()  # the merged manifest is there for whoever reads it next
     return StageResult(lines, files={"manifest": str(Path(out) / "manifest.jsonl")}, data=res,
-                       warnings=truncation(res) if state.is_main_process else [])
+                       warnings=run_warnings(res) if state.is_main_process else [])
 
 
-def truncation(res: dict[str, Any]) -> list[str]:
+def run_warnings(res: dict[str, Any]) -> list[str]:
     """The run's warnings: the renderer's, and prompts the text encoder cut."""
     t = res.get("prompt_tokens")
     if not t or not t["truncated"]:
