@@ -167,6 +167,21 @@ def test_frechet_distance_is_zero_for_identical_sets_and_the_closed_form_for_two
     assert measures.frechet_distance(np.zeros(4), s, np.full(4, 0.5), s) == pytest.approx(1.0, abs=1e-6)
 
 
+def test_frechet_of_fewer_images_than_dimensions_is_the_full_size_computation():
+    """Two sets of fewer rows than dimensions (rank-deficient covariances, the rule for a class's images): FD
+    taken in the span of the rows is dgm-eval's full-size formula, to its sqrtm's rounding."""
+    rng = np.random.RandomState(1)
+    a = rng.randn(30, 300) @ rng.randn(300, 300) * 0.1 + 0.2
+    b = rng.randn(45, 300) + 0.5
+    full = measures.frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    assert measures.frechet_of(a, b) == pytest.approx(full, rel=1e-6)
+    assert measures.frechet_of(a, a) == pytest.approx(0.0, abs=1e-6)
+    # the means' distance is taken in full, not in the span (a shift along a direction no row spans)
+    shift = np.zeros(300)
+    shift[-1] = 3.0
+    assert measures.frechet_of(a, a + shift) == pytest.approx(9.0, abs=1e-6)
+
+
 def test_cmmd_is_cmmd_pytorchs_definition_on_hand_computed_inputs():
     # x = {e1}, y = {e2}: k_xx = k_yy = 1, k_xy = exp(-|e1 - e2|^2 / (2 sigma^2)) = exp(-2 / 200)
     x, y = np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])

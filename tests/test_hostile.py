@@ -185,6 +185,22 @@ def killed_then_resumed(args: list[str], point: str, out: Path, ref: Path) -> su
 
 
 @pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The never-interrupted run of a command line, made once per module and shared by its kill points."""
+    made: dict[tuple[str, ...], Path] = {}
+
+    def ref(args: list[str]) -> Path:
+        if tuple(args) not in made:
+            out = tmp_path_factory.mktemp("ref") / "ref"
+            res = cli(*args, "--out", str(out))
+            assert res.returncode == 0, res.stderr[-2000:]
+            made[tuple(args)] = out
+        return made[tuple(args)]
+
+    return ref
+
+
+@pytest.fixture(scope="module")
 def render_ref(tmp_path_factory, tiny):
     root = tmp_path_factory.mktemp("render-ref")
     write_jsonl(root / "p.jsonl", ROWS)
@@ -226,10 +242,9 @@ def test_extrapolate_resumes_from_its_kill_points(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:3", "loop.after_checkpoint:1", "rename@progress", "pretrain.after_save"])
-def test_pretrain_resumes_from_its_kill_points(tmp_path, point):
+def test_pretrain_resumes_from_its_kill_points(tmp_path, point, uninterrupted):
     args = ["pretrain", "--data", "digits", "--epochs", "2", "--image-size", "16", "--batch-size", "256", "--quiet"]
-    ref = tmp_path / "ref"
-    assert cli(*args, "--out", str(ref)).returncode == 0
+    ref = uninterrupted(args)
     out = tmp_path / "out"
     first = cli(*args, "--out", str(out), env={"AUGUR_KILL_AT": point})
     assert first.returncode == -9 or point == "rename@progress", first.stderr[-1500:]
@@ -241,21 +256,19 @@ def test_pretrain_resumes_from_its_kill_points(tmp_path, point):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:5", "loop.after_checkpoint:2", "dg.after_run", "dg.before_results"])
-def test_dg_resumes_from_its_kill_points(tmp_path, point):
+def test_dg_resumes_from_its_kill_points(tmp_path, point, uninterrupted):
     args = ["dg", "--test-domains", "0", "--steps", "12", "--checkpoint-freq", "4", "--image-size", "16",
             "--batch-size", "8", "--selection", "training-domain,oracle", "--quiet"]
-    ref = tmp_path / "ref"
-    assert cli(*args, "--out", str(ref)).returncode == 0
+    ref = uninterrupted(args)
     killed_then_resumed(args, point, tmp_path / "out", ref)
     assert strip_timing(read_jsonl(ref / "results.jsonl")) == strip_timing(read_jsonl(tmp_path / "out" / "results.jsonl"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["loop.step:7", "cl.after_task:2", "cl.after_task:5"])
-def test_cl_resumes_from_its_kill_points(tmp_path, point):
+def test_cl_resumes_from_its_kill_points(tmp_path, point, uninterrupted):
     args = ["cl", "--strategy", "replay", "--epochs", "1", "--image-size", "16", "--quiet"]
-    ref = tmp_path / "ref"
-    assert cli(*args, "--out", str(ref)).returncode == 0
+    ref = uninterrupted(args)
     killed_then_resumed(args, point, tmp_path / "out", ref)
     # the result rows in particular: the same numbers, timing fields (wall time, images/s) aside
     assert strip_timing(read_jsonl(ref / "results.jsonl")) == strip_timing(read_jsonl(tmp_path / "out" / "results.jsonl"))

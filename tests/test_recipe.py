@@ -271,6 +271,17 @@ def test_every_shipped_recipe_runs_end_to_end_in_smoke_mode(tmp_path, name):
             assert "vs none" in md and " pair" in md
     if "cl" in stages:
         assert "## Continual learning" in md
+        # each hyper-parameter's toy value is the one declared with it (the recipe's 2000 -> 64, EWC's 16 samples)
+        from toolkit.stages.cl.hparams import strategy_hparams
+
+        asked = load_recipe(ROOT / "recipes" / name).stages["cl"].hp
+        rows = [read_jsonl(f)[-1] for f in out.glob("cl-*/*/results.jsonl")]
+        assert rows
+        for row in rows:
+            for k, declared in strategy_hparams(row["strategy"]).items():
+                if declared.smoke is not None:
+                    given = asked.get(row["strategy"], {}).get(k, declared.default)
+                    assert row["hparams"][k] == declared.smoke(given), (row["strategy"], k)
     if "render" in stages:
         assert "random-weight model: they are noise" in md
 

@@ -336,8 +336,9 @@ def as_dict(cfg: Any, recipe_only: bool = True) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- typed hyper-parameters
 @dataclass(frozen=True)
 class HP:
-    """A hyper-parameter of a registered variant: default, type, allowed values, and (for sweeps) the
-    distribution a random search draws it from (a function of a numpy RandomState)."""
+    """A hyper-parameter of a registered variant: default, type, allowed values, (for sweeps) the
+    distribution a random search draws it from (a function of a numpy RandomState), and (for `--smoke`)
+    the toy value a smoke run takes instead of the recipe's or the default (a function of it)."""
 
     default: Any
     help: str = ""
@@ -346,6 +347,7 @@ class HP:
     min_open: bool = False
     choices: tuple[Any, ...] | None = None
     search: Callable[[Any], Any] | None = None
+    smoke: Callable[[Any], Any] | None = None
 
     @property
     def type(self) -> type:

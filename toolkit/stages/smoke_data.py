@@ -79,7 +79,7 @@ def make_dg_data(root: Path, domains: list[str], classes: list[str]) -> None:
         raise AugurError("smoke data: class names collide")
 
 
-def make_cl_data(root: Path, n_classes: int = 6) -> None:
+def make_cl_data(root: Path, n_classes: int = 4) -> None:
     """ROOT/train/<class>/ and ROOT/test/<class>/ for the first n_classes digit classes."""
     from PIL import Image
 

@@ -13,7 +13,7 @@ from ...core.errors import AugurError
 from ..descriptor import (RecipeView, SmokeContext, Stage, StageResult, check_folder_key, check_weights_key,
                           pretrained_arch, register)
 
-CL_CLASSES = 6  # classes of a smoke run's small folder dataset
+CL_CLASSES = 4  # a smoke run's small folder dataset: two tasks (B2-Inc2), one increment after the first
 # What makes a results.jsonl row a CL run's final row (a report leaves other rows out).
 ROW_KEYS = {"strategy", "weights", "backbone", "protocol", "incremental_accuracy", "average_incremental_accuracy",
             "last_accuracy", "average_forgetting", "class_order", "seed"}
@@ -147,22 +147,25 @@ class CL(Stage):
         import dataclasses
 
         from ..smoke_data import make_cl_data, smoke_weights
+        from .hparams import strategy_hparams
 
         base = grid.base
         # digits too: its 1,797 images per strategy and weight made one smoke run take minutes. The small
-        # set keeps all ten digit classes, so the recipe's own B{initial}-Inc{increment} still fits.
+        # set keeps the recipe's own B{initial}-Inc{increment} with the fewest digit classes that fit it: two tasks.
         data = str(ctx.data_root / "cl")
-        if base.data == "digits":
-            n_classes, initial, increment = 10, base.initial_classes, base.increment
+        if base.data == "digits" and base.initial_classes + base.increment <= 10:
+            initial, increment = base.initial_classes, base.increment
+            n_classes = initial + increment
         else:
             n_classes, initial, increment = CL_CLASSES, 2, 2
         if ctx.build:
             make_cl_data(Path(data), n_classes)
         weights = [smoke_weights(w, base.backbone or ctx.pretrain_arch, ctx.build) for w in grid.weights]
-        hp = {s: {k: (min(v, 64) if k == "M" else v) for k, v in h.items()} for s, h in grid.hp.items()}
-        for s in grid.strategies:
-            if s in ("ranpac", "fsa"):
-                hp.setdefault(s, {})["M"] = min(hp.get(s, {}).get("M", 64), 64)
+        hp = {s: dict(h) for s, h in grid.hp.items()}
+        for s in grid.strategies:  # each hyper-parameter's toy value, declared with it (hparams.py)
+            for k, declared in strategy_hparams(s).items():
+                if declared.smoke is not None:
+                    hp.setdefault(s, {})[k] = declared.smoke(hp.get(s, {}).get(k, declared.default))
         return CLGrid(dataclasses.replace(base, data=data, epochs=1, image_size=32, batch_size=16,
                                           initial_classes=initial, increment=increment),
                       grid.strategies, weights, grid.class_orders[:1], hp, labels=grid.labels or grid.weights)

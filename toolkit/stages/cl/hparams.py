@@ -1,7 +1,7 @@
 """Hyper-parameters of every CL strategy, in one table (as the DG algorithms' are, in dg/hparams.py).
 
-Each is an `HP`: default, type, allowed values, help; `--hp key=value` and a recipe's `cl.hp` are checked
-against it, and `augur cl --list` prints it. The defaults are the cited implementations' (the strategy
+Each is an `HP`: default, type, allowed values, help, and the toy value a `--smoke` run takes; `--hp
+key=value` and a recipe's `cl.hp` are checked against it, and `augur cl --list` prints it. The defaults are the cited implementations' (the strategy
 docstrings in strategies.py name the file and lines); the variants they allow are named values.
 """
 
@@ -36,15 +36,16 @@ STRATEGY_HPARAMS: dict[str, dict[str, HP]] = {
                                 "batch size, penalty lambda; empirical: their plain mean, penalty lambda / 2.",
                      choices=("mammoth", "empirical")),
         "fisher_samples": HP(0, "Training samples of the task the Fisher is estimated on (0: all of them, as "
-                                "Mammoth; else a shuffled subset).", min=0),
+                                "Mammoth; else a shuffled subset).", min=0, smoke=lambda v: min(v or 16, 16)),
     },
     "ncm": {},
     "ranpac": {
-        "M": HP(10000, "Random projection size (0: no projection, ridge on the features).", min=0),
+        "M": HP(10000, "Random projection size (0: no projection, ridge on the features).", min=0,
+                smoke=lambda v: min(v, 64)),
     },
     "fsa": {
         "head": HP("ranpac", "The head after the first session.", choices=("ranpac", "ncm")),
-        "M": HP(10000, "Random projection size of the ranpac head.", min=0),
+        "M": HP(10000, "Random projection size of the ranpac head.", min=0, smoke=lambda v: min(v, 64)),
     },
     "der": {
         "memory": HP(200, "Buffer size.", min=1),

@@ -55,9 +55,41 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def frechet_of(a: np.ndarray, b: np.ndarray) -> float:
-    """FD between two sets of feature rows (mean and covariance each, np.cov with rowvar=False as dgm-eval)."""
+    """FD between two sets of feature rows (mean and covariance each, np.cov with rowvar=False as dgm-eval).
+
+    Fewer images than dimensions (a class's 200 images in 2048-d features) leave both covariances zero outside
+    the span of the centred rows. FD is invariant to an orthonormal change of basis, so with Q an orthonormal
+    basis of that span (n1 + n2 columns) the same formula, scipy's sqrtm included, runs on Q'S1Q and Q'S2Q: an
+    (n1 + n2)-square matrix instead of a d-square one (2048-d, 40 + 60 rows: 0.03 s instead of 14 s here), and
+    the same number to ~1e-7 relative (test_curate compares them: the full-size sqrtm of a singular product
+    carries the larger rounding). Where that sqrtm is not finite, the full-size computation and its eps
+    offset run, as dgm-eval's."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim == 2 and len(a) + len(b) < a.shape[1]:
+        reduced = _frechet_in_span(a, b)
+        if np.isfinite(reduced):
+            return reduced
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def _frechet_in_span(a: np.ndarray, b: np.ndarray) -> float:
+    """frechet_distance's formula in the basis of the centred rows' span (see frechet_of); NaN when its sqrtm
+    is not finite."""
+    import warnings
+
+    from scipy import linalg
+
+    q, _ = np.linalg.qr(np.concatenate([a - a.mean(0), b - b.mean(0)]).T)  # d x (n1 + n2), orthonormal columns
+    s1, s2 = np.atleast_2d(np.cov(a @ q, rowvar=False)), np.atleast_2d(np.cov(b @ q, rowvar=False))
+    diff = a.mean(0) - b.mean(0)  # the means need not lie in the span: their distance is taken in full
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1.dot(s2))
+    if not np.isfinite(covmean).all():
+        return float("nan")
+    if np.iscomplexobj(covmean):
+        covmean = covmean.real
+    return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
 
 
 def cmmd(x: np.ndarray, y: np.ndarray) -> float:

@@ -83,8 +83,8 @@ class SWAD(nn.Module, Learner):
         with torch.no_grad():
             if meta["n"] == 0:
                 buf.copy_(flat)
-            else:
-                buf.copy_(buf + (flat - buf) / (meta["n"] + 1))
+            else:  # the same three operations in place: no model-sized temporaries but one
+                buf.add_(torch.sub(flat, buf).div_(meta["n"] + 1))
         meta["n"] += 1
         if meta["n"] == 1:
             meta["start"] = start
