@@ -20,6 +20,7 @@ composited over white, CMYK and the rest converted to RGB.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +105,21 @@ def load(source: str | Path, report: bool = True, rotated: bool = True) -> Multi
 
 
 def _digit_images():
+    """The 1,797 digits as 32x32 images and their labels: fresh lists and arrays (the decoded images are made once
+    per process; a recipe or a library caller loads digits for every run, twice with the data's fingerprint)."""
+    imgs, target = _decoded_digits()
+    return list(imgs), target.copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _decoded_digits():
     from PIL import Image
     from sklearn.datasets import load_digits
 
     d = load_digits()
     # 0..16 grey levels on 8x8 → 0..255 on 32x32
-    imgs = [Image.fromarray((im * (255.0 / 16.0)).astype(np.uint8)).resize((32, 32), Image.BILINEAR)
-            for im in d.images]
+    imgs = tuple(Image.fromarray((im * (255.0 / 16.0)).astype(np.uint8)).resize((32, 32), Image.BILINEAR)
+                 for im in d.images)
     return imgs, d.target.astype(np.int64)
 
 
