@@ -171,8 +171,8 @@ def test_dg_weights_of_the_right_names_and_wrong_shapes(tmp_path):
     state = timm.create_model("resnet18", num_classes=0).state_dict()
     state["conv1.weight"] = torch.zeros(8, 3, 3, 3)
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors"))
-    res = augur("dg", "--weights", tmp_path / "w.safetensors", "--steps", "1", "--test-domains", "0", "--out",
-                tmp_path / "dg", "--quiet")
+    res = augur("dg", "--weights", tmp_path / "w.safetensors", "--steps", "1", "--test-domains", "0", "--image-size",
+                "16", "--out", tmp_path / "dg", "--quiet")
     # the sweep's plan line comes first (the weights are loaded when the first run builds its network)
     assert res.exit_code == 1 and "Traceback" not in res.output, res.output
     last = res.output.strip().splitlines()[-1]

@@ -57,6 +57,8 @@ def test_every_shipped_dg_recipe_with_synthetic_data_runs_its_baseline_arm():
     ("name: x\n", "missing key 'stages'"),
     ("name: x\nstages:\n  dg: {steps: three}\n", "stages.dg.steps: expected an integer, got 'three'"),
     ("name: x\nstages:\n  dg: {epochs: 3}\n", "stages.dg.epochs: unknown key"),
+    ("name: x\nstages:\n  cl: {weights: [none, imagenet]}\n",
+     "stages.cl.image_size: give one size for the weights none, imagenet; auto would train each at its weights' own"),
     ("name: x\nstages:\n  render: {}\n", "stages.render needs stages.extrapolate"),
     ("name: x\nstages: [1\n", "invalid YAML"),
     ("name: x\nseed: zero\nstages:\n  report: {}\n", "seed: expected an integer"),

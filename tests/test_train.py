@@ -15,7 +15,7 @@ from PIL import Image
 from cli import main
 from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
-from toolkit.core.files import read_json, sha256_file
+from toolkit.core.files import read_json, read_jsonl, sha256_file
 from toolkit.learn import backbones, data, loop
 from toolkit.models.weights import resolve_weights
 from toolkit.learn.classifier import Classifier
@@ -306,3 +306,36 @@ def test_vit_weights_load_at_any_size_as_timm_resamples_them(tmp_path, arch, tim
         assert type(model.blocks[0].mlp.act).__name__ == "QuickGELU"  # as OpenAI trained it
     with pytest.raises(AugurError, match="multiple of 16 \\(got 100\\)"):
         build(arch, Weights("file", arch, f), 100)
+
+
+def test_the_image_size_defaults_to_the_size_the_weights_were_trained_at(tmp_path):
+    """--image-size auto (the default): a pretrain folder's own size, else timm's pretrained input size of the
+    architecture (EfficientNet-Lite1 240, -Lite2 260, the rest 224), 32 for random init; an explicit size wins.
+    Every stage records the size and why."""
+    W = backbones.Weights
+    assert backbones.trained_input_size("resnet18", W("none", None)) == (32, "random init")
+    sizes = {a: backbones.trained_input_size(a, W("imagenet", a))[0]
+             for a in ("resnet50", "vit_b16", "vit_b16_clip", "efficientnet_lite0", "efficientnet_lite1",
+                       "efficientnet_lite2")}
+    assert sizes == {"resnet50": 224, "vit_b16": 224, "vit_b16_clip": 224, "efficientnet_lite0": 224,
+                     "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+    assert PretrainConfig(image_size=48).sized("resnet18", W("imagenet", "resnet18")) == \
+        (PretrainConfig(image_size=48), "--image-size")
+    bb = tmp_path / "bb"
+    res = CliRunner().invoke(main, ["pretrain", "--data", "digits", "--epochs", "1", "--image-size", "16", "--quiet",
+                                    "--out", str(bb)])
+    assert res.exit_code == 0, res.output
+    assert (read_json(bb / "card.json")["image_size"], read_json(bb / "card.json")["image_size_choice"]) == \
+        (16, "--image-size")
+    # cl and dg given the folder and no size train at its 16 px; random init at 32
+    res = CliRunner().invoke(main, ["cl", "--strategy", "ncm", "--weights", str(bb), "--quiet", "--out",
+                                    str(tmp_path / "cl")])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(tmp_path / "cl" / "results.jsonl")[-1]
+    assert row["image_size"] == 16 and row["image_size_choice"] == "auto: the size pretrained:bb was trained at"
+    res = CliRunner().invoke(main, ["dg", "--test-domains", "0", "--steps", "2", "--checkpoint-freq", "1",
+                                    "--batch-size", "8", "--image-size", "auto", "--quiet", "--out",
+                                    str(tmp_path / "dg")])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(tmp_path / "dg" / "results.jsonl")[-1]
+    assert (row["image_size"], row["image_size_choice"]) == (32, "auto: random init")

@@ -89,6 +89,26 @@ class Weights:
                 "weights_card": self.card, "weights_sha256": self.sha256}
 
 
+DEFAULT_IMAGE_SIZE = 32  # random init, on the built-in 32 x 32 digits; pretrained weights bring their own size
+
+
+def trained_input_size(arch: str, w: Weights) -> tuple[int, str]:
+    """The image size weights `w` of `arch` were trained at, and how that is known: the size an `augur
+    pretrain` folder records, else the architecture's pretrained config in timm (224 for the ResNets, ViTs
+    and CLIP's ViT-B/16, 240 and 260 for EfficientNet-Lite1 and -Lite2); DEFAULT_IMAGE_SIZE for random init."""
+    if w.kind == "none":
+        return DEFAULT_IMAGE_SIZE, "random init"
+    recorded = (w.info or {}).get("image_size") if w.kind == "pretrained" else None
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded > 0:
+        return recorded, f"the size {w.describe()} was trained at"
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(family(arch).timm_name)
+    if cfg is None or not cfg.input_size:
+        return DEFAULT_IMAGE_SIZE, f"no pretrained input size is known for {arch}"
+    return int(cfg.input_size[-1]), f"{arch}'s pretrained input size (timm)"
+
+
 def check_readable(path: Path) -> None:
     """A weights file that will not load: safetensors' header is parsed (cheap), anything else loaded."""
     if path.suffix == ".safetensors":

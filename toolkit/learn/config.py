@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ..core.device import PRECISIONS
 from ..core.settings import seed_setting, setting
@@ -21,8 +23,20 @@ class BackboneSettings:
     weights: str = setting("none", "none (random init), imagenet (the architecture's ImageNet card), or a "
                                    "folder from `augur pretrain`, a .safetensors file, a backbone card.",
                            metavar="none|imagenet|PATH")
-    image_size: int = setting(32, "Images are resized to SIZE x SIZE (224 for ImageNet weights).", min=16,
-                              max=1024)
+    image_size: int | None = setting(None, "Images are resized to SIZE x SIZE (auto: the size the weights were "
+                                           "trained at: 224 for ImageNet and CLIP weights, 240/260 for "
+                                           "EfficientNet-Lite1/2, a pretrain folder's own; 32 for random init).",
+                                     min=16, max=1024, none_word="auto")
+
+    def sized(self, arch: str, weights: Any) -> tuple[Any, str]:
+        """These settings with the image size decided (an explicit one stays), and why: before a stage's
+        identity is taken, so a folder records the size it trained at."""
+        if self.image_size is not None:
+            return self, "--image-size"
+        from .backbones import trained_input_size
+
+        size, why = trained_input_size(arch, weights)
+        return dataclasses.replace(self, image_size=size), f"auto: {why}"
 
 
 @dataclass

@@ -281,9 +281,10 @@ def check_model_present(recipe: RecipeView, name: str) -> None:
         raise AugurError(f"{recipe.where()}: model '{name}' is not present locally; {models.how_to_get(card)}")
 
 
-def pretrained_arch(recipe: RecipeView, stage: str, backbone: str | None, image_size: int, uses: bool) -> None:
-    """A stage reading the pretrained backbone: its architecture (and a ViT's input size) is the pretrain
-    stage's."""
+def pretrained_arch(recipe: RecipeView, stage: str, backbone: str | None, image_size: int | None, uses: bool
+                    ) -> None:
+    """A stage reading the pretrained backbone: its architecture (and a ViT's input size, where both stages
+    state one; auto takes the pretrained folder's own) is the pretrain stage's."""
     pt = recipe.stages.get("pretrain")
     if not uses or pt is None:
         return
@@ -291,6 +292,6 @@ def pretrained_arch(recipe: RecipeView, stage: str, backbone: str | None, image_
     if backbone and backbone != arch:
         raise AugurError(f"{recipe.where(stage)}.backbone: {backbone} does not match the pretrained backbone's "
                          f"architecture {arch} (stages.pretrain.backbone); leave it out to use {arch}")
-    if arch and arch.startswith("vit") and image_size != pt.image_size:
+    if arch and arch.startswith("vit") and None not in (image_size, pt.image_size) and image_size != pt.image_size:
         raise AugurError(f"{recipe.where(stage)}.image_size: {image_size} differs from stages.pretrain.image_size "
                          f"{pt.image_size}; a {arch} backbone is built for one input size")

@@ -97,6 +97,11 @@ class CL(Stage):
             checked[strategy] = check_hparams(values, strategy_hparams(strategy), f"strategy '{strategy}'",
                                               where=f"{where}.hp: ")
         base = from_mapping(CLConfig, {"seed": seed, **section}, where)
+        if base.image_size is None and len(set(grid["weights"])) > 1:
+            # auto takes each weights' own size: 32 for random init, 224 for ImageNet's, so the arms would differ
+            # in more than their weights
+            raise AugurError(f"{where}.image_size: give one size for the weights {', '.join(grid['weights'])}; "
+                             "auto would train each at its weights' own size")
         return CLGrid(base, grid["strategies"], grid["weights"], grid["class_orders"], checked)
 
     def section(self, settings: CLGrid) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class Setup:
     weights: Any
     threads: Any
     precision: str
+    image_size_choice: str = "--image-size"
 
 
 def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
@@ -149,8 +150,10 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     sc = Scenario(classes, train_items, test_items, split_note, order, make_tasks(order, cfg.initial_classes,
                                                                                    cfg.increment))
     arch, w = resolve_weights(cfg.weights, cfg.backbone)
+    cfg, size_choice = cfg.sized(arch, w)
     refuse_test_guides(cfg, w, split_note)
-    setup = Setup(name, strategy_cls, hp, arch, w, choice, cfg.train_precision())  # an impossible precision: refused
+    setup = Setup(name, strategy_cls, hp, arch, w, choice, cfg.train_precision(),  # an impossible precision: refused
+                  size_choice)
     ds_print = data.fingerprint(data.load(cfg.data, report=False, rotated=False))
     identity = {**{k: v for k, v in as_dict(cfg).items() if k not in ("workers", "hp", "strategy")},
                 "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
@@ -334,7 +337,8 @@ def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, strateg
     base = {"strategy": setup.name, "hparams": setup.hp, "protocol": cfg.protocol(), "class_order": cfg.class_order,
             "order": [classes[c] for c in sc.order], "tasks": [[classes[c] for c in task] for task in sc.tasks],
             "backbone": setup.arch, "weights": w.describe(), **w.provenance(), "data": str(cfg.data),
-            "split": sc.split_note, "image_size": cfg.image_size, "batch_size": cfg.batch_size, "seed": cfg.seed,
+            "split": sc.split_note, "image_size": cfg.image_size, "image_size_choice": setup.image_size_choice,
+            "batch_size": cfg.batch_size, "seed": cfg.seed,
             # what was applied, not what was asked: a strategy that trains no task (NCM, RanPAC) ran 0 epochs and no
             # optimiser, so its --epochs, --lr and --weight-decay are recorded as 0 / None; `trained_tasks` says which
             "epochs": cfg.epochs if trained else 0, "lr": cfg.lr if trained else None,

@@ -205,6 +205,7 @@ class Sweep:
     store: Any = None
     threads: Any = None  # core.threads.ThreadChoice
     precision: str = "fp32"  # resolved once (LoopSettings.train_precision)
+    image_size_choice: str = "--image-size"
 
     def images(self, cfg: DGConfig) -> None:
         """Decode every environment's images into one store on the training device (learn/images.py)."""
@@ -253,6 +254,7 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     t0 = time.perf_counter()
     sw = resolve(cfg)
+    cfg, sw.image_size_choice = cfg.sized(sw.arch, sw.weights)
     sw.threads = core_threads.apply(cfg.threads)
     runs, tests = plan_runs(cfg, sw.real_names, sw.synthetic_names)
     identity = {k: v for k, v in as_dict(cfg).items()
@@ -512,7 +514,8 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
     device = pick_device()
     base = {"label": label, "algorithm": cfg.algorithm, "dataset": str(cfg.data), "setting": setting_of(cfg),
             "domains": real_names, "backbone": sw.arch, "weights": sw.weights.describe(),
-            "weights_sha256": sw.weights.sha256, "image_size": cfg.image_size, "image_px": sw.image_px,
+            "weights_sha256": sw.weights.sha256, "image_size": cfg.image_size,
+            "image_size_choice": sw.image_size_choice, "image_px": sw.image_px,
             "hparam_class": sw.hclass, "lora": cfg.lora, "lora_rank": cfg.lora_rank if cfg.lora else None,
             "swad": cfg.swad, "augment": cfg.augment,
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,

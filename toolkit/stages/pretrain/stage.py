@@ -37,6 +37,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     choice = core_threads.apply(cfg.threads)
     arch, w = resolve_weights(cfg.weights, cfg.backbone)
+    cfg, size_choice = cfg.sized(arch, w)
     ds = data.load(cfg.data)
     items = ds.pooled()
     if len(items) < 2:
@@ -79,7 +80,7 @@ def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
                 # the settings as applied: the architecture, precision and workers chosen, no LoRA rank without LoRA
                 "train": {**as_dict(cfg), "backbone": arch, "precision": precision, "workers": store.workers,
                           "lora_rank": cfg.lora_rank if cfg.lora else None},
-                "image_size": cfg.image_size, "seed": cfg.seed, "history": history, **w.provenance(),
+                "image_size": cfg.image_size, "image_size_choice": size_choice, "seed": cfg.seed, "history": history, **w.provenance(),
                 "init_weights": w.describe(), "head": "discarded (Premonition: only the backbone is kept)",
                 **choice.provenance()}
         if run.main:  # under `accelerate launch` the others only trained
