@@ -34,29 +34,59 @@ M = [
 ]
 
 
+WORKERS = 2  # two copies of the code, a mutant test running in each: the suite's slow part is pytest's start-up
+
+
+def _check(root: pathlib.Path, mutant) -> str:
+    name, f, old, new, test = mutant
+    p = root / f
+    orig = p.read_text()
+    if orig.count(old) != 1:
+        return f"MISSED {name}: its pattern is found {orig.count(old)} times (the code moved)"
+    p.write_text(orig.replace(old, new))
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=root,
+                           capture_output=True, text=True, timeout=900)
+    finally:
+        p.write_text(orig)
+    caught = r.returncode == 1  # tests failed; 2-5 would be a broken run (collection, usage), not a catch
+    return f"{'caught' if caught else 'MISSED'}: {name} ({test.split('::')[1]})"
+
+
 def main() -> int:
+    import queue
+    import threading
+
     only = sys.argv[1:]
-    ROOT = pathlib.Path(tempfile.mkdtemp(prefix="augur-mutants-")) / "repo"
-    shutil.copytree(REPO, ROOT, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
-    missed = 0
-    for name, f, old, new, test in M:
-        if only and not any(o in name for o in only):
-            continue
-        p = ROOT / f
-        orig = p.read_text()
-        if orig.count(old) != 1:
-            print(f"MISSED {name}: its pattern is found {orig.count(old)} times (the code moved)", flush=True)
-            missed += 1
-            continue
-        p.write_text(orig.replace(old, new))
-        try:
-            r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", test], cwd=ROOT, capture_output=True, text=True, timeout=900)
-            caught = r.returncode == 1  # tests failed; 2-5 would be a broken run (collection, usage), not a catch
-            missed += not caught
-            print(f"{'caught' if caught else 'MISSED'}: {name} ({test.split('::')[1]})", flush=True)
-        finally:
-            p.write_text(orig)
-    shutil.rmtree(ROOT.parent, ignore_errors=True)
+    todo = [m for m in M if not only or any(o in m[0] for o in only)]
+    base = pathlib.Path(tempfile.mkdtemp(prefix="augur-mutants-"))
+    roots = [base / f"repo{i}" for i in range(min(WORKERS, len(todo)) or 1)]
+    for root in roots:  # each worker mutates its own copy: a mutant never leaks into another's test
+        shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", ".pytest_cache"))
+    work: queue.Queue = queue.Queue()
+    for m in todo:
+        work.put(m)
+    lines: list[str] = []
+    lock = threading.Lock()
+
+    def worker(root: pathlib.Path) -> None:
+        while True:
+            try:
+                m = work.get_nowait()
+            except queue.Empty:
+                return
+            line = _check(root, m)
+            with lock:
+                lines.append(line)
+                print(line, flush=True)
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in roots]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    shutil.rmtree(base, ignore_errors=True)
+    missed = sum(not line.startswith("caught: ") for line in lines) + len(todo) - len(lines)
     print(f"{missed} missed")
     return 1 if missed else 0
 

@@ -21,7 +21,7 @@ from toolkit.stages.dg.collect import collect, format_mean, table
 from toolkit.stages.dg.config import DGConfig
 from toolkit.stages.dg.stage import RunSpec, plan_runs, run_dg
 
-FAST = dict(steps=12, checkpoint_freq=4, image_size=16, batch_size=8, quiet=True)
+FAST = dict(steps=12, checkpoint_freq=4, image_size=16, batch_size=8, quiet=True, backbone="test_resnet")
 
 
 def cfg(**kw) -> DGConfig:
@@ -418,15 +418,17 @@ def test_swad_evaluates_at_its_own_cadence_and_works_with_every_selection(three_
                 arr = np.random.RandomState(100 * d + 10 * c + k).randint(0, 255, (40, 40, 3), dtype=np.uint8)
                 Image.fromarray(arr).save(large / f"d{d}" / str(c) / f"{k}.png")
     # 250 steps: SWAD's cadence evaluates at 200 and the last step, DomainBed's (300) at the last step alone
+    # (the cadence is the loop's, whatever the network: timm's 0.37M-parameter test ResNet runs them)
     for swad, steps in ((True, [0, 200, 249]), (False, [0, 249])):
         out = tmp_path / f"cadence-{swad}"
         run_dg(cfg(data=str(large), swad=swad, steps=250, checkpoint_freq=None, batch_size=4, test_domains=["d0"],
-                   selection=["training-domain"]), out)
+                   selection=["training-domain"], backbone="test_resnet"), out)
         (run,) = [read_json(p) for p in out.glob("runs/*/records.json")]
         assert [r["step"] for r in run["records"]] == steps and run["checkpoint_freq"] == (200 if swad else 300)
     res = run_dg(cfg(data=str(three_domains), swad=True, steps=8, checkpoint_freq=2, test_domains=["rot0"],
                      selection=["training-domain", "leave-one-out", "oracle"],
-                     hp={"swad_n_converge": 2, "swad_n_tolerance": 2, "swad_bn_steps": 2}), tmp_path / "loo")
+                     hp={"swad_n_converge": 2, "swad_n_tolerance": 2, "swad_bn_steps": 2}, backbone="test_resnet"),
+                 tmp_path / "loo")
     rows = {r["selection"]: r for r in res["rows"]}
     assert set(rows) == {"training-domain", "leave-one-out", "oracle"}
     main_run = read_json(tmp_path / "loo" / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")["swad"]
