@@ -8,7 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from conftest import killed_at
+
+from cli import main
 
 from toolkit import __version__
 from toolkit.core.files import read_jsonl
@@ -104,6 +107,35 @@ def test_batched_and_sequential_generation_give_the_same_bytes(tmp_path, monkeyp
     assert len(read_jsonl(tmp_path / "one" / "prompts.jsonl")) >= 10
 
 
+def test_the_context_is_sized_from_need_and_does_not_change_the_answers(tmp_path, monkeypatch, embedder):
+    """--ctx auto: the longest request the run can make, rounded up to 256 tokens (the KV cache is slots x
+    context, so it is sized from the work, not the model's maximum); --ctx N as given. The answers are the
+    same bytes either way: a context that only grows between generations changes nothing."""
+    from toolkit.core.cache import JsonCache
+    from toolkit.stages.extrapolate.stage import ItemList, ListGenerator, open_llm
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache-auto"))
+    fresh = open_llm(DomainsConfig())  # the session's model may have grown its context for other tests
+    auto = extrapolate_domains(cfg(), tmp_path / "auto", llm=fresh, embedder=embedder)
+    lists = [ItemList({"cls": c, "avoid": ", ".join(EXCLUDE)}, 3) for c in CLASSES]
+    need = ListGenerator(fresh, cfg(), JsonCache(tmp_path / "unused")).context_need(DOMAINS, lists)
+    p = auto["provenance"]
+    assert p["context_choice"] == "auto" and p["context"] == -(-need // 256) * 256 < 4096, (p["context"], need)
+    assert p["trained_context"] == 32768  # Gemma 3 270M's, from its GGUF
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache-fixed"))
+    fixed = extrapolate_domains(cfg(ctx=3072), tmp_path / "fixed", llm=open_llm(DomainsConfig(ctx=3072)),
+                                embedder=embedder)
+    assert (fixed["provenance"]["context"], fixed["provenance"]["context_choice"]) == (3072, "--ctx")
+    assert fixed["summary"]["cached_requests"] == 0
+    assert (tmp_path / "auto" / "prompts.jsonl").read_bytes() == (tmp_path / "fixed" / "prompts.jsonl").read_bytes()
+    # a context too small for the prompt, or beyond what the model was trained with: one line each
+    base = ["extrapolate", "domains", "--classes", "heron", "-n", "2", "--quiet"]
+    for ctx, says in (("256", "use a larger --ctx"), ("40000", "more than the 32768 tokens of context")):
+        res = CliRunner().invoke(main, [*base, "--ctx", ctx, "--out", str(tmp_path / f"ctx{ctx}")])
+        assert res.exit_code == 1 and says in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
 def test_rerun_is_served_from_cache(tmp_path, llm, embedder):
     first = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "a", llm=llm, embedder=embedder)
     second = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "b", llm=llm, embedder=embedder)
@@ -152,6 +184,10 @@ class ScriptedLLM:
     for the decoder only, so that the list scheduler itself (ListGenerator, real) can be checked exactly."""
 
     prompting, n_ctx, sha256, name, n_threads = "base", 4096, "0" * 64, "scripted", 1
+    ctx_choice, trained_ctx = "--ctx", 4096
+
+    def fit_context(self, need):  # a fixed context, as --ctx gives
+        pass
 
     def provenance(self):
         return {"model": self.name, "model_sha256": self.sha256, "prompting": self.prompting}

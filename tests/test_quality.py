@@ -113,8 +113,40 @@ def test_non_words_are_rejected_everywhere():
     assert check_class("hawk", "big raptor with a hooked beak", set(), lim) is None
 
 
-# The classes of DomainBed's small datasets (PACS, VLCS, OfficeHome, TerraIncognita), as their folders name them.
-DG_CLASSES = {
+# DomainNet's 345 classes, as its folders name them (its class list, e.g. clipart_train.txt).
+DOMAINNET_CLASSES = {c.replace("_", " ").lower() for c in """
+aircraft_carrier airplane alarm_clock ambulance angel animal_migration ant anvil apple arm asparagus axe
+backpack banana bandage barn baseball baseball_bat basket basketball bat bathtub beach bear beard bed bee belt
+bench bicycle binoculars bird birthday_cake blackberry blueberry book boomerang bottlecap bowtie bracelet brain
+bread bridge broccoli broom bucket bulldozer bus bush butterfly cactus cake calculator calendar camel camera
+camouflage campfire candle cannon canoe car carrot castle cat ceiling_fan cello cell_phone chair chandelier
+church circle clarinet clock cloud coffee_cup compass computer cookie cooler couch cow crab crayon crocodile
+crown cruise_ship cup diamond dishwasher diving_board dog dolphin donut door dragon dresser drill drums duck
+dumbbell ear elbow elephant envelope eraser eye eyeglasses face fan feather fence finger fire_hydrant fireplace
+firetruck fish flamingo flashlight flip_flops floor_lamp flower flying_saucer foot fork frog frying_pan garden
+garden_hose giraffe goatee golf_club grapes grass guitar hamburger hammer hand harp hat headphones hedgehog
+helicopter helmet hexagon hockey_puck hockey_stick horse hospital hot_air_balloon hot_dog hot_tub hourglass
+house house_plant hurricane ice_cream jacket jail kangaroo key keyboard knee knife ladder lantern laptop leaf
+leg light_bulb lighter lighthouse lightning line lion lipstick lobster lollipop mailbox map marker matches
+megaphone mermaid microphone microwave monkey moon mosquito motorbike mountain mouse moustache mouth mug
+mushroom nail necklace nose ocean octagon octopus onion oven owl paintbrush paint_can palm_tree panda pants
+paper_clip parachute parrot passport peanut pear peas pencil penguin piano pickup_truck picture_frame pig pillow
+pineapple pizza pliers police_car pond pool popsicle postcard potato power_outlet purse rabbit raccoon radio
+rain rainbow rake remote_control rhinoceros rifle river roller_coaster rollerskates sailboat sandwich saw
+saxophone school_bus scissors scorpion screwdriver sea_turtle see_saw shark sheep shoe shorts shovel sink
+skateboard skull skyscraper sleeping_bag smiley_face snail snake snorkel snowflake snowman soccer_ball sock
+speedboat spider spoon spreadsheet square squiggle squirrel stairs star steak stereo stethoscope stitches
+stop_sign stove strawberry streetlight string_bean submarine suitcase sun swan sweater swing_set sword syringe
+table teapot teddy-bear telephone television tennis_racquet tent The_Eiffel_Tower The_Great_Wall_of_China
+The_Mona_Lisa tiger toaster toe toilet tooth toothbrush toothpaste tornado tractor traffic_light train tree
+triangle trombone truck trumpet t-shirt umbrella underwear van vase violin washing_machine watermelon waterslide
+whale wheel windmill wine_bottle wine_glass wristwatch yoga zebra zigzag
+""".split()}
+assert len(DOMAINNET_CLASSES) == 345
+
+# The classes of DomainBed's image datasets (PACS, VLCS, OfficeHome, TerraIncognita; DomainNet above), as their
+# folders name them.
+DG_CLASSES = DOMAINNET_CLASSES | {
     "dog", "elephant", "giraffe", "guitar", "horse", "house", "person", "bird", "car", "chair", "bobcat", "cat",
     "coyote", "opossum", "rabbit", "raccoon", "squirrel", "alarm clock", "backpack", "batteries", "bed", "bike",
     "bicycle", "bottle", "bucket", "calculator", "calendar", "candles", "clipboards", "computer", "couch",
@@ -126,8 +158,8 @@ DG_CLASSES = {
 
 
 def test_worked_examples_name_no_class_of_a_common_dg_dataset():
-    """An example subject that is a target class (PACS's elephant) would teach the model that class's own
-    domains, and its prompts would be filtered as leaks of the example."""
+    """An example subject that is a target class (PACS's elephant, DomainNet's lighthouse and teapot) would show
+    the model that class's own domains as the answer to copy."""
     from toolkit.stages.extrapolate.templates import DOMAINS, DOMAINS_REASONING
 
     for template in (DOMAINS, DOMAINS_REASONING):

@@ -55,9 +55,9 @@ class Extrapolate(Stage):
         return {**as_dict(settings), "mode": "domains" if isinstance(settings, DomainsConfig) else "realm"}
 
     def hash_settings(self, settings: Any, recipe: RecipeView) -> dict[str, Any]:
-        from .stage import NOT_IDENTITY
+        from .stage import identity_of
 
-        return {k: v for k, v in self.section(settings).items() if k not in NOT_IDENTITY}
+        return identity_of(self.section(settings))
 
     def check(self, recipe: RecipeView, settings: Any) -> None:
         from ... import models

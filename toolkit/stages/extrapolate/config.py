@@ -36,6 +36,9 @@ class LLMSettings:
                                          "(default: what benchmarks/bench_extrapolate.py found best here).",
                                    min=1, max=64, none_word="auto")
     gpu_layers: int = setting(-1, "Layers offloaded to the GPU in a CUDA build of llama.cpp (-1: all).", min=-1)
+    ctx: int | None = setting(None, "Tokens of context per request, prompt and answer (auto: the longest request "
+                                    "the run can make, within the model's trained context).",
+                              min=256, max=1 << 20, none_word="auto")
     force: bool = setting(False, "Replace an earlier extrapolation in --out.", is_flag=True, recipe=False)
     quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
 

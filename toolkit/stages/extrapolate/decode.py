@@ -82,7 +82,8 @@ class BatchedDecoder:
         mp.use_extra_bufts = False  # no repacked weights: batch-invariant rows (module docstring)
         self.model = llama_cpp.llama_model_load_from_file(str(path).encode(), mp)
         if not self.model:
-            raise AugurError(f"{path}: llama.cpp could not load this model for generation")
+            raise AugurError(f"{path}: llama.cpp could not load this model for generation (out of memory? "
+                             "--gpu-layers N keeps all but N layers in main memory)")
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.n_ctx = n_ctx
@@ -101,8 +102,10 @@ class BatchedDecoder:
         cp.no_perf = True
         self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
         if not self.ctx:
-            raise AugurError("llama.cpp could not create a context for batched decoding (not enough memory for "
-                             f"{n_seq} sequences of {n_ctx} tokens?); try a lower --parallel")
+            # the KV cache is what grows: slots x context; the weights are what --gpu-layers moves
+            raise AugurError(f"llama.cpp could not create a context of {n_seq} sequences x {n_ctx} tokens (out of "
+                             f"memory?): lower --parallel (now {self.parallel}), a smaller --ctx (auto sizes it from "
+                             "the longest request), or fewer --gpu-layers")
         self.mem = llama_cpp.llama_get_memory(self.ctx)
         self.n_batch = cp.n_batch
         self.batch = llama_cpp.llama_batch_init(max(cp.n_batch, n_seq), 0, 1)
@@ -217,7 +220,7 @@ class BatchedDecoder:
         lc = self.lc
         if len(req.tokens) + req.sampling.max_tokens > self.n_ctx:
             raise AugurError(f"prompt of {len(req.tokens)} tokens + {req.sampling.max_tokens} new tokens exceeds the "
-                             f"context of {self.n_ctx}; use a model with a longer context or fewer items")
+                             f"context of {self.n_ctx}; use a larger --ctx, a model with a longer context or fewer items")
         lc.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
         shared = req.prefix_len if (self.prefix is not None and req.prefix_len == len(self.prefix)
                                     and req.tokens[:req.prefix_len] == self.prefix) else 0

@@ -47,7 +47,10 @@ def _quiet_stderr():
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        yield
+        # llama-cpp-python's log callback prints llama.cpp's warnings to sys.stderr, which is not fd 2 for a
+        # library caller that captures it (click's CliRunner, a notebook)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
@@ -70,8 +73,10 @@ class LLM:
     run the same code and give the same tokens."""
 
     def __init__(self, path: Path, *, name: str, sha256: str, prompting: str | None = None,
-                 n_ctx: int = 2048, n_threads: int | None = None, n_gpu_layers: int = -1, parallel: int = 1,
-                 chat_template: str | None = None):
+                 n_ctx: int | None = None, max_ctx: int | None = None, n_threads: int | None = None,
+                 n_gpu_layers: int = -1, parallel: int = 1, chat_template: str | None = None):
+        """`n_ctx`: tokens of context per request (--ctx); None sizes it from need (fit_context), up to the
+        model's trained context and `max_ctx` (a card's context_length)."""
         KINDS.get("gguf").check(Path(path))
         try:
             from llama_cpp import Llama
@@ -91,7 +96,15 @@ class LLM:
         self._card_template = chat_template
         if self.prompting == "chat" and not self.chat_template:
             raise AugurError(f"model '{name}' has no chat template in its GGUF; use --prompting base")
-        self.n_ctx = n_ctx
+        trained = self.metadata.get(f"{self.metadata.get('general.architecture', '')}.context_length")
+        self.trained_ctx = int(trained) if str(trained or "").isdigit() and int(trained) > 0 else None
+        if n_ctx is not None and self.trained_ctx is not None and n_ctx > self.trained_ctx:
+            raise AugurError(f"--ctx {n_ctx} is more than the {self.trained_ctx} tokens of context model '{name}' "
+                             "was trained with")
+        caps = [c for c in (self.trained_ctx, max_ctx) if c]
+        self.ctx_cap = min(caps) if caps else 4096
+        self.ctx_choice = "--ctx" if n_ctx is not None else "auto"
+        self.n_ctx = n_ctx  # auto: set by fit_context before the first generation
         self.parallel = max(1, parallel)
         self.system_role = "system message"  # how chat prompts carry the instruction (chat_prompt may fold it)
         self._decoder = None
@@ -105,7 +118,7 @@ class LLM:
     def from_card(cls, card: ModelCard, path: Path, sha256: str, *, prompting: str | None = None,
                   **kw: Any) -> "LLM":
         return cls(path, name=card.name, sha256=sha256, prompting=prompting or card.prompting,
-                   n_ctx=kw.pop("n_ctx", card.context_length), chat_template=card.chat_template, **kw)
+                   max_ctx=card.context_length, chat_template=card.chat_template, **kw)
 
     def provenance(self) -> dict[str, Any]:
         return {"model": self.name, "model_file": self.path.name, "model_sha256": self.sha256,
@@ -116,10 +129,28 @@ class LLM:
     def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
 
+    def fit_context(self, need: int) -> None:
+        """auto: a context that holds the longest request the next generations can make (`need` tokens, rounded
+        up to 256), within the model's trained context and its card's context_length. KV memory is this times
+        the slots, so it is sized from the work, not from the model's maximum. It grows between generations and
+        never shrinks (a decoder is rebuilt only to grow); a request's tokens do not depend on the context's size
+        (tests/test_extrapolate.py). An explicit --ctx is kept as given."""
+        if self.ctx_choice != "auto":
+            return
+        size = min(self.ctx_cap, max(256, -(-int(need) // 256) * 256))
+        if self.n_ctx is not None and self.n_ctx >= size:
+            return
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
+        self.n_ctx = size
+
     @property
     def decoder(self):
         from .decode import BatchedDecoder  # llama.cpp's low-level API: imported when first used
 
+        if self.n_ctx is None:  # a generation that did not say what it needs: the most it may have
+            self.n_ctx = self.ctx_cap
         if self._decoder is None:
             with _quiet_stderr():
                 self._decoder = BatchedDecoder(self.path, self.parallel, self.n_ctx, self.n_threads,

@@ -40,6 +40,9 @@ from .templates import BASE_STOPS, CLASSES, DOMAINS, DOMAINS_REASONING, GROUPS, 
 # A generated list line is ~15-20 tokens; this budget per wanted item leaves room for drift.
 TOKENS_PER_ITEM = 28
 LIMITS = Limits()
+# A kept item is at most LIMITS.max_item_chars characters; listed in a later query with its ", " it takes at most
+# this many tokens (a token holds a byte or more: two bytes a character leave room for accents)
+LISTED_ITEM_TOKENS = 2 * LIMITS.max_item_chars + 2
 
 
 def sampling_of(cfg: LLMSettings) -> Sampling:
@@ -78,13 +81,13 @@ def open_llm(cfg: LLMSettings) -> LLM:
         if not p.is_file():
             raise AugurError(f"{p}: no such GGUF file")
         models.KINDS.get("gguf").check(p)
-        return LLM(p, name=p.stem, sha256=sha256_file(p), prompting=prompting,
+        return LLM(p, name=p.stem, sha256=sha256_file(p), prompting=prompting, n_ctx=cfg.ctx,
                    n_threads=cfg.threads, n_gpu_layers=cfg.gpu_layers, parallel=parallel_of(cfg))
     card, path, sha = models.ensure(cfg.model)
     if card.kind != "gguf":
         raise AugurError(f"model '{card.name}' is a {card.kind} model; extrapolate needs a gguf LLM")
-    return LLM.from_card(card, path, sha, prompting=prompting, n_threads=cfg.threads, n_gpu_layers=cfg.gpu_layers,
-                         parallel=parallel_of(cfg))
+    return LLM.from_card(card, path, sha, prompting=prompting, n_ctx=cfg.ctx, n_threads=cfg.threads,
+                         n_gpu_layers=cfg.gpu_layers, parallel=parallel_of(cfg))
 
 
 DEFAULT_PARALLEL = 8  # what benchmarks/bench_extrapolate.py measured best on this 2-core CPU (docs/benchmarks.md)
@@ -148,18 +151,29 @@ class ListGenerator:
         self.stats = Stats()
         self.generated: set[str] = set()  # keys this run computed (the rest came from the cache)
 
+    def _prompt(self, template: Template, query: dict[str, str]) -> tuple[list[int], list[int], list[str]]:
+        if self.llm.prompting == "chat":
+            return self.llm.chat_prompt(template.messages(**query))
+        pre, tokens = self.llm.base_prompt(template.prefix(), template.suffix(**query))
+        return pre, tokens, BASE_STOPS
+
+    def context_need(self, template: Template, lists: list[ItemList]) -> int:
+        """Tokens of the longest request these lists can make: the query asking for all `want` items, up to
+        want - 1 kept items listed in it, and the largest answer budget (the first attempt's)."""
+        need = 0
+        for lst in lists:
+            _, tokens, _ = self._prompt(template, {**lst.fields, "n": str(lst.want), "listed": "none"})
+            need = max(need, len(tokens) + (lst.want - 1) * LISTED_ITEM_TOKENS + TOKENS_PER_ITEM * (lst.want + 2))
+        return need
+
     def _job(self, template: Template, lst: ItemList, attempt: int, ticket: Ticket) -> tuple:
         query = lst.query()
-        if self.llm.prompting == "chat":
-            pre, tokens, stops = self.llm.chat_prompt(template.messages(**query))
-        else:
-            pre, tokens = self.llm.base_prompt(template.prefix(), template.suffix(**query))
-            stops = BASE_STOPS
+        pre, tokens, stops = self._prompt(template, query)
         room = self.llm.n_ctx - len(tokens)
         if room < TOKENS_PER_ITEM:
-            raise AugurError(f"a {template.name} prompt of {len(tokens)} tokens leaves {max(room, 0)} of the model's "
-                             f"context of {self.llm.n_ctx} for the answer; use a model with a longer context or "
-                             "ask for fewer items")
+            raise AugurError(f"a {template.name} prompt of {len(tokens)} tokens leaves {max(room, 0)} of the "
+                             f"context of {self.llm.n_ctx} ({self.llm.ctx_choice}) for the answer; use a larger "
+                             "--ctx, a model with a longer context, or ask for fewer items")
         # The answer's budget grows with what is still wanted; the context bounds it.
         max_tokens = min(TOKENS_PER_ITEM * (lst.want - len(lst.kept) + 2), room)
         sampling = Sampling(**{**sampling_of(self.cfg).as_dict(), "max_tokens": max_tokens})
@@ -173,6 +187,7 @@ class ListGenerator:
         """A ListResult per item; `accept_for(i)` makes item i's acceptor before its first answer is read
         (acceptors may share state, e.g. the realm's taken names: answers are read in a fixed order)."""
         lists = [ItemList(dict(f), want) for f in items]
+        self.llm.fit_context(self.context_need(template, lists))
         rounds = _Rounds(self, template, lists, accept_for,
                          progress(len(items), desc, unit="item", disable=desc is None or not self.cfg.progress))
         pending = [job for i in range(len(lists)) for job in rounds.ask(i)]
@@ -336,6 +351,12 @@ FORCE_HINT = "use another --out, or pass --force to replace it"
 NOT_IDENTITY = ("min_fraction",)  # settings that judge the result without changing it
 
 
+def identity_of(settings: dict[str, Any]) -> dict[str, Any]:
+    """A run's identity: its settings but those that judge the result, and `ctx` when auto (sized from the
+    other settings; folders written before the option keep their identity)."""
+    return {k: v for k, v in settings.items() if k not in NOT_IDENTITY and not (k == "ctx" and v is None)}
+
+
 class Extrapolation:
     """Shared plumbing of both modes: the folder's stage run, model, cache, provenance, progress, summary,
     files. Used as `with Extrapolation(...) as ex:`."""
@@ -344,7 +365,7 @@ class Extrapolation:
                  embedder: Embedder | None = None):
         self.cfg, self.out = cfg, Path(out)
         # min_fraction only judges the result: lowering it re-uses the folder (and the cache) of a run it failed
-        identity = {k: v for k, v in as_dict(cfg).items() if k not in NOT_IDENTITY}
+        identity = identity_of(as_dict(cfg))
         self.run = StageRun(self.out, "extrapolate", {**identity, **inputs}, force=cfg.force, hint=FORCE_HINT)
         self._llm, self._embedder = llm, embedder
 
@@ -375,7 +396,8 @@ class Extrapolation:
             "templates": [t.id for t in templates], "seed": self.cfg.seed, "inputs": inputs,
             # max_tokens is per request: TOKENS_PER_ITEM x (items still wanted + 2), within the context left
             "sampling": {**sampling_of(self.cfg).as_dict(), "max_tokens": None},
-            "tokens_per_item": TOKENS_PER_ITEM, "context": self.llm.n_ctx,
+            "tokens_per_item": TOKENS_PER_ITEM, "context": self.llm.n_ctx, "context_choice": self.llm.ctx_choice,
+            "trained_context": self.llm.trained_ctx,
             "max_attempts": self.cfg.max_attempts, "patience": self.cfg.patience,
             "min_fraction": self.cfg.min_fraction,
             "limits": asdict(LIMITS), "threads": self.llm.n_threads,

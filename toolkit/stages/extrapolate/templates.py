@@ -54,7 +54,9 @@ class Template:
 
 # Every query states how many items it wants and what this list already holds ("Already listed"), and one
 # worked example of each template shows a continuation: a retry asks for the rest, not for the same list
-# again. No example names a class of PACS, VLCS, OfficeHome or TerraIncognita (tests/test_quality.py).
+# again. No example names a class of DomainBed's image datasets (PACS, VLCS, OfficeHome, TerraIncognita,
+# DomainNet's 345): a user's class that is an example's subject would be shown that example's own domains
+# as the answer to copy (tests/test_quality.py).
 DOMAINS = Template(
     name="domains",
     instructions=(
@@ -73,23 +75,23 @@ DOMAINS = Template(
          "- mosaic | an accordion made of small ceramic mosaic tiles\n"
          "- pixel art | an accordion in retro pixel art\n"
          "- thermal camera | a thermal camera image of an accordion"),
-        ("Class: lighthouse\nAvoid: cartoon\nAlready listed: none\n6 new domains:",
-         "- stained glass | a lighthouse in a stained glass church window\n"
-         "- clay figure | a small handmade clay figure of a lighthouse\n"
-         "- night vision | a green night vision image of a lighthouse at night\n"
-         "- embroidery | a lighthouse embroidered on a linen cloth\n"
-         "- chalk drawing | a chalk drawing of a lighthouse on a sidewalk\n"
-         "- foggy morning | a lighthouse in thick morning fog"),
-        ("Class: teapot\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks, desert sunset\n"
+        ("Class: gramophone\nAvoid: cartoon\nAlready listed: none\n6 new domains:",
+         "- stained glass | a gramophone in a stained glass church window\n"
+         "- clay figure | a small handmade clay figure of a gramophone\n"
+         "- night vision | a green night vision image of a gramophone in a dark attic\n"
+         "- embroidery | a gramophone embroidered on a linen cloth\n"
+         "- chalk drawing | a chalk drawing of a gramophone on a sidewalk\n"
+         "- foggy morning | a gramophone on a porch in thick morning fog"),
+        ("Class: typewriter\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks, desert sunset\n"
          "5 new domains:",
-         "- blueprint | a technical blueprint drawing of a teapot\n"
-         "- ice sculpture | a teapot carved from clear ice\n"
-         "- graffiti | a teapot painted as graffiti on a concrete wall\n"
-         "- tattoo | a teapot tattoo on an arm\n"
-         "- low poly 3d | a low poly 3d render of a teapot"),
+         "- blueprint | a technical blueprint drawing of a typewriter\n"
+         "- ice sculpture | a typewriter carved from clear ice\n"
+         "- graffiti | a typewriter painted as graffiti on a concrete wall\n"
+         "- tattoo | a typewriter tattoo on an arm\n"
+         "- low poly 3d | a low poly 3d render of a typewriter"),
     ),
     query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
-    subjects=("accordion", "lighthouse", "teapot"),
+    subjects=("accordion", "gramophone", "typewriter"),
 )
 
 # Beyond Finite Data's way: a role, and a reasoning step before the list (the paper prompts its LLM to think
@@ -109,15 +111,15 @@ DOMAINS_REASONING = Template(
          "- neon sign | an accordion drawn as a glowing neon sign on a brick wall\n"
          "- underwater | an accordion lying on the sandy sea floor among fish\n"
          "- thermal camera | a thermal camera image of an accordion"),
-        ("Class: teapot\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks\n3 new domains:",
-         "Reasoning: a teapot is small and glossy; materials and technical drawings change its look most.\n"
-         "- blueprint | a technical blueprint drawing of a teapot\n"
-         "- ice sculpture | a teapot carved from clear ice\n"
-         "- low poly 3d | a low poly 3d render of a teapot"),
+        ("Class: typewriter\nAvoid: photo, painting\nAlready listed: woodcut print, lego bricks\n3 new domains:",
+         "Reasoning: a typewriter is boxy and mechanical; materials and technical drawings change its look most.\n"
+         "- blueprint | a technical blueprint drawing of a typewriter\n"
+         "- ice sculpture | a typewriter carved from clear ice\n"
+         "- low poly 3d | a low poly 3d render of a typewriter"),
     ),
     query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
     answer_head="Reasoning:",
-    subjects=("accordion", "teapot"),
+    subjects=("accordion", "typewriter"),
     preamble="Reasoning:",
 )
 
