@@ -11,6 +11,7 @@ import tempfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 A = "toolkit/stages/dg/algorithms.py"; S = "toolkit/stages/cl/strategies.py"; SW = "toolkit/stages/dg/swad.py"
+AD = "toolkit/learn/adapters.py"
 M = [
  ("GroupDRO q without exp", A, 'self.q[m] *= (self.hparams["groupdro_eta"] * losses[m].data).exp()', 'self.q[m] *= (self.hparams["groupdro_eta"] * losses[m].data)', "tests/test_dg_algorithms.py::test_groupdro_reweights_environments_by_the_exponentiated_loss"),
  ("GroupDRO loss = mean", A, 'loss = torch.dot(losses, self.q)', 'loss = losses.mean()', "tests/test_dg_algorithms.py::test_groupdro_reweights_environments_by_the_exponentiated_loss"),
@@ -28,6 +29,8 @@ M = [
             for p in self.net.parameters():
                 p.requires_grad_(False)''', '''        if task == 0:
             pass''', "tests/test_cl.py::test_fsa_adapts_the_backbone_on_the_first_task_only"),
+ ("RanPAC adapter after norm2", AD, 'return self.mlp(self.norm(x)) + self.adapter(x)', 'return self.mlp(self.norm(x)) + self.adapter(self.norm(x))', "tests/test_cl.py::test_ranpac_adapters_are_adaptformer_parallel_branches_in_a_frozen_vit"),
+ ("RanPAC cosine per step", S, 'min(self.current_step // spe, epochs)', 'min(self.current_step, epochs)', "tests/test_cl.py::test_fsa_first_session_is_ranpacs_on_a_vit"),
  ("replay quota +1", S, 'per_class = max(1, self.hp["memory"] // seen)', 'per_class = max(1, self.hp["memory"] // seen + 1)', "tests/test_cl.py::test_replay_memory_keeps_an_equal_quota_per_seen_class"),
  ("herding argmax", S, 'j = int(scores.argmin())', 'j = int(scores.argmax())', "tests/test_cl.py::test_icarl_classifies_by_the_nearest_mean_of_exemplars_chosen_by_herding"),
  ("SWAD BN exponential average", SW, "        module.momentum = None\n", "        pass\n", "tests/test_dg.py::test_swad_re_estimates_batchnorm_statistics_as_a_cumulative_average"),

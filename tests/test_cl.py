@@ -98,7 +98,10 @@ def pixels(n: int, n_classes: int = 2, seed: int = 0):
 
 def strategy(cls, hp, items, n_classes=4, batch_size=8):
     c, rows = context(items, n_classes, batch_size)
-    st = cls(Feats(12), {**{k: v.default for k, v in STRATEGY_HPARAMS[cls.name].items()}, **hp}, c)
+    # Feats stands for a convolutional backbone (no ViT blocks): hyper-parameters resolved as for test_resnet
+    resolved = cls.resolve_hp({**{k: v.default for k, v in STRATEGY_HPARAMS[cls.name].items()}, **hp}, hp,
+                              "test_resnet", False)
+    st = cls(Feats(12), resolved, c)
     st._trainer = Trainer("fp32", accelerator_for("fp32"))
     return st, rows
 
@@ -325,6 +328,118 @@ def test_fsa_adapts_the_backbone_on_the_first_task_only():
     assert len(fsa.ridges) == 2  # the head learnt both tasks
 
 
+def test_ranpac_adapters_are_adaptformer_parallel_branches_in_a_frozen_vit():
+    """RanPAC's Block.forward with its Adapter (petl/vision_transformer_adapter.py): x + attn(norm1 x), then
+    x + mlp(norm2 x) + 0.1 * up(relu(down(x))) of the stream before norm2; the "lora" init changes nothing."""
+    import timm
+
+    from toolkit.learn.adapters import add_adapters
+
+    torch.manual_seed(0)
+    plain = timm.create_model("test_vit", num_classes=0, img_size=32).eval()
+    vit = add_adapters(copy.deepcopy(plain), 8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(vit(x), plain(x))  # up_proj and the biases start at zero
+    trainable = {n for n, p in vit.named_parameters() if p.requires_grad}
+    assert trainable and all(".mlp.adapter." in n for n in trainable)
+    assert len(trainable) == 4 * len(vit.blocks)  # down/up weight and bias per block, nothing else
+    a = vit.blocks[0].mlp.adapter
+    assert a.down_proj.weight.abs().sum() > 0 and a.scale == 0.1 and a.dropout == 0.1
+    for b in vit.blocks:
+        with torch.no_grad():
+            b.mlp.adapter.up_proj.weight.normal_()
+            b.mlp.adapter.up_proj.bias.normal_()
+    blk, ref = vit.blocks[0], plain.blocks[0]
+    tokens = torch.randn(2, 5, vit.embed_dim)
+    with torch.no_grad():
+        h = tokens + ref.attn(ref.norm1(tokens))
+        ad = blk.mlp.adapter
+        expected = h + ref.mlp.fc2(ref.mlp.act(ref.mlp.fc1(ref.norm2(h)))) + \
+            0.1 * ad.up_proj(torch.relu(ad.down_proj(h)))
+        assert torch.allclose(blk(tokens), expected, atol=1e-6)
+    with pytest.raises(AugurError, match="vision transformer"):
+        add_adapters(timm.create_model("test_resnet", num_classes=0))
+
+
+def vit_strategy(hp, n=16, n_classes=4):
+    """An FSA on timm's test ViT over a real image store of 16 x 16 images."""
+    from toolkit.learn import backbones
+
+    items = [(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8), i % n_classes)
+             for i in range(n)]
+    store = ImageStore(items, DataConfig(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "cpu")
+    c = S.Context(store, 0, n_classes, 16, 1e-3, 0.0, 8, "test_vit")
+    defaults = {k: v.default for k, v in STRATEGY_HPARAMS["fsa"].items()}
+    resolved = S.FSA.resolve_hp({**defaults, **hp}, hp, "test_vit", False)
+    torch.manual_seed(0)
+    st = S.FSA(backbones.create("test_vit", 16), resolved, c)
+    st._trainer = Trainer("fp32", accelerator_for("fp32"))
+    return st, [(int(r), int(y)) for r, y in enumerate(store.labels_np)]
+
+
+def test_fsa_first_session_is_ranpacs_on_a_vit():
+    """auto on a ViT: adapters, SGD (momentum 0.9, lr 0.01, weight decay 5e-4) annealed per epoch exactly as
+    torch's CosineAnnealingLR(T_max=epochs, eta_min=0), a cosine head with a learnt scale; only the adapters
+    and the head move, and after the first task nothing does."""
+    fsa, rows = vit_strategy({"M": 16})
+    assert (fsa.hp["petl"], fsa.hp["optimizer"], fsa.hp["adapter_dim"]) == ("adapter", "sgd", 64)
+    assert isinstance(fsa.net.head, S.CosineLinear)
+    base = {n: p.detach().clone() for n, p in fsa.net.backbone.named_parameters() if ".adapter." not in n}
+    fsa.begin_task(0, [0, 1, 2, 3], rows)
+    opt = fsa.optimizer
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert opt.defaults["weight_decay"] == 5e-4
+    epochs, spe = 3, 2
+    fsa.begin_training(epochs, spe)
+    p = nn.Parameter(torch.zeros(1))
+    ref_opt = torch.optim.SGD([p], lr=0.01)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=epochs, eta_min=0.0)
+    expected = []
+    for _ in range(epochs):
+        expected += [ref_opt.param_groups[0]["lr"]] * spe
+        sched.step()
+    head0, sigma0 = fsa.net.head.weight.detach().clone(), float(fsa.net.head.sigma)
+    x = xs(fsa, rows)
+    y = torch.tensor([lab for _, lab in rows])
+    fsa.train()
+    seen = []
+    for step in range(epochs * spe):
+        fsa.current_step = step
+        fsa.update([(x, y)])
+        seen.append(opt.param_groups[0]["lr"])
+    assert seen == pytest.approx(expected, rel=1e-12, abs=1e-15) and seen[0] == 0.01 and seen[-1] < 0.01
+    after = dict(fsa.net.backbone.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in base.items())  # the ViT's own weights did not move
+    assert any(after[n].abs().sum() > 0 for n in after if n.endswith("adapter.up_proj.weight"))
+    assert not torch.equal(fsa.net.head.weight, head0) and float(fsa.net.head.sigma) != sigma0
+    fsa.end_task(0, [0, 1, 2, 3], rows)
+    assert not any(q.requires_grad for q in fsa.net.parameters())
+    assert fsa.optimizer_settings() == {"optimizer": "sgd (momentum 0.9, cosine annealing to 0)", "lr": 0.01,
+                                        "weight_decay": 5e-4}
+
+
+def test_fsa_choices_resolve_to_what_is_applied():
+    defaults = {k: v.default for k, v in STRATEGY_HPARAMS["fsa"].items()}
+
+    def resolve(arch, lora=False, **given):
+        return S.FSA.resolve_hp({**defaults, **given}, given, arch, lora)
+
+    cnn = resolve("resnet18")  # the whole backbone, the run's AdamW and a linear head
+    assert (cnn["petl"], cnn["optimizer"], cnn["adapter_dim"], cnn["sgd_lr"]) == ("none", "adamw", None, None)
+    lora = resolve("vit_b16", lora=True)  # LoRA freezes the ViT's weights: RanPAC's SGD
+    assert (lora["petl"], lora["optimizer"], lora["adapter_dim"], lora["sgd_lr"]) == ("none", "sgd", None, 0.01)
+    assert resolve("vit_b16", optimizer="adamw")["sgd_lr"] is None
+    assert resolve("vit_b16", petl="none")["optimizer"] == "adamw"
+    assert resolve("vit_b16", head="ncm", M=64)["M"] is None  # the NCM head projects nothing
+    for arch, lora, given, match in (("resnet18", False, {"petl": "adapter"}, "not one"),
+                                     ("vit_b16", True, {"petl": "adapter"}, "choose one"),
+                                     ("resnet18", False, {"sgd_lr": 0.1}, "sgd_lr does not apply"),
+                                     ("vit_b16", False, {"petl": "none", "adapter_dim": 8}, "adapter_dim does not")):
+        with pytest.raises(AugurError, match=match):
+            resolve(arch, lora, **given)
+
+
 def test_der_adds_the_logit_mse_on_the_buffer_and_derpp_the_label_ce():
     items = pixels(8, 4)
     for cls, hp in ((S.DER, {"alpha": 0.3}), (S.DERpp, {"alpha": 0.1, "beta": 0.5})):
@@ -429,6 +544,50 @@ def test_resume_after_kill_is_exact(tmp_path):
     assert res.exit_code == 0, res.output
     # every file, byte for byte (timing fields aside): results, accuracy matrix, the final task's weights
     assert_same_files(ref, out)
+
+
+def test_fsa_ranpac_first_session_resumes_exactly_and_is_recorded(tmp_path):
+    args = ["cl", "--strategy", "fsa", "--backbone", "test_vit", "--image-size", "16", "--epochs", "2",
+            "--initial-classes", "4", "--increment", "3", "--hp", "M=32", "--quiet"]
+    ref = tmp_path / "ref"
+    res = CliRunner().invoke(main, [*args, "--out", str(ref)])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(ref / "results.jsonl")[-1]
+    assert row["hparams"] == {"head": "ranpac", "M": 32, "petl": "adapter", "adapter_dim": 64, "optimizer": "sgd",
+                              "sgd_lr": 0.01, "sgd_weight_decay": 5e-4}
+    assert (row["optimizer"], row["lr"], row["weight_decay"], row["lora"]) == (
+        "sgd (momentum 0.9, cosine annealing to 0)", 0.01, 5e-4, False)
+    out = tmp_path / "killed"
+    # task 0 checkpoints after its first epoch: killed there, the momentum and the annealed rate resume as they were
+    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], "loop.after_checkpoint:1")
+    assert list(out.glob("checkpoint/task-000/step-*")) and not list(out.glob("tasks/task-000"))
+    res = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert_same_files(ref, out)
+
+
+def test_lora_trains_adapters_on_a_frozen_backbone_and_is_refused_where_nothing_trains(tmp_path):
+    from safetensors.torch import load_file
+
+    from toolkit.learn import backbones
+
+    out = tmp_path / "lora"
+    res = CliRunner().invoke(main, ["cl", "--strategy", "naive", "--lora", "--lora-rank", "4", "--backbone",
+                                    "test_resnet", "--image-size", "16", "--epochs", "1", "--initial-classes", "4",
+                                    "--increment", "3", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(out / "results.jsonl")[-1]
+    assert (row["lora"], row["lora_rank"], row["optimizer"], row["lr"]) == (True, 4, "adamw", 1e-3)
+    state = load_file(str(next(out.glob("tasks/task-*")) / "model.safetensors"))
+    assert any("lora_A" in k for k in state)
+    torch.manual_seed(0)  # the run's seed: the backbone it built before wrapping it
+    init = backbones.create("test_resnet", 16).state_dict()
+    prefix = "net.backbone.base_model.model."
+    frozen = {k[len(prefix):].replace(".base_layer", ""): v for k, v in state.items()
+              if k.startswith(prefix) and ".base_layer.weight" in k}
+    assert frozen and all(torch.equal(v, init[k]) for k, v in frozen.items())  # only the adapters (and head) moved
+    res = CliRunner().invoke(main, ["cl", "--strategy", "ncm", "--lora", "--out", str(tmp_path / "ncm")])
+    assert res.exit_code == 2 and "trains no weight" in res.output and "Traceback" not in res.output
 
 
 def test_pretrained_and_imagenet_backbones(tmp_path):

@@ -107,6 +107,45 @@ def test_batched_and_sequential_generation_give_the_same_bytes(tmp_path, monkeyp
     assert len(read_jsonl(tmp_path / "one" / "prompts.jsonl")) >= 10
 
 
+def test_a_grammar_leaves_the_sampler_only_what_it_allows(llm):
+    """A GBNF grammar in the request's sampler chain: a grammar with one sentence gets that sentence, whatever
+    the seed, and then the end (the answer is complete); the same request without it writes something else."""
+    from toolkit.stages.extrapolate.llm import Sampling
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    pre, tokens = llm.base_prompt(DOMAINS.prefix(), DOMAINS.suffix(cls="zebra", avoid="none", listed="none", n="3"))
+    only = " zebra crossing | a zebra on a pedestrian crossing"
+    grammar = f'root ::= "{only}"\n'
+    jobs = [(pre, tokens, seed, Sampling(max_tokens=48, grammar=grammar), ["\n\n"], seed) for seed in (1, 2, 3)]
+    jobs.append((pre, tokens, 1, Sampling(max_tokens=48), ["\n\n"], 0))
+    *constrained, free = llm.generate(jobs)
+    assert [(g.text, g.finish_reason) for g in constrained] == [(only, "stop")] * 3
+    assert free.text != only
+
+
+def test_grammar_runs_keep_the_list_format_and_record_it(tmp_path, monkeypatch, llm, embedder):
+    """--grammar: every line of every answer is a template line (domain | prompt), and run.json holds the GBNF
+    text each template's answers were drawn with; off, the run's identity is what it was before the option."""
+    import json
+    import re
+
+    from toolkit.stages.extrapolate.stage import identity_of
+    from toolkit.stages.extrapolate.templates import DOMAINS
+
+    monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache"))
+    run = extrapolate_domains(cfg(["heron"], 3, [], grammar=True), tmp_path / "g", llm=llm, embedder=embedder)
+    answers = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("*.json")]
+    assert answers and run["summary"]["requests"] == len(answers)
+    line = re.compile(r"-[^|\n]+ \| [^|\n]+")
+    for a in answers:
+        lines = a["text"].rstrip("\n").split("\n")
+        whole = lines if a["finish_reason"] == "stop" else lines[:-1]  # a line cut by max_tokens is dropped
+        assert whole and all(line.fullmatch(x) for x in whole), a["text"]
+    record = json.loads((tmp_path / "g" / "run.json").read_text())
+    assert record["provenance"]["grammar"] == {DOMAINS.id: DOMAINS.grammar(chat=False, max_item_chars=LIMITS.max_item_chars)}
+    assert "grammar" not in identity_of({"grammar": False, "seed": 0}) and identity_of({"grammar": True})
+
+
 def test_the_context_is_sized_from_need_and_does_not_change_the_answers(tmp_path, monkeypatch, embedder):
     """--ctx auto: the longest request the run can make, rounded up to 256 tokens (the KV cache is slots x
     context, so it is sized from the work, not the model's maximum); --ctx N as given. The answers are the

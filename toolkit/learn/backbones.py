@@ -24,10 +24,11 @@ class Family:
     timm_name: str
     lora_targets: str  # a regex over module names, as peft accepts
     imagenet_card: str | None  # the model card `--weights imagenet` loads
+    patch: int | None = None  # a vision transformer's patch side (None: a convolutional network)
 
 
-def _family(name: str, timm_name: str, lora_targets: str, imagenet_card: str | None) -> None:
-    BACKBONES.register(name)(type(name, (), {"family": Family(timm_name, lora_targets, imagenet_card)}))
+def _family(name: str, timm_name: str, lora_targets: str, imagenet_card: str | None, patch: int | None = None) -> None:
+    BACKBONES.register(name)(type(name, (), {"family": Family(timm_name, lora_targets, imagenet_card, patch)}))
 
 
 _RESNET = r".*layer\d+\.\d+\.conv[123]"
@@ -35,21 +36,28 @@ _VIT = r".*blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
 _EFFNET = r".*blocks\.\d+\.\d+\.(conv_pw|conv_pwl)"
 _family("resnet18", "resnet18", _RESNET, "resnet18-imagenet")
 _family("resnet50", "resnet50", _RESNET, "resnet50-imagenet")
-_family("vit_small", "vit_small_patch16_224", _VIT, None)
-_family("vit_b16", "vit_base_patch16_224", _VIT, "vit-b16-imagenet")
+_family("vit_small", "vit_small_patch16_224", _VIT, None, 16)
+_family("vit_b16", "vit_base_patch16_224", _VIT, "vit-b16-imagenet", 16)
 # CLIP ViT-B/16's image tower (Beyond Finite Data's backbone): its weights are a card, not ImageNet's
 # (`--backbone vit_b16_clip --weights clip-vit-b16-image`)
-_family("vit_b16_clip", "vit_base_patch16_clip_quickgelu_224", _VIT, None)  # QuickGELU, as OpenAI trained it
+_family("vit_b16_clip", "vit_base_patch16_clip_quickgelu_224", _VIT, None, 16)  # QuickGELU, as OpenAI trained it
 _family("efficientnet_lite0", "tf_efficientnet_lite0", _EFFNET, "efficientnet-lite0-imagenet")
 _family("efficientnet_lite1", "tf_efficientnet_lite1", _EFFNET, "efficientnet-lite1-imagenet")
 _family("efficientnet_lite2", "tf_efficientnet_lite2", _EFFNET, "efficientnet-lite2-imagenet")
 # timm's own test ResNet (0.37M parameters, the ResNet code and module names): a pipeline checked end to end
 # in seconds on a CPU, before the real run. Its numbers say nothing about a method; there are no weights for it.
 _family("test_resnet", "test_resnet", _RESNET, None)
+# and its test ViT (0.31M parameters, 64-d, 16 px patches; timm's ViT code and module names): RanPAC's adapters
+# and the ViT paths checked in seconds
+_family("test_vit", "test_vit", _VIT, None, 16)
 
 
 def family(name: str) -> Family:
     return BACKBONES.get(name).family
+
+
+def is_vit(name: str) -> bool:
+    return family(name).patch is not None
 
 
 def create(name: str, image_size: int | None = None):
@@ -58,8 +66,8 @@ def create(name: str, image_size: int | None = None):
 
     fam = family(name)
     kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
-    if "vit" in fam.timm_name and image_size:
-        patch = int(fam.timm_name.split("patch")[1].split("_")[0])
+    if fam.patch and image_size:
+        patch = fam.patch
         if image_size % patch:
             raise AugurError(f"a {name} backbone cuts images into {patch} x {patch} patches: the image size must be a "
                              f"multiple of {patch} (got {image_size})")
@@ -166,7 +174,7 @@ def load_weights(model, w: Weights, arch: str) -> None:
     state = _read_state(w.path)
     if w.key_mapping == "positional":
         state = _positional(state, arch, w.card)
-    if "vit" in family(arch).timm_name:
+    if is_vit(arch):
         # timm's own loading filter for ViTs: position embeddings resampled to this model's patch grid (weights
         # trained at 224 px used at another size, as timm's `pretrained=True, img_size=N` does), OpenAI /
         # open_clip CLIP checkpoints renamed to timm's keys

@@ -110,6 +110,12 @@ class CL(Stage):
         return {**as_dict(settings.base), "strategies": settings.strategies, "weights": settings.weights,
                 "class_orders": settings.class_orders, "hp": settings.hp}
 
+    def hash_settings(self, settings: CLGrid, recipe: RecipeView) -> dict[str, Any]:
+        section = self.section(settings)
+        if not section.get("lora"):  # as before cl took LoRA: recipe folders written then keep their stage folder
+            section.pop("lora", None), section.pop("lora_rank", None)
+        return section
+
     def check(self, recipe: RecipeView, settings: CLGrid) -> None:
         pretrained_arch(recipe, self.name, settings.base.backbone, settings.base.image_size,
                         "pretrain" in settings.weights)

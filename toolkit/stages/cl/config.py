@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...core.settings import SettingError, setting, typed_hparams
-from ...learn.config import BackboneSettings, LoopSettings
+from ...learn.config import BackboneSettings, LoopSettings, LoraSettings
 
 
 def _strategies():
@@ -16,7 +16,7 @@ def _strategies():
 
 
 @dataclass
-class CLConfig(BackboneSettings, LoopSettings):
+class CLConfig(BackboneSettings, LoraSettings, LoopSettings):
     data: str = setting("digits", "'digits' (SplitDigits) or a DomainBed-layout folder (domains pooled; domains "
                                   "named train and test are used as the split).", metavar="digits|DIR")
     strategy: str = setting("naive", "The continual-learning strategy (augur cl --list).", choices=_strategies)
@@ -39,6 +39,9 @@ class CLConfig(BackboneSettings, LoopSettings):
 
         if self.epochs == 0 and STRATEGIES.get(self.strategy).trains:
             raise SettingError("epochs", f"strategy '{self.strategy}' trains: give --epochs of at least 1")
+        if self.lora and not STRATEGIES.get(self.strategy).trains:
+            raise SettingError("lora", f"strategy '{self.strategy}' trains no weight: LoRA adapters would stay as "
+                                       "initialised (leave out --lora)")
         from .hparams import strategy_hparams
 
         self.hp = typed_hparams(dict(self.hp), strategy_hparams(self.strategy), f"strategy '{self.strategy}'")

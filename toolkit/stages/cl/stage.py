@@ -150,6 +150,7 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     sc = Scenario(classes, train_items, test_items, split_note, order, make_tasks(order, cfg.initial_classes,
                                                                                    cfg.increment))
     arch, w = resolve_weights(cfg.weights, cfg.backbone)
+    hp = strategy_cls.resolve_hp(hp, cfg.hp, arch, cfg.lora and strategy_cls.trains)
     cfg, size_choice = cfg.sized(arch, w)
     refuse_test_guides(cfg, w, split_note)
     setup = Setup(name, strategy_cls, hp, arch, w, choice, cfg.train_precision(),  # an impossible precision: refused
@@ -158,6 +159,8 @@ def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
     identity = {**{k: v for k, v in as_dict(cfg).items() if k not in ("workers", "hp", "strategy")},
                 "strategy": name, "hparams": hp, "backbone": arch, "weights_sha256": w.sha256, "data": ds_print,
                 "class_order_resolved": order}
+    if not (cfg.lora and strategy_cls.trains):  # as before LoRA came to cl: folders written then keep resuming
+        identity.pop("lora"), identity.pop("lora_rank")
     if not strategy_cls.trains:
         identity = _untrained_identity(out, identity)
     with StageRun(out, "cl", identity) as run:
@@ -222,12 +225,15 @@ def _build(cfg: CLConfig, sc: Scenario, setup: Setup):
     torch.manual_seed(cfg.seed)
     backbone = backbones.build(setup.arch, setup.weights, cfg.image_size)
     dc = data_config(backbone, cfg.image_size)
+    if cfg.lora and setup.strategy_cls.trains:
+        backbone = backbones.add_lora(backbone, setup.arch, cfg.lora_rank)
     store = ImageStore(sc.train_items + sc.test_items, dc, device, workers=cfg.workers)
     n_train = len(sc.train_items)
     rows = [(int(r), int(y)) for r, y in zip(range(len(store)), store.labels_np)]
     train_rows = [rows[i] for i, k in enumerate(store.kept) if k < n_train]
     test_rows = [rows[i] for i, k in enumerate(store.kept) if k >= n_train]
-    ctx = Context(store, cfg.seed, len(sc.classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
+    ctx = Context(store, cfg.seed, len(sc.classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size,
+                  setup.arch)
     strategy = setup.strategy_cls(backbone, setup.hp, ctx).to(device)
     return strategy, ctx, store, train_rows, test_rows
 
@@ -251,6 +257,7 @@ def _train_task(cfg: CLConfig, out: Path, setup: Setup, strategy, store, t: int,
     batches = EpochBatches(len(train), cfg.batch_size, cfg.seed, ("task", t), world)
     feed = store.feed(np.array([r for r, _ in train], dtype=np.int64), batches)
     spe = batches.steps_per_epoch
+    strategy.begin_training(cfg.epochs, spe)
 
     def stream(a: int, b: int):
         for x, y in feed.stream(a, b):
@@ -340,9 +347,11 @@ def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, strateg
             "split": sc.split_note, "image_size": cfg.image_size, "image_size_choice": setup.image_size_choice,
             "batch_size": cfg.batch_size, "seed": cfg.seed,
             # what was applied, not what was asked: a strategy that trains no task (NCM, RanPAC) ran 0 epochs and no
-            # optimiser, so its --epochs, --lr and --weight-decay are recorded as 0 / None; `trained_tasks` says which
-            "epochs": cfg.epochs if trained else 0, "lr": cfg.lr if trained else None,
-            "weight_decay": cfg.weight_decay if trained else None, "trained_tasks": trained,
+            # optimiser, so its --epochs, --lr and --weight-decay are recorded as 0 / None; `trained_tasks` says which;
+            # fsa's first session may train by RanPAC's SGD, whose rate and decay are its hyper-parameters
+            "epochs": cfg.epochs if trained else 0, "trained_tasks": trained,
+            **(strategy.optimizer_settings() if trained else {"optimizer": None, "lr": None, "weight_decay": None}),
+            "lora": bool(cfg.lora and trained), "lora_rank": cfg.lora_rank if cfg.lora and trained else None,
             "device": pick_device(), "threads": threads(),
             "threads_choice": setup.threads.why, "precision": setup.precision, "toolkit_version": __version__}
     rows = []

@@ -15,8 +15,12 @@ References, followed formula for formula:
   W ~ N(0, 1) of size d x M with ReLU, Gram matrix G += H^T H and Q += H^T Y accumulated over tasks, the
   ridge lambda chosen from 10^-8 ... 10^8 by MSE on the last 20% of the current task's (shuffled)
   training features, head W_o = solve(G + lambda I, Q)^T.
-- fsa: first-session adaptation (RanPAC's first-task training): the backbone trains on the first task
-  only, then is frozen under an NCM or RanPAC head.
+- fsa: first-session adaptation (RanPAC's first-task training, RanPAC.py `_train` / `_init_train`): on the
+  first task only, RanPAC's AdaptFormer adapters in a frozen ViT (learn/adapters.py; or LoRA adapters with
+  --lora, or every backbone weight) train with a cosine-similarity head (inc_net.py `CosineLinear`, sigma
+  learnt) by SGD (momentum 0.9, lr 0.01, weight decay 5e-4) with the rate annealed to 0 by a cosine over the
+  epochs (`CosineAnnealingLR(T_max=tuned_epoch, eta_min=min_lr=0)`, stepped per epoch); then everything is
+  frozen under an NCM or RanPAC head. Fine-tuning every weight keeps the run's AdamW and a linear head.
 - lwf: PyCIL's models/lwf.py (G-U-N/PyCIL@87cc411, lines 145-166 and 202-205): cross-entropy on the
   new classes' logits only, plus lamda = 3 times PyCIL's `_KD_loss` at T = 2 on the old classes; the
   variant `loss=kl` is cross-entropy over every seen class + alpha * KL * T^2 (Hinton's scaling).
@@ -39,6 +43,7 @@ References, followed formula for formula:
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +71,7 @@ class Context:
     lr: float
     weight_decay: float
     batch_size: int
+    arch: str = ""  # the backbone's architecture (learn/backbones.py)
 
     def batches(self, items: list, batch: int):
         """(normalised x, y) of `items` on the store's device, in order, without augmentation."""
@@ -98,9 +104,22 @@ class Strategy(nn.Module, Learner):
             for p in self.net.parameters():
                 p.requires_grad_(False)
 
+    @classmethod
+    def resolve_hp(cls, hp: dict[str, Any], given: dict[str, Any], arch: str, lora: bool) -> dict[str, Any]:
+        """The hyper-parameters as the run applies them (an `auto` decided, one that does not apply None):
+        what the rows and the run's identity record. `given`: those the user set."""
+        return hp
+
     # -- lifecycle
     def trains_on(self, task: int) -> bool:
         return self.trains
+
+    def begin_training(self, epochs: int, steps_per_epoch: int) -> None:
+        """Called before a task's training loop: its length, for a learning-rate schedule."""
+
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The optimiser a trained task uses, as the rows record it."""
+        return {"optimizer": "adamw", "lr": self.ctx.lr, "weight_decay": self.ctx.weight_decay}
 
     def begin_task(self, task: int, classes: list[int], items: list) -> None:
         self.seen[classes] = True
@@ -533,12 +552,97 @@ class RanPAC(_FrozenHead):
     head_kind = "ranpac"
 
 
+class CosineLinear(nn.Module):
+    """RanPAC's inc_net.py `CosineLinear` (nb_proxy 1, sigma learnt): sigma * cos(x, w) per class."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.sigma = nn.Parameter(torch.ones(1))
+        stdv = 1.0 / np.sqrt(in_features)
+        with torch.no_grad():
+            self.weight.uniform_(-stdv, stdv)
+
+    def forward(self, x):
+        return self.sigma * F.linear(F.normalize(x, p=2, dim=1), F.normalize(self.weight, p=2, dim=1))
+
+
+def cosine_annealed(lr: float, epoch: int, epochs: int, eta_min: float = 0.0) -> float:
+    """torch's CosineAnnealingLR(T_max=epochs, eta_min) after `epoch` scheduler steps, in its closed form."""
+    # a Python float: the optimiser's state (its param_groups) is checkpointed with torch.load(weights_only=True)
+    return float(eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2)
+
+
 @STRATEGIES.register("fsa")
 class FSA(_FrozenHead):
-    about = "first-session adaptation: the backbone trains on the first task only, then an NCM or RanPAC head"
+    about = ("first-session adaptation (RanPAC): adapters in a frozen ViT (or LoRA, or the whole backbone) train on "
+             "the first task, then everything is frozen under an NCM or RanPAC head")
+
+    @classmethod
+    def resolve_hp(cls, hp, given, arch, lora):
+        from ...core.errors import AugurError
+        from ...learn.backbones import is_vit
+
+        hp = dict(hp)
+        if hp["petl"] == "auto":
+            hp["petl"] = "adapter" if is_vit(arch) and not lora else "none"
+        if hp["petl"] == "adapter" and lora:
+            raise AugurError("fsa: --hp petl=adapter and --lora are two ways to adapt a frozen backbone; choose one")
+        if hp["petl"] == "adapter" and not is_vit(arch):
+            raise AugurError(f"fsa: RanPAC's adapters sit in a vision transformer's blocks; {arch} is not one (use "
+                             "--hp petl=none, with or without --lora)")
+        frozen = hp["petl"] == "adapter" or lora
+        if hp["optimizer"] == "auto":
+            hp["optimizer"] = "sgd" if frozen else "adamw"
+        unused = {"adapter_dim": hp["petl"] != "adapter", "sgd_lr": hp["optimizer"] != "sgd",
+                  "sgd_weight_decay": hp["optimizer"] != "sgd"}
+        for key, off in unused.items():
+            if off and key in given:
+                raise AugurError(f"fsa: --hp {key} does not apply to this run (petl={hp['petl']}, "
+                                 f"optimizer={hp['optimizer']})")
+            if off:
+                hp[key] = None
+        if hp["head"] != "ranpac":  # a smoke run sets every strategy's M: not refused, recorded as not applied
+            hp["M"] = None
+        return hp
+
+    def __init__(self, backbone, hp, ctx):
+        if hp["petl"] == "adapter":
+            from ...learn.adapters import add_adapters
+
+            backbone = add_adapters(backbone, hp["adapter_dim"])
+        super().__init__(backbone, hp, ctx)
+        if hp["optimizer"] == "sgd":
+            self.net.head = CosineLinear(num_features(self.net.backbone), ctx.n_classes)
+        self.schedule = (1, 1)  # (epochs, steps per epoch) of the first session, set by begin_training
 
     def trains_on(self, task: int) -> bool:
         return task == 0
+
+    def begin_training(self, epochs, steps_per_epoch):
+        self.schedule = (max(1, epochs), max(1, steps_per_epoch))
+
+    def begin_task(self, task, classes, items):
+        super().begin_task(task, classes, items)
+        if self.trains_on(task) and self.hp["optimizer"] == "sgd":
+            # RanPAC hands SGD every parameter of the network; the frozen ones have no gradient and do not move
+            params = [p for p in self.net.parameters() if p.requires_grad]
+            self.optimizer = torch.optim.SGD(params, lr=self.hp["sgd_lr"], momentum=0.9,
+                                             weight_decay=self.hp["sgd_weight_decay"], **optimizer_kwargs())
+
+    def update(self, minibatches):
+        if self.hp["optimizer"] == "sgd":
+            epochs, spe = self.schedule
+            lr = cosine_annealed(self.hp["sgd_lr"], min(self.current_step // spe, epochs), epochs)
+            for g in self.optimizer.param_groups:  # from the step count alone: a resumed run takes the same rates
+                g["lr"] = lr
+        return super().update(minibatches)
+
+    def optimizer_settings(self):
+        if self.hp["optimizer"] == "sgd":
+            return {"optimizer": "sgd (momentum 0.9, cosine annealing to 0)", "lr": self.hp["sgd_lr"],
+                    "weight_decay": self.hp["sgd_weight_decay"]}
+        return super().optimizer_settings()
 
 
 # ----------------------------------------------------------------------------- dark experience replay

@@ -39,6 +39,9 @@ class LLMSettings:
     ctx: int | None = setting(None, "Tokens of context per request, prompt and answer (auto: the longest request "
                                     "the run can make, within the model's trained context).",
                               min=256, max=1 << 20, none_word="auto")
+    grammar: bool = setting(False, "Constrain every answer to its list format with a GBNF grammar in llama.cpp's "
+                                   "sampler (lines of the template's fields, nothing else; slower per token: "
+                                   "docs/benchmarks.md).")
     force: bool = setting(False, "Replace an earlier extrapolation in --out.", is_flag=True, recipe=False)
     quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
 

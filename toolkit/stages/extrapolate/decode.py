@@ -196,6 +196,12 @@ class BatchedDecoder:
         lc = self.lc
         chain = lc.llama_sampler_chain_init(lc.llama_sampler_chain_default_params())
         lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_penalties(self.n_vocab, PENALTY_LAST_N, s.repeat_penalty, 0.0, 0.0))
+        if s.grammar is not None:  # where Llama._init_sampler puts a LlamaGrammar: after the penalties, on every token
+            g = lc.llama_sampler_init_grammar(self.vocab, s.grammar.encode("utf-8"), b"root")
+            if not g:
+                lc.llama_sampler_free(chain)
+                raise AugurError("llama.cpp could not parse the answer grammar")
+            lc.llama_sampler_chain_add(chain, g)
         if s.temperature == 0.0:
             lc.llama_sampler_chain_add(chain, lc.llama_sampler_init_greedy())
         else:

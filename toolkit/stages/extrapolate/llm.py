@@ -31,10 +31,14 @@ class Sampling:
     top_k: int = 40
     repeat_penalty: float = 1.1
     max_tokens: int = 256
+    grammar: str | None = None  # GBNF text: the sampler chain keeps only tokens it allows (--grammar)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "repeat_penalty": self.repeat_penalty, "max_tokens": self.max_tokens}
+        d = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+             "repeat_penalty": self.repeat_penalty, "max_tokens": self.max_tokens}
+        if self.grammar is not None:  # left out when off: the cache keys of answers drawn without one stay
+            d["grammar"] = self.grammar
+        return d
 
 
 @contextlib.contextmanager

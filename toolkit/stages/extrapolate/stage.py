@@ -176,7 +176,9 @@ class ListGenerator:
                              "--ctx, a model with a longer context, or ask for fewer items")
         # The answer's budget grows with what is still wanted; the context bounds it.
         max_tokens = min(TOKENS_PER_ITEM * (lst.want - len(lst.kept) + 2), room)
-        sampling = Sampling(**{**sampling_of(self.cfg).as_dict(), "max_tokens": max_tokens})
+        sampling = Sampling(**{**sampling_of(self.cfg).as_dict(), "max_tokens": max_tokens,
+                               "grammar": (template.grammar(self.llm.prompting == "chat", LIMITS.max_item_chars)
+                                           if self.cfg.grammar else None)})
         seed = derive_seed(self.cfg.seed, template.id, lst.fields, attempt)
         ticket.key = key_of(self.llm.sha256, self.llm.prompting, DECODER, template.id, query, seed, sampling.as_dict())
         return (pre, tokens, seed, sampling, stops, ticket)
@@ -352,9 +354,10 @@ NOT_IDENTITY = ("min_fraction",)  # settings that judge the result without chang
 
 
 def identity_of(settings: dict[str, Any]) -> dict[str, Any]:
-    """A run's identity: its settings but those that judge the result, and `ctx` when auto (sized from the
-    other settings; folders written before the option keep their identity)."""
-    return {k: v for k, v in settings.items() if k not in NOT_IDENTITY and not (k == "ctx" and v is None)}
+    """A run's identity: its settings but those that judge the result, `ctx` when auto (sized from the other
+    settings) and `grammar` when off (folders written before these options keep their identity)."""
+    return {k: v for k, v in settings.items() if k not in NOT_IDENTITY and not (k == "ctx" and v is None)
+            and not (k == "grammar" and v is False)}
 
 
 class Extrapolation:
@@ -396,6 +399,9 @@ class Extrapolation:
             "templates": [t.id for t in templates], "seed": self.cfg.seed, "inputs": inputs,
             # max_tokens is per request: TOKENS_PER_ITEM x (items still wanted + 2), within the context left
             "sampling": {**sampling_of(self.cfg).as_dict(), "max_tokens": None},
+            # the GBNF text of each template's answers (--grammar), as the sampler chain was given it
+            "grammar": ({t.id: t.grammar(self.llm.prompting == "chat", LIMITS.max_item_chars) for t in templates}
+                        if self.cfg.grammar else None),
             "tokens_per_item": TOKENS_PER_ITEM, "context": self.llm.n_ctx, "context_choice": self.llm.ctx_choice,
             "trained_context": self.llm.trained_ctx,
             "max_attempts": self.cfg.max_attempts, "patience": self.cfg.patience,

@@ -20,6 +20,7 @@ class Template:
     answer_head: str = "-"  # base models continue from here (no trailing space: words carry their own)
     subjects: tuple[str, ...] = ()  # the examples' own subjects, which must not leak into outputs
     preamble: str = ""  # a line the answer opens with before its list (a reasoning step), never an item
+    fields: int = 1  # "|"-separated fields of a list line: 1 (item), 2 (item | text), 3 (common | Latin | text)
 
     def answer(self, text: str) -> str:
         """The list part of an answer: what follows the preamble's line(s), up to the first '- ' line."""
@@ -28,6 +29,22 @@ class Template:
         lines = text.split("\n")
         first = next((i for i, line in enumerate(lines) if line.lstrip().startswith("- ")), len(lines))
         return "\n".join(lines[first:])
+
+    def grammar(self, chat: bool, max_item_chars: int) -> str:
+        """A GBNF grammar of the answer (`--grammar`): list lines of exactly `fields` fields, the first (the
+        item) at most `max_item_chars` characters after the dash's space, after the preamble's line when there
+        is one. A base prompt ends in `answer_head`, so its answer goes on from there; a chat answer starts
+        afresh. The answer may end after any whole line."""
+        line = "item" + ' " | " field' * (self.fields - 1)
+        nl = r'"\n-"'  # GBNF's escape: a newline, then the next line's dash
+        if self.preamble:
+            head = f'"{self.preamble}" ' if chat else ""
+            root = rf'root ::= {head}[^\n]+ ({nl} {line})+ "\n"?'
+        else:
+            head = '"-" ' if chat else ""
+            root = rf'root ::= {head}{line} ({nl} {line})* "\n"?'
+        rules = [root, rf'item ::= " "? [^|\n ] [^|\n]{{0,{max_item_chars - 1}}}', r"field ::= [^|\n]+"]
+        return "\n".join(rules[: 3 if self.fields > 1 else 2]) + "\n"
 
     @property
     def id(self) -> str:
@@ -92,6 +109,7 @@ DOMAINS = Template(
     ),
     query="Class: {cls}\nAvoid: {avoid}\nAlready listed: {listed}\n{n} new domains:",
     subjects=("accordion", "gramophone", "typewriter"),
+    fields=2,
 )
 
 # Beyond Finite Data's way: a role, and a reasoning step before the list (the paper prompts its LLM to think
@@ -121,6 +139,7 @@ DOMAINS_REASONING = Template(
     answer_head="Reasoning:",
     subjects=("accordion", "typewriter"),
     preamble="Reasoning:",
+    fields=2,
 )
 
 GROUPS = Template(
@@ -159,6 +178,7 @@ CLASSES = Template(
          "- tanker truck | truck carrying a long shiny cylindrical tank"),
     ),
     query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new classes:",
+    fields=2,
 )
 
 # Premonition's own way (the paper's notebook, cl-premonition/premonition): a biological realm is split by
@@ -202,6 +222,7 @@ SPECIES = Template(
          "- Espresso machine | - | Boxy steel machine with a portafilter handle, steam wand and cup tray"),
     ),
     query="Realm: {realm}\nGroup: {group}\nAlready listed: {listed}\n{n} new species:",
+    fields=3,
 )
 
 TEMPLATES = {t.name: t for t in (DOMAINS, DOMAINS_REASONING, GROUPS, CLASSES, ORDERS, SPECIES)}
