@@ -532,38 +532,37 @@ def test_outputs_and_cli(tmp_path):
 
 
 def test_resume_after_kill_is_exact(tmp_path):
-    args = ["cl", "--strategy", "lwf", "--epochs", "3", "--image-size", "16", "--quiet"]
-    ref = tmp_path / "ref"
-    assert CliRunner().invoke(main, [*args, "--out", str(ref)]).exit_code == 0
-    out = tmp_path / "killed"
     # 3 epochs a task, a checkpoint after each but the last (the task's own save follows it): the 5th is task 3's
     # first, so the kill lands inside task 3
-    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], "loop.after_checkpoint:5")
-    assert list(out.glob("checkpoint/task-002/step-*")) and not list(out.glob("tasks/task-002"))
+    killed_inside_task(tmp_path, ["cl", "--strategy", "lwf", "--epochs", "3", "--image-size", "16", "--quiet"],
+                       "loop.after_checkpoint:5", 2)
+
+
+def killed_inside_task(tmp_path, args: list[str], point: str, task: int):
+    """An uninterrupted run, and one killed at `point` inside task `task` then run again: every file the same,
+    byte for byte (timing fields aside: results, accuracy matrix, the final task's weights). The reference."""
+    ref = tmp_path / "ref"
+    res = CliRunner().invoke(main, [*args, "--out", str(ref)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "killed"
+    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], point)
+    assert list(out.glob(f"checkpoint/task-{task:03d}/step-*")) and not list(out.glob(f"tasks/task-{task:03d}"))
     res = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert res.exit_code == 0, res.output
-    # every file, byte for byte (timing fields aside): results, accuracy matrix, the final task's weights
     assert_same_files(ref, out)
+    return ref
 
 
 def test_fsa_ranpac_first_session_resumes_exactly_and_is_recorded(tmp_path):
     args = ["cl", "--strategy", "fsa", "--backbone", "test_vit", "--image-size", "16", "--epochs", "2",
             "--initial-classes", "4", "--increment", "3", "--hp", "M=32", "--quiet"]
-    ref = tmp_path / "ref"
-    res = CliRunner().invoke(main, [*args, "--out", str(ref)])
-    assert res.exit_code == 0, res.output
+    # task 0 checkpoints after its first epoch: killed there, the momentum and the annealed rate resume as they were
+    ref = killed_inside_task(tmp_path, args, "loop.after_checkpoint:1", 0)
     row = read_jsonl(ref / "results.jsonl")[-1]
     assert row["hparams"] == {"head": "ranpac", "M": 32, "petl": "adapter", "adapter_dim": 64, "optimizer": "sgd",
                               "sgd_lr": 0.01, "sgd_weight_decay": 5e-4}
     assert (row["optimizer"], row["lr"], row["weight_decay"], row["lora"]) == (
         "sgd (momentum 0.9, cosine annealing to 0)", 0.01, 5e-4, False)
-    out = tmp_path / "killed"
-    # task 0 checkpoints after its first epoch: killed there, the momentum and the annealed rate resume as they were
-    killed_at([sys.executable, "-m", "cli", *args, "--out", str(out)], "loop.after_checkpoint:1")
-    assert list(out.glob("checkpoint/task-000/step-*")) and not list(out.glob("tasks/task-000"))
-    res = CliRunner().invoke(main, [*args, "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    assert_same_files(ref, out)
 
 
 def test_lora_trains_adapters_on_a_frozen_backbone_and_is_refused_where_nothing_trains(tmp_path):
