@@ -369,7 +369,7 @@ def vit_strategy(hp, n=16, n_classes=4):
     items = [(np.random.RandomState(i).randint(0, 255, (16, 16, 3), dtype=np.uint8), i % n_classes)
              for i in range(n)]
     store = ImageStore(items, DataConfig(16, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "cpu")
-    c = S.Context(store, 0, n_classes, 16, 1e-3, 0.0, 8, "test_vit")
+    c = S.Context(store, 0, n_classes, 16, 1e-3, 0.0, 8)
     defaults = {k: v.default for k, v in STRATEGY_HPARAMS["fsa"].items()}
     resolved = S.FSA.resolve_hp({**defaults, **hp}, hp, "test_vit", False)
     torch.manual_seed(0)

@@ -72,7 +72,3 @@ def add_adapters(model: nn.Module, bottleneck: int = 64) -> nn.Module:
         b.mlp = ParallelAdapted(b.norm2, b.mlp, Adapter(d, bottleneck))
         b.norm2 = nn.Identity()
     return model
-
-
-def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for n, p in model.named_parameters() if ".adapter." in n]

@@ -232,8 +232,7 @@ def _build(cfg: CLConfig, sc: Scenario, setup: Setup):
     rows = [(int(r), int(y)) for r, y in zip(range(len(store)), store.labels_np)]
     train_rows = [rows[i] for i, k in enumerate(store.kept) if k < n_train]
     test_rows = [rows[i] for i, k in enumerate(store.kept) if k >= n_train]
-    ctx = Context(store, cfg.seed, len(sc.classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size,
-                  setup.arch)
+    ctx = Context(store, cfg.seed, len(sc.classes), cfg.image_size, cfg.lr, cfg.weight_decay, cfg.batch_size)
     strategy = setup.strategy_cls(backbone, setup.hp, ctx).to(device)
     return strategy, ctx, store, train_rows, test_rows
 

@@ -71,7 +71,6 @@ class Context:
     lr: float
     weight_decay: float
     batch_size: int
-    arch: str = ""  # the backbone's architecture (learn/backbones.py)
 
     def batches(self, items: list, batch: int):
         """(normalised x, y) of `items` on the store's device, in order, without augmentation."""
@@ -126,9 +125,10 @@ class Strategy(nn.Module, Learner):
         # Column indices, once per task: a training step must not ask the GPU what they are (a sync).
         self.seen_cols = self.seen.nonzero().squeeze(1)
         if self.trains_on(task):
-            params = [p for p in self.net.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.AdamW(params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay,
-                                               **optimizer_kwargs())
+            self.optimizer = self.make_optimizer([p for p in self.net.parameters() if p.requires_grad])
+
+    def make_optimizer(self, params: list) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.ctx.lr, weight_decay=self.ctx.weight_decay, **optimizer_kwargs())
 
     def training_items(self, items: list) -> list:
         return items
@@ -622,13 +622,12 @@ class FSA(_FrozenHead):
     def begin_training(self, epochs, steps_per_epoch):
         self.schedule = (max(1, epochs), max(1, steps_per_epoch))
 
-    def begin_task(self, task, classes, items):
-        super().begin_task(task, classes, items)
-        if self.trains_on(task) and self.hp["optimizer"] == "sgd":
-            # RanPAC hands SGD every parameter of the network; the frozen ones have no gradient and do not move
-            params = [p for p in self.net.parameters() if p.requires_grad]
-            self.optimizer = torch.optim.SGD(params, lr=self.hp["sgd_lr"], momentum=0.9,
-                                             weight_decay=self.hp["sgd_weight_decay"], **optimizer_kwargs())
+    def make_optimizer(self, params):
+        if self.hp["optimizer"] != "sgd":
+            return super().make_optimizer(params)
+        # RanPAC hands SGD every parameter of the network; the frozen ones have no gradient and do not move
+        return torch.optim.SGD(params, lr=self.hp["sgd_lr"], momentum=0.9, weight_decay=self.hp["sgd_weight_decay"],
+                               **optimizer_kwargs())
 
     def update(self, minibatches):
         if self.hp["optimizer"] == "sgd":
