@@ -399,7 +399,7 @@ def test_fsa_first_session_is_ranpacs_on_a_vit():
     for _ in range(epochs):
         expected += [ref_opt.param_groups[0]["lr"]] * spe
         sched.step()
-    head0, sigma0 = fsa.net.head.weight.detach().clone(), float(fsa.net.head.sigma)
+    head0, sigma0 = fsa.net.head.weight.detach().clone(), float(fsa.net.head.sigma.detach())
     x = xs(fsa, rows)
     y = torch.tensor([lab for _, lab in rows])
     fsa.train()
@@ -412,7 +412,7 @@ def test_fsa_first_session_is_ranpacs_on_a_vit():
     after = dict(fsa.net.backbone.named_parameters())
     assert all(torch.equal(after[n], v) for n, v in base.items())  # the ViT's own weights did not move
     assert any(after[n].abs().sum() > 0 for n in after if n.endswith("adapter.up_proj.weight"))
-    assert not torch.equal(fsa.net.head.weight, head0) and float(fsa.net.head.sigma) != sigma0
+    assert not torch.equal(fsa.net.head.weight, head0) and float(fsa.net.head.sigma.detach()) != sigma0
     fsa.end_task(0, [0, 1, 2, 3], rows)
     assert not any(q.requires_grad for q in fsa.net.parameters())
     assert fsa.optimizer_settings() == {"optimizer": "sgd (momentum 0.9, cosine annealing to 0)", "lr": 0.01,
