@@ -21,7 +21,7 @@ from toolkit.stages.render.config import RenderConfig
 from toolkit.stages.render.stage import render
 
 ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"} for c in ("heron", "owl") for d in ("neon",)]
-DIFFUSERS_CARDS = ["lcm-dreamshaper-v7", "sd15-lcm-lora", "sd-turbo", "sdxs-512", "minisd"]
+DIFFUSERS_CARDS = ["lcm-dreamshaper-v7", "sd15-lcm-lora", "sd-turbo", "sdxs-512", "minisd", "sdxl-turbo", "pixart-alpha"]
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +69,18 @@ def test_each_card_has_a_stand_in_with_its_structure_that_renders_offline(home, 
     assert index["vae"][1] == ("AutoencoderTiny" if spec["vae"] == "tiny" else "AutoencoderKL")
     sched = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert all(sched[k] == v for k, v in spec["scheduler"][1].items())
-    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file() == (card.variant == "fp16")
-    assert (folder / "tokenizer" / "vocab.json").is_file() and (folder / "text_encoder" / "model.safetensors").is_file()
+    family, fmt = spec.get("family", "sd"), card.extra["tiny"].get("weights", "safetensors")
+    net = "transformer" if family == "pixart" else "unet"  # PixArt's DiT where the others have a UNet
+    assert (index[net][1], "unet" in index) == (("PixArtTransformer2DModel", False) if net == "transformer" else
+                                                ("UNet2DConditionModel", True))
+    assert (folder / net / f"diffusion_pytorch_model.{fmt}").is_file()
+    assert (folder / net / "diffusion_pytorch_model.fp16.safetensors").is_file() == (card.variant == "fp16")
+    text_weights = "model.safetensors" if fmt == "safetensors" else "pytorch_model.bin"
+    assert (folder / "text_encoder" / text_weights).is_file()
+    assert (folder / "tokenizer" / ("spiece.model" if family == "pixart" else "vocab.json")).is_file()
+    assert index["text_encoder"][1] == {"pixart": "T5EncoderModel"}.get(family, "CLIPTextModel")
+    assert ("text_encoder_2" in index and (folder / "tokenizer_2" / "vocab.json").is_file()) == (family == "sdxl")
+    assert not list(folder.rglob("*.safetensors" if fmt == "bin" else "*.bin"))  # one format, as the hub folder
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["render", str(prompts), "--model", f"{name}-tiny", "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -130,6 +139,88 @@ def test_a_folder_with_only_fp16_variant_files_loads(home, prompts, tmp_path):
     assert read_jsonl(out / "manifest.jsonl")[0]["variant"] == "fp16"
 
 
+def test_bin_only_pipelines_load_with_weights_only_and_draw_what_safetensors_draw(home, prompts, tmp_path):
+    """miniSD's stand-in ships pickled .bin weights only: it loads (recorded as such) and draws exactly the
+    pixels of the same weights saved as safetensors. A .bin that unpickles more than tensors (a pickle that
+    would run a command) is refused in one line by diffusers' and transformers' weights_only loading, and
+    the command never runs."""
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.models.builders import build_pipeline
+
+    pull_tiny(models.get_card("minisd"))
+    pickled = models.local_path(models.get_card("minisd-tiny"))
+    safe = build_pipeline("sd14-256", tmp_path / "safe-model")  # the same seed: the same weights
+    args = ["--steps", "2", "--guidance", "2", "--size", "32", "--images-per-prompt", "1", "--quiet"]
+    images = {}
+    for name, folder in (("bin", pickled), ("safe", safe)):
+        res = CliRunner().invoke(main, ["render", str(prompts), "--model", str(folder), "--out", str(tmp_path / name),
+                                        *args])
+        assert res.exit_code == 0, res.output
+        rows = read_jsonl(tmp_path / name / "manifest.jsonl")
+        assert rows[0].get("pickled_weights") == (["text_encoder", "unet", "vae"] if name == "bin" else None)
+        images[name] = [np.asarray(Image.open(tmp_path / name / r["path"])) for r in rows]
+    assert all(np.array_equal(a, b) for a, b in zip(images["bin"], images["safe"], strict=True))  # the pixels
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    import torch
+
+    for component, weights in (("unet", "diffusion_pytorch_model.bin"), ("text_encoder", "pytorch_model.bin")):
+        evil = tmp_path / f"evil-{component}"
+        shutil.copytree(pickled, evil)
+        torch.save({"w": Payload()}, str(evil / component / weights))
+        res = CliRunner().invoke(main, ["render", str(prompts), "--model", str(evil), "--out",
+                                        str(tmp_path / f"out-{component}"), *args])
+        assert res.exit_code == 1 and "cannot load the pipeline" in res.output and "weights_only" in res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "ran").exists()
+
+
+def test_select_weights_takes_bin_only_where_a_component_has_no_safetensors():
+    from toolkit.models.hf_cache import select_weights
+
+    both = ["unet/diffusion_pytorch_model.bin", "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors", "unet/diffusion_pytorch_model.fp16.bin"]
+    assert select_weights(both, None) == ["unet/diffusion_pytorch_model.safetensors"]
+    assert select_weights(both, "fp16") == ["unet/diffusion_pytorch_model.fp16.safetensors"]
+    old = ["text_encoder/pytorch_model-00001-of-00002.bin", "text_encoder/pytorch_model-00002-of-00002.bin",
+           "text_encoder/pytorch_model.bin.index.json", "text_encoder/flax_model.msgpack"]
+    assert select_weights(old, None) == old[:3] and select_weights(old, "fp16") == old[:3]
+    assert select_weights(["vae/diffusion_pytorch_model.ckpt"], None) == []
+
+
+def test_transformer_pipelines_size_and_speed_levers_read_the_transformer(home, prompts, tmp_path):
+    """PixArt has a `transformer` and no `unet`: a folder with no card renders at the transformer's native
+    size (sample_size x the VAE's factor), T5 prompts are counted against the pipeline's own 120-token cut,
+    the pipeline's switches are recorded, and the speed levers reach the transformer."""
+    from toolkit.stages.render.backends import denoiser, speed_up
+    from toolkit.stages.render.pipeline import Renderer, resolve_model
+
+    pull_tiny(models.get_card("pixart-alpha"))
+    folder = models.local_path(models.get_card("pixart-alpha-tiny"))
+    long = tmp_path / "long.jsonl"
+    write_jsonl(long, [{**ROWS[0], "prompt": "a heron standing in shallow water at dawn, " * 4}])
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["render", str(long), "--model", str(folder), "--steps", "2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    row = read_jsonl(out / "manifest.jsonl")[0]
+    assert row["size"] == 32 * 8 and row["steps"] == 2 and (row["guidance"], row["defaults_from"]["guidance"]) == (
+        4.5, "PixArtAlphaPipeline default")
+    assert row["clean_caption"] is False and row["resolution_binning"] is True
+    assert "text encoder's 120 tokens" in res.output, res.output
+    from PIL import Image
+
+    assert Image.open(out / row["path"]).size == (256, 256)
+    renderer = Renderer(resolve_model(str(folder), "torch"), RenderConfig(model=str(folder), quiet=True))
+    assert type(denoiser(renderer.pipe)).__name__ == "PixArtTransformer2DModel"
+    speed_up(renderer.pipe, RenderConfig(fuse_qkv=True, channels_last=True))
+    attn = renderer.pipe.transformer.transformer_blocks[0].attn1
+    assert getattr(attn, "fused_projections", False) and hasattr(attn, "to_qkv")
+
+
 @pytest.mark.slow
 def test_onnx_export_as_the_card_defines_it(home, prompts, tmp_path):
     pull_tiny(models.get_card("sd15-lcm-lora"))
@@ -150,7 +241,15 @@ def test_onnx_export_as_the_card_defines_it(home, prompts, tmp_path):
     assert row["lora"]["fused_at_export"]
     pull_tiny(models.get_card("sdxs-512"))
     res = CliRunner().invoke(main, ["models", "export-onnx", "sdxs-512-tiny"])
-    assert res.exit_code == 1 and "cannot be exported to ONNX" in res.output
+    assert res.exit_code == 1 and "cannot be exported to ONNX (its VAE is an AutoencoderTiny" in res.output
+    pull_tiny(models.get_card("pixart-alpha"))
+    res = CliRunner().invoke(main, ["models", "export-onnx", "pixart-alpha-tiny"])
+    assert res.exit_code == 1 and "not PixArt" in res.output
+    # SDXL's two text encoders export too, and draw what torch draws
+    pull_tiny(models.get_card("sdxl-turbo"))
+    res = CliRunner().invoke(main, ["models", "export-onnx", "sdxl-turbo-tiny"])
+    assert res.exit_code == 0 and int(res.output.split("difference ")[1].split("/")[0]) <= 2, res.output
+    assert (models.local_path(models.get_card("sdxl-turbo-tiny-onnx")) / "text_encoder_2" / "model.onnx").is_file()
 
 
 def test_llm_stand_in_is_the_embedded_model_with_the_cards_prompting(home):

@@ -7,7 +7,8 @@ store: real folders of symlinks to the snapshot's files, only those the card nee
 loading read nothing else:
 - a diffusers pipeline: model_index.json and, per component it names, the configs, tokenizer files and
   the safetensors weights of the card's variant (one copy: not fp32 and fp16 both, no .bin, .ckpt, flax
-  or ONNX duplicates); no safety checker (Augur loads pipelines without one);
+  or ONNX duplicates), a component's .bin only where it has no safetensors (a folder from before them); no
+  safety checker (Augur loads pipelines without one);
 - a card with `files` patterns: the files they match.
 """
 
@@ -25,34 +26,42 @@ from .cards import ModelCard
 
 # Components Augur never loads (pipelines are built with safety_checker=None).
 SKIPPED_COMPONENTS = ("safety_checker",)
-# Weight formats a pipeline folder may hold beside safetensors; only safetensors are loaded.
+# Weight formats a pipeline folder may hold beside safetensors; safetensors are loaded where a component has
+# them, else its pickled .bin (with torch.load(weights_only=True), as diffusers and transformers read them),
+# never the others.
 OTHER_WEIGHTS = (".bin", ".ckpt", ".pt", ".pth", ".msgpack", ".h5", ".onnx", ".onnx_data", ".pb")
 _WEIGHTS = re.compile(r"^(?P<base>[^.]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?P<shard>-\d{5}-of-\d{5})?"
-                      r"\.safetensors(?P<index>\.index\.json)?$")
+                      r"\.(?P<format>safetensors|bin)(?P<index>\.index\.json)?$")
 
 
-def _variant_of(name: str) -> tuple[bool, str | None]:
-    """(is a safetensors weight or its shard index, its variant or None)."""
+def _variant_of(name: str, fmt: str = "safetensors") -> tuple[bool, str | None]:
+    """(is a weight file of format `fmt` or its shard index, its variant or None)."""
     m = _WEIGHTS.match(name)
-    return (True, m.group("variant")) if m else (False, None)
+    return (True, m.group("variant")) if m and m.group("format") == fmt else (False, None)
 
 
 def select_weights(names: list[str], variant: str | None) -> list[str]:
-    """The safetensors files (and shard indexes) of one component that diffusers loads for `variant`: that
-    variant's, else the plain ones (diffusers falls back to them); with no variant asked, the plain ones,
-    else the single variant there is (a folder that ships only fp16 weights)."""
-    by_variant: dict[str | None, list[str]] = {}
-    for n in names:
-        is_weight, v = _variant_of(Path(n).name)
-        if is_weight:
-            by_variant.setdefault(v, []).append(n)
-    if variant is not None and variant in by_variant:
-        return by_variant[variant]
-    if None in by_variant:
-        return by_variant[None]
-    if variant is None and len(by_variant) == 1:
-        return next(iter(by_variant.values()))
+    """The weight files (and shard indexes) of one component that diffusers loads for `variant`: its
+    safetensors where it has any, else its .bin (diffusers' fallback for folders from before safetensors);
+    within a format that variant's, else the plain ones (diffusers falls back to them); with no variant
+    asked, the plain ones, else the single variant there is (a folder that ships only fp16 weights)."""
+    for fmt in ("safetensors", "bin"):
+        by_variant: dict[str | None, list[str]] = {}
+        for n in names:
+            is_weight, v = _variant_of(Path(n).name, fmt)
+            if is_weight:
+                by_variant.setdefault(v, []).append(n)
+        if variant is not None and variant in by_variant:
+            return by_variant[variant]
+        if None in by_variant:
+            return by_variant[None]
+        if variant is None and len(by_variant) == 1:
+            return next(iter(by_variant.values()))
     return []
+
+
+def _is_weight(name: str) -> bool:
+    return _variant_of(Path(name).name)[0] or name.endswith(OTHER_WEIGHTS) or name.endswith(".bin.index.json")
 
 
 def pipeline_files(snapshot: Path, variant: str | None) -> list[str]:
@@ -72,10 +81,10 @@ def pipeline_files(snapshot: Path, variant: str | None) -> list[str]:
             continue
         names = sorted(p.relative_to(snapshot).as_posix() for p in folder.rglob("*") if p.is_file())
         weights = select_weights(names, variant)
-        if not weights and any(_variant_of(Path(n).name)[0] or n.endswith(OTHER_WEIGHTS) for n in names):
-            raise AugurError(f"{snapshot}/{name}: no safetensors weights{f' of variant {variant}' if variant else ''} "
-                             "in the cache (only safetensors are loaded); download them with huggingface-cli")
-        files += [n for n in names if not _variant_of(Path(n).name)[0] and not n.endswith(OTHER_WEIGHTS)] + weights
+        if not weights and any(_is_weight(n) for n in names):
+            raise AugurError(f"{snapshot}/{name}: no safetensors or .bin weights{f' of variant {variant}' if variant else ''}"
+                             " in the cache (only those are loaded); download them with huggingface-cli")
+        files += [n for n in names if not _is_weight(n)] + weights
     return files
 
 

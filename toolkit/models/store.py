@@ -245,8 +245,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def _download_hub(card: ModelCard, dest: Path) -> Path:
     """The minimal file set: one file for single-file cards, the card's `files` patterns for folders,
-    and for a diffusers pipeline what `DiffusionPipeline.download` selects (safetensors only, the card's
-    variant), not the whole repository."""
+    and for a diffusers pipeline what `DiffusionPipeline.download` selects (safetensors, .bin only where a
+    component has nothing else; the card's variant), not the whole repository."""
     if not hub_reachable():
         raise AugurError(f"the hub is not reachable from here; {how_to_get(card)}")
     from huggingface_hub import hf_hub_download, snapshot_download
@@ -261,8 +261,9 @@ def _download_hub(card: ModelCard, dest: Path) -> Path:
         elif card.kind == "diffusers" and not card.files:
             from diffusers import DiffusionPipeline
 
-            cached = Path(DiffusionPipeline.download(repo, revision=revision, variant=card.variant,
-                                                     use_safetensors=True))
+            # use_safetensors unset: each component's safetensors where the repository has them, else its .bin
+            # (a folder from before safetensors; read later with torch.load(weights_only=True))
+            cached = Path(DiffusionPipeline.download(repo, revision=revision, variant=card.variant))
             shutil.copytree(cached, tmp, symlinks=False)
             got = tmp
         else:

@@ -4,6 +4,7 @@ precision. Adding one (TensorRT, OpenVINO, ...) is one decorated class."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,34 @@ def check_model_index(folder: Path) -> None:
             raise AugurError(f"{f}: component '{key}' names {library}.{name}, which {library} does not have")
 
 
+def pickled_components(folder: Path, safety_checker: bool = False) -> list[str]:
+    """The components of a pipeline folder whose weights are only pickled `.bin` files (a folder from before
+    safetensors, such as miniSD's): diffusers and transformers read those with torch.load(weights_only=True),
+    which unpickles tensors and refuses anything else (tests/test_models.py feeds it a pickle that runs code).
+    The safety checker counts only where it is loaded."""
+    out = []
+    for sub in sorted(p for p in Path(folder).iterdir() if p.is_dir() and (safety_checker or p.name != "safety_checker")):
+        names = [p.name for p in sub.iterdir() if p.is_file()]
+        if not any(n.endswith(".safetensors") for n in names) and any(n.endswith(".bin") for n in names):
+            out.append(sub.name)
+    return out
+
+
+@contextmanager
+def _quiet_pickle_fallback(on: bool):
+    """diffusers logs an *error* ("... Defaulting to unsafe serialization") for each component it reads from
+    .bin: misleading here, since it reads them with weights_only=True; pickled_components records which."""
+    from diffusers.utils import logging as dlog
+
+    level = dlog.get_verbosity()
+    if on:
+        dlog.set_verbosity(dlog.CRITICAL)
+    try:
+        yield
+    finally:
+        dlog.set_verbosity(level)
+
+
 def detect_variant(folder: Path) -> str | None:
     """A folder holding only `*.fp16.safetensors` weights must be loaded with variant='fp16'."""
     weights = [p.name for p in folder.glob("*/*.safetensors")]
@@ -83,7 +112,12 @@ def load_lora(pipe, path: Path) -> None:
 def image_to_image(pipe, path: Path):
     """The text-to-image pipeline's image-to-image sibling, from the same components (no second load):
     diffusers' AutoPipelineForImage2Image maps LCM, SD, SD-Turbo and SD + LCM-LoRA pipelines to theirs."""
-    from diffusers import AutoPipelineForImage2Image
+    import warnings
+
+    with warnings.catch_warnings():
+        # its mapping imports every pipeline module; Kolors' text encoder calls the deprecated torch.jit.script
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+        from diffusers import AutoPipelineForImage2Image
 
     try:
         return AutoPipelineForImage2Image.from_pipe(pipe)
@@ -117,9 +151,13 @@ class TorchBackend(Backend):
             index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
             if (index.get("safety_checker") or [None])[0] is None:
                 raise AugurError(f"{path}: this pipeline has no safety checker; drop --safety-checker")
-        with quiet_libraries():
+        # safetensors only, unless a component has nothing else (then each reads its safetensors where it has
+        # them, else its .bin with weights_only=True)
+        pickled = pickled_components(path, cfg.safety_checker)
+        with quiet_libraries(), _quiet_pickle_fallback(bool(pickled)):
             pipe = DiffusionPipeline.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True,
-                                                     use_safetensors=True, variant=variant, **checker)
+                                                     use_safetensors=None if pickled else True, variant=variant,
+                                                     **checker)
         set_scheduler(pipe, defaults.get("scheduler"))
         if cfg.init_images is not None:
             pipe = image_to_image(pipe, path)
@@ -141,13 +179,19 @@ class TorchBackend(Backend):
         return pipe
 
 
+def denoiser(pipe):
+    """The network the steps run: a UNet (SD, SDXL, LCM), or a transformer (PixArt's DiT) where there is none."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else getattr(pipe, "transformer", None)
+
+
 def speed_up(pipe, cfg) -> None:
     """The torch levers benchmarks/bench_render.py measures (diffusers' own optimisation guide): fused QKV
     projections, channels-last convolutions, torch.compile (CUDA graphs with its reduce-overhead and
     max-autotune modes). SDPA attention is diffusers' default on torch 2."""
     import torch
 
-    parts = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None)) if isinstance(m, torch.nn.Module)]
+    parts = [m for m in (denoiser(pipe), getattr(pipe, "vae", None)) if isinstance(m, torch.nn.Module)]
     if cfg.fuse_qkv:
         for m in parts:
             if hasattr(m, "fuse_qkv_projections"):
@@ -161,8 +205,9 @@ def speed_up(pipe, cfg) -> None:
         # inference only: constant-fold the weights into the graph (oneDNN prepacks them on a CPU)
         inductor.freezing = True
         mode = None if cfg.compile_mode == "default" else cfg.compile_mode
-        if getattr(pipe, "unet", None) is not None:
-            pipe.unet = torch.compile(pipe.unet, mode=mode)
+        for name in ("unet", "transformer"):
+            if getattr(pipe, name, None) is not None:
+                setattr(pipe, name, torch.compile(getattr(pipe, name), mode=mode))
         if getattr(pipe, "vae", None) is not None:
             pipe.vae.decoder = torch.compile(pipe.vae.decoder, mode=mode)
 

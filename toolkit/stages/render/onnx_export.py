@@ -118,9 +118,9 @@ def export_onnx(name: str, quantize: str | None = None, parity_size: int | None 
     card, path, sha = store.ensure(name)
     if card.kind != "diffusers":
         raise AugurError(f"model '{name}' is a {card.kind} model; export-onnx takes a diffusers pipeline")
-    if card.extra.get("onnx") is False:
-        raise AugurError(f"model '{name}' cannot be exported to ONNX (its VAE is an AutoencoderTiny, which "
-                         "optimum-onnx cannot export); render it with --backend torch")
+    if card.extra.get("onnx") is False:  # the card says why (`onnx_why`)
+        why = card.extra.get("onnx_why", "optimum-onnx cannot export it")
+        raise AugurError(f"model '{name}' cannot be exported to ONNX ({why}); render it with --backend torch")
     if quantize not in (None, *QUANTIZE):
         raise AugurError(f"--quantize {quantize}: choose one of {', '.join(QUANTIZE)}")
     defaults = card.render_defaults

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from ...core import threads as core_threads
 from ...core.device import pick_device, resolve_precision, threads
 from ...core.errors import AugurError
 from ...core.digests import tree_digest
-from .backends import BACKENDS, detect_variant
+from .backends import BACKENDS, denoiser, detect_variant, pickled_components
 from .config import RenderConfig
 
 
@@ -174,10 +175,13 @@ class Renderer:
             raise out_of_memory(resolved.card.name, "while loading") from None
         except AugurError:
             raise
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError) as e:
-            first = str(e).splitlines()[0][:200] if str(e) else ""
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, AttributeError, pickle.UnpicklingError) as e:
+            first = str(e).splitlines()[0][:200].strip() if str(e) else ""
+            pickled = ".bin" in first or isinstance(e, pickle.UnpicklingError)
+            hint = ("a .bin is read with torch.load(weights_only=True), which refuses one holding more than tensors"
+                    if pickled else "is the folder complete?")
             raise AugurError(f"cannot load the pipeline at {resolved.path} ({e.__class__.__name__}: {first}); "
-                             "is the folder complete?") from None
+                             f"{hint}") from None
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler = type(self.pipe.scheduler).__name__
         self.warnings: list[str] = []
@@ -185,10 +189,19 @@ class Renderer:
         self.denoising_steps = ({s: check_denoising(self.pipe.scheduler, self.steps, s) for s in self.strengths}
                                 if self.guided else {})
         scale = getattr(self.pipe, "vae_scale_factor", 8)
-        unet_cfg = getattr(getattr(self.pipe, "unet", None), "config", None)
-        native = (unet_cfg.sample_size * scale) if unet_cfg is not None and hasattr(unet_cfg, "sample_size") else 512
+        net_cfg = getattr(denoiser(self.pipe), "config", None)  # the UNet's, or a DiT's (PixArt)
+        native = (net_cfg.sample_size * scale) if net_cfg is not None and hasattr(net_cfg, "sample_size") else 512
         self.size = cfg.size or int(d.get("size", native))
-        self.takes_negative = "negative_prompt" in inspect.signature(self.pipe.__call__).parameters
+        params = inspect.signature(self.pipe.__call__).parameters
+        self.takes_negative = "negative_prompt" in params
+        # PixArt's pipeline "cleans" captions (lower case, no URLs ...) only where bs4 and ftfy happen to be
+        # installed, and otherwise warns and skips it: the prompts go in as written, on every machine
+        self.call_options = {"clean_caption": False} if "clean_caption" in params else {}
+        # PixArt draws at the nearest of its aspect-ratio bins and resizes to the size asked (recorded)
+        binning = params.get("use_resolution_binning")
+        self.resolution_binning = bool(binning is not None and binning.default is True)
+        self.pickled = (pickled_components(resolved.path, cfg.safety_checker)
+                        if cfg.backend == "torch" and resolved.path.is_dir() else [])
         # See the module docstring: one image per computation on a CPU, batches on a GPU.
         self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
 
@@ -225,7 +238,9 @@ class Renderer:
         the start and end tokens): diffusers cuts longer ones and says so through its logger, which Augur keeps
         quiet, so the render says it instead, with the counts. None for a pipeline without a tokenizer."""
         tok = getattr(self.pipe, "tokenizer", None)
-        limit = getattr(tok, "model_max_length", None)
+        # a pipeline that cuts at its own length (PixArt's T5: max_sequence_length=120) says so in its signature
+        own = inspect.signature(self.pipe.__call__).parameters.get("max_sequence_length")
+        limit = own.default if own is not None and isinstance(own.default, int) else getattr(tok, "model_max_length", None)
         if tok is None or not isinstance(limit, int) or limit > 100_000:
             return None
         distinct = sorted(set(prompts))
@@ -248,6 +263,10 @@ class Renderer:
             out["pipeline"] = type(self.pipe).__name__  # the image-to-image class that drew them
         if self.cfg.fuse_qkv:
             out["fuse_qkv"] = True
+        if self.call_options:  # absent for pipelines without these switches: older folders keep their identity
+            out.update(self.call_options)
+        if self.resolution_binning:
+            out["resolution_binning"] = True
         if self.cfg.safety_checker:  # absent when off: older folders keep their identity
             out["safety_checker"] = True
         # slicing, tiling and offloading change float rounding (tested: pixels 1/255 apart), so a folder records
@@ -263,7 +282,10 @@ class Renderer:
 
     def provenance(self) -> dict[str, Any]:
         """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
-        return {"threads": threads(), "threads_choice": self.threads.why, "defaults_from": self.defaults_from}
+        out = {"threads": threads(), "threads_choice": self.threads.why, "defaults_from": self.defaults_from}
+        if self.pickled:  # components read from pickled .bin weights (torch.load with weights_only=True)
+            out["pickled_weights"] = self.pickled
+        return out
 
     def __call__(self, units: list[Unit]):
         out = []
@@ -289,6 +311,7 @@ class Renderer:
 
             del kwargs["height"], kwargs["width"]
             kwargs.update(image=[Guides.image(u.guide, self.size) for u in units], strength=units[0].strength)
+        kwargs.update(self.call_options)
         if self.takes_negative and self.negative_prompt:
             kwargs["negative_prompt"] = [u.row.get("negative_prompt") or self.negative_prompt for u in units]
         torch_out = self.cfg.backend == "torch"
