@@ -15,7 +15,7 @@ from cli import main
 
 from toolkit import __version__
 from toolkit.core.files import read_jsonl
-from toolkit.stages.extrapolate import classnames
+from toolkit.stages.extrapolate import classnames, clip_tokens
 from toolkit.stages.extrapolate.config import DomainsConfig, RealmConfig
 from toolkit.stages.extrapolate.stage import LIMITS, extrapolate_domains, extrapolate_realm
 from toolkit.stages.extrapolate.quality import check_domain, norm_key
@@ -311,6 +311,11 @@ def test_a_domain_naming_another_target_class_is_rejected_and_a_class_left_empty
     assert (tmp_path / "empty" / "run.json").is_file() and not (tmp_path / "empty" / "prompts.jsonl").exists()
 
 
+# 134 characters, 19 words, 85 CLIP tokens in "A photograph of a Pale kite (Milvus albus): ..."
+RARE_TOKENS = ("Zygodactyl Pteroglossus xanthogrammus 0x3f9a brk2 qxzv mthwz kyzylkum, 47/19 #b8e; tarsometatarsal 9-k "
+               "crests, qjx 77vv zz, pqv 5k wrx")
+
+
 def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
     """--style premonition as the paper's notebook: orders, then species with Latin names and short
     descriptions; a second name for a Latin name already kept, a non-binomial and a description over 180
@@ -327,7 +332,8 @@ def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
                     "- Green-headed duck | Anas platyrhynchos | Duck with a green head and a yellow bill\n"
                     "- Mute swan | Cygnus olor | Large white swan with an orange bill and a black knob\n"
                     "- Odd bird | not a latin name | Some bird with some feathers on it")
-        return f"- Red kite | Milvus milvus | Slim raptor with a deeply forked rusty tail\n- Golden eagle | Aquila chrysaetos | {long}"
+        return (f"- Red kite | Milvus milvus | Slim raptor with a deeply forked rusty tail\n- Golden eagle | Aquila "
+                f"chrysaetos | {long}\n- Pale kite | Milvus albus | {RARE_TOKENS}")
 
     cfg_ = realm(groups=2, per_group=3, style="premonition", semantic_dedup=False)
     run = extrapolate_realm(cfg_, tmp_path, llm=ScriptedLLM({}, answer=answer))
@@ -339,7 +345,10 @@ def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
     assert prompts[0]["prompt"] == ("A photograph of a Mallard (Anas platyrhynchos): Dabbling duck, male with a glossy "
                                     "green head and white collar")
     assert run["per_group"][0]["rejected"] == {"duplicate": 1, "latin name": 1}
-    assert run["per_group"][1]["rejected"] == {"description length": 1}
+    # within 180 characters and 40 words, but its prompt is over CLIP's 77 tokens: the encoder would cut it
+    assert run["per_group"][1]["rejected"] == {"description length": 1, "prompt tokens": 1}
+    assert all(clip_tokens.count(p["prompt"]) <= 77 for p in prompts)
+    assert run["provenance"]["prompt_tokens"]["limit"] == 77
     prov = run["provenance"]
     assert prov["sampling"]["temperature"] == 0.2 and [t.split("@")[0] for t in prov["templates"]] == [
         "premonition-orders", "premonition-species"]

@@ -39,6 +39,26 @@ def test_check_domain_rejects_restatements_and_excluded():
     assert check_domain("stained glass", "a dog in stained glass", cw, ["photo"], lim) is None
 
 
+def test_the_prompt_limit_counts_clip_tokens_not_words():
+    """The 77 that Stable Diffusion's text encoders keep is counted with OpenAI CLIP's own tokenizer (its BPE
+    vocabulary ships with the package): its canonical ids for "a photo of a cat"; a 51-word prompt of common
+    words fits, a 19-word one of rare words and codes does not."""
+    from toolkit.stages.extrapolate import clip_tokens
+    from toolkit.stages.extrapolate.quality import check_prompt, words
+
+    tok = clip_tokens.tokenizer()
+    assert len(tok) == 49408 and tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    lim = Limits()
+    common = " ".join(["a small red bird sits on a green branch near the old stone wall by the river"] * 3)
+    assert len(words(common)) == 51 and clip_tokens.count(common) == 53 and check_prompt(common, lim) is None
+    rare = ("a dog by Zygodactyl Pteroglossus xanthogrammus 0x3f9a brk2 qxzv mthwz kyzylkum, 47/19 #b8e; "
+            "tarsometatarsal 9-k crests, qjx 77vv zz, pqv 5k wrx, 3j9q")
+    assert len(words(rare)) < 30 and clip_tokens.count(rare) > 77
+    cw = classnames.resolve("dog").content_words
+    assert check_domain("stained glass", rare, cw, [], lim) == "prompt tokens"
+    assert check_domain("stained glass", common.replace("bird", "dog", 1)[:200], cw, [], lim) is None
+
+
 def test_compose_prompt_keeps_class():
     cn = classnames.resolve("dog")
     assert compose_prompt("origami", "an origami dog", cn.phrase, cn.content_words) == "an origami dog"

@@ -25,9 +25,10 @@ class Limits:
     max_item_words: int = 6
     max_item_chars: int = 48
     min_text_words: int = 3
-    # CLIP reads 77 tokens; ~40 words keeps a prompt inside that with room for the class.
-    max_text_words: int = 40
     max_text_chars: int = 240
+    # a prompt's tokens as Stable Diffusion's text encoders count them (OpenAI CLIP's tokenizer, start and end
+    # included: clip_tokens.py); the pipelines cut what is over
+    max_prompt_tokens: int = 77
 
 
 def words(text: str) -> list[str]:
@@ -105,9 +106,16 @@ def check_domain(domain: str, prompt: str | None, class_words: set[str], avoid: 
     for ex in avoid:
         if any(_related(c, e) for c in content for e in _content(ex)):
             return "excluded domain"
-    if prompt is not None and (len(words(prompt)) > limits.max_text_words or len(prompt) > limits.max_text_chars):
+    if prompt is not None and len(prompt) > limits.max_text_chars:
         return "length"
-    return None
+    return check_prompt(prompt, limits)
+
+
+def check_prompt(prompt: str | None, limits: Limits) -> str | None:
+    """'prompt tokens' if the text encoder would cut the prompt (over 77 CLIP tokens), else None."""
+    from .clip_tokens import count
+
+    return "prompt tokens" if prompt is not None and count(prompt) > limits.max_prompt_tokens else None
 
 
 def compose_prompt(domain: str, prompt: str | None, class_phrase: str, class_words: set[str],
@@ -144,7 +152,8 @@ def check_class(name: str, description: str | None, taken: set[str], limits: Lim
         return "not a word"
     if norm_key(name) in taken:
         return "duplicate"
-    if description is None or not (limits.min_text_words <= len(words(description)) <= limits.max_text_words):
+    if (description is None or len(words(description)) < limits.min_text_words
+            or len(description) > limits.max_text_chars):
         return "description length"
     return None
 

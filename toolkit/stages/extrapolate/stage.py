@@ -31,10 +31,11 @@ from ...core.stagerun import StageRun
 from ... import models
 from . import classnames
 from .config import DomainsConfig, LLMSettings, RealmConfig
+from . import clip_tokens
 from .embed import EMBEDDER, Embedder, SemanticFilter
 from .llm import DECODER, LLM, Generation, Sampling
-from .quality import (Limits, check_class, check_domain, check_group, compose_prompt, near_duplicate, norm_key,
-                      parse_lines, stem, words)
+from .quality import (Limits, check_class, check_domain, check_group, check_prompt, compose_prompt, near_duplicate,
+                      norm_key, parse_lines, stem, words)
 from .templates import BASE_STOPS, CLASSES, DOMAINS, DOMAINS_REASONING, GROUPS, ORDERS, SPECIES, Template
 
 # A generated list line is ~15-20 tokens; this budget per wanted item leaves room for drift.
@@ -406,7 +407,7 @@ class Extrapolation:
             "trained_context": self.llm.trained_ctx,
             "max_attempts": self.cfg.max_attempts, "patience": self.cfg.patience,
             "min_fraction": self.cfg.min_fraction,
-            "limits": asdict(LIMITS), "threads": self.llm.n_threads,
+            "limits": asdict(LIMITS), "prompt_tokens": clip_tokens.provenance(), "threads": self.llm.n_threads,
             "semantic_dedup": ({"model": EMBEDDER, "sha256": self.embedder.sha256,
                                 "onnx_sha256": self.embedder.onnx_sha256,
                                 "threshold": self.cfg.semantic_threshold,
@@ -527,6 +528,22 @@ def premonition_fields(text: str | None) -> tuple[str | None, str | None]:
     return (None if latin in ("-", "") else latin), (desc or None)
 
 
+def realm_prompt(label: str, description: str | None) -> str:
+    """A realm class's prompt (the Premonition notebook's: "A photograph of a {common} ({latin}): {desc}")."""
+    return f"A photograph of a {label}: {description}"
+
+
+def class_label(name: str, latin: str | None) -> str:
+    return f"{name} ({latin})" if latin else name  # as `extrapolate import` labels the paper's rows
+
+
+def _class_check(taken: set[str]) -> Callable[[str, str | None], str | None]:
+    def check(name: str, desc: str | None) -> str | None:
+        return check_class(name, desc, taken, LIMITS) or check_prompt(realm_prompt(name, desc), LIMITS)
+
+    return check
+
+
 def _premonition_check(taken: set[str]) -> Callable[[str, str | None], str | None]:
     def check(name: str, text: str | None) -> str | None:
         latin, desc = premonition_fields(text)
@@ -540,8 +557,10 @@ def _premonition_check(taken: set[str]) -> Callable[[str, str | None], str | Non
                 return "latin name"
             if norm_key(latin) in taken:
                 return "duplicate"
+        reason = check_prompt(realm_prompt(class_label(name, latin), desc), LIMITS)
+        if reason is None and latin is not None:
             taken.add(norm_key(latin))  # a second name for the same species is the same class
-        return None
+        return reason
 
     return check
 
@@ -566,7 +585,7 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
 
         def accept_for(i: int):
             taken.add(norm_key(groups[i]))
-            check = _premonition_check(taken) if premonition else (lambda c, d: check_class(c, d, taken, LIMITS))
+            check = _premonition_check(taken) if premonition else _class_check(taken)
             return _acceptor(check, taken, class_sem, classes=True)
 
         results = stage.gen.generate_all(classes_t, [{"realm": realm, "group": g} for g in groups],
@@ -575,12 +594,12 @@ def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
             for name, text in res.items:
                 prov = stage.row_provenance(classes_t)
                 latin, desc = premonition_fields(text) if premonition else (None, text)
-                label = f"{name} ({latin})" if latin else name  # as `extrapolate import` labels the paper's rows
+                label = class_label(name, latin)
                 class_rows.append({"class": label, "group": group, "realm": realm, "description": desc,
                                    **({"common_name": name, "latin_name": latin} if premonition else {}),
                                    "provenance": prov})
                 prompt_rows.append({"id": slug(label), "class": label, "class_phrase": name, "domain": "photo",
-                                    "group": group, "prompt": f"A photograph of a {label}: {desc}",
+                                    "group": group, "prompt": realm_prompt(label, desc),
                                     "provenance": prov})
             per_group.append({"group": group, "status": res.status, "kept": len(res.items), "wanted": res.wanted,
                               "attempts": res.attempts, "stopped": res.stopped,
