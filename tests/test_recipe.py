@@ -313,9 +313,12 @@ def test_installed_non_editable_works_from_anywhere(tmp_path):
     env = {**os.environ, "AUGUR_HOME": os.environ["AUGUR_HOME"], "PYTHONPATH": ""}
     augur = env_dir / "bin" / "augur"
     where = subprocess.run([str(py), "-c", "import toolkit, cli; from toolkit.core import paths; "
-                                           "print(toolkit.__file__); print(paths.shipped_cards_dir())"],
+                                           "print(toolkit.__file__); print(paths.shipped_cards_dir()); "
+                                           "from toolkit.stages.extrapolate import clip_tokens; "
+                                           "print('clip', clip_tokens.count('a photo of a cat'))"],
                            cwd=elsewhere, capture_output=True, text=True, env=env)
     assert str(env_dir) in where.stdout and str(ROOT) not in where.stdout, where.stdout + where.stderr
+    assert "clip 7" in where.stdout  # CLIP's vocabulary is package data
     # every stage of the list is in the installed copy, each with its command
     from toolkit.stages import PACKAGES
 
