@@ -30,6 +30,8 @@ M = [
                 p.requires_grad_(False)''', '''        if task == 0:
             pass''', "tests/test_cl.py::test_fsa_adapts_the_backbone_on_the_first_task_only"),
  ("RanPAC adapter after norm2", AD, 'return self.mlp(self.norm(x)) + self.adapter(x)', 'return self.mlp(self.norm(x)) + self.adapter(self.norm(x))', "tests/test_cl.py::test_ranpac_adapters_are_adaptformer_parallel_branches_in_a_frozen_vit"),
+ ("RanPAC SSF without shift", AD, '            return x * self.scale + self.shift', '            return x * self.scale', "tests/test_cl.py::test_ranpac_ssf_scales_and_shifts_after_each_op_as_its_forward_does"),
+ ("RanPAC VPT prompts kept", AD, '        return self.block(x)[:, :n]', '        return self.block(x)[:, -n:]', "tests/test_cl.py::test_ranpac_vpt_deep_prompts_each_block_and_drops_them_after"),
  ("RanPAC cosine per step", S, 'min(self.current_step // spe, epochs)', 'min(self.current_step, epochs)', "tests/test_cl.py::test_fsa_first_session_is_ranpacs_on_a_vit"),
  ("replay quota +1", S, 'per_class = max(1, self.hp["memory"] // seen)', 'per_class = max(1, self.hp["memory"] // seen + 1)', "tests/test_cl.py::test_replay_memory_keeps_an_equal_quota_per_seen_class"),
  ("herding argmax", S, 'j = int(scores.argmin())', 'j = int(scores.argmax())', "tests/test_cl.py::test_icarl_classifies_by_the_nearest_mean_of_exemplars_chosen_by_herding"),

@@ -362,6 +362,76 @@ def test_ranpac_adapters_are_adaptformer_parallel_branches_in_a_frozen_vit():
         add_adapters(timm.create_model("test_resnet", num_classes=0))
 
 
+def test_ranpac_ssf_scales_and_shifts_after_each_op_as_its_forward_does():
+    """RanPAC's petl/vision_transformer_ssf.py: ssf_ada (x * scale + shift, per channel) after the patch
+    projection, each block's norm1, qkv, attention projection, norm2, fc1 and fc2, and the final norm; only
+    those scales and shifts train. The block is checked against RanPAC's Block/Attention/Mlp forward written
+    out here from the plain block's weights."""
+    import timm
+
+    from toolkit.learn.adapters import ScaleShift, add_ssf
+
+    torch.manual_seed(0)
+    plain = timm.create_model("test_vit", num_classes=0, img_size=32).eval()
+    vit = add_ssf(copy.deepcopy(plain)).eval()
+    trainable = [n for n, p in vit.named_parameters() if p.requires_grad]
+    assert len(trainable) == 2 * (1 + 6 * len(vit.blocks) + 1) and all(n.endswith((".scale", ".shift"))
+                                                                        for n in trainable)
+    ssf = [m for m in vit.modules() if isinstance(m, ScaleShift)]
+    with torch.no_grad():  # N(1, 0.02) and N(0, 0.02)
+        assert abs(float(torch.cat([m.scale for m in ssf]).mean()) - 1) < 0.01
+        assert 0.005 < float(torch.cat([m.shift for m in ssf]).std()) < 0.05
+    s = lambda seq: seq[1]  # noqa: E731 - the ScaleShift after the op
+
+    def ranpac_block(blk, ref, x):
+        n1 = s(blk.norm1)(ref.norm1(x))
+        B, N, C = n1.shape
+        H = ref.attn.num_heads
+        q, k, v = s(blk.attn.qkv)(ref.attn.qkv(n1)).reshape(B, N, 3, H, C // H).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q @ k.transpose(-2, -1)) * (C // H) ** -0.5).softmax(dim=-1)
+        x = x + s(blk.attn.proj)(ref.attn.proj((attn @ v).transpose(1, 2).reshape(B, N, C)))
+        n2 = s(blk.norm2)(ref.norm2(x))
+        return x + s(blk.mlp.fc2)(ref.mlp.fc2(ref.mlp.act(s(blk.mlp.fc1)(ref.mlp.fc1(n2)))))
+
+    tokens = torch.randn(2, 5, vit.embed_dim)
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for blk, ref in zip(vit.blocks, plain.blocks):
+            assert torch.allclose(blk(tokens), ranpac_block(blk, ref, tokens), atol=1e-5)
+        sp = s(vit.patch_embed.proj)
+        expected = (plain.patch_embed.proj(img) * sp.scale.view(1, -1, 1, 1) + sp.shift.view(1, -1, 1, 1))
+        assert torch.allclose(vit.patch_embed(img), expected.permute(0, 2, 3, 1), atol=1e-6)  # timm's NHWC tokens
+        assert torch.allclose(vit.norm(tokens), plain.norm(tokens) * s(vit.norm).scale + s(vit.norm).shift)
+    with pytest.raises(AugurError, match="vision transformer"):
+        add_ssf(timm.create_model("test_resnet", num_classes=0))
+
+
+def test_ranpac_vpt_deep_prompts_each_block_and_drops_them_after():
+    """RanPAC's petl/vpt.py, VPT_type "Deep" with 5 tokens: each block sees its own prompt tokens (zeros at the
+    start) after the class and patch tokens, and they are removed after it; only the prompts train."""
+    import timm
+
+    from toolkit.learn.adapters import add_vpt
+
+    torch.manual_seed(0)
+    plain = timm.create_model("test_vit", num_classes=0, img_size=32).eval()
+    vit = add_vpt(copy.deepcopy(plain), 5).eval()
+    trainable = {n: p for n, p in vit.named_parameters() if p.requires_grad}
+    assert len(trainable) == len(vit.blocks) and all(p.shape == (1, 5, vit.embed_dim) and not p.any()
+                                                     for p in trainable.values())
+    for blk in vit.blocks:
+        with torch.no_grad():
+            blk.prompt.normal_()
+    img = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        x = plain._pos_embed(plain.patch_embed(img))
+        for blk, ref in zip(vit.blocks, plain.blocks):
+            n = x.shape[1]
+            x = ref(torch.cat((x, blk.prompt.expand(2, -1, -1)), dim=1))[:, :n]
+        assert torch.allclose(vit(img), plain.norm(x)[:, 0], atol=1e-5)  # the class token, as VPT_ViT.forward
+        assert not torch.allclose(vit(img), plain(img), atol=1e-3)
+
+
 def vit_strategy(hp, n=16, n_classes=4):
     """An FSA on timm's test ViT over a real image store of 16 x 16 images."""
     from toolkit.learn import backbones
@@ -419,6 +489,24 @@ def test_fsa_first_session_is_ranpacs_on_a_vit():
                                         "weight_decay": 5e-4}
 
 
+@pytest.mark.parametrize("petl,marker", [("ssf", (".scale", ".shift")), ("vpt", (".prompt",))])
+def test_fsa_ssf_and_vpt_first_sessions_train_only_their_modules(petl, marker):
+    """RanPAC's SSF and VPT rows (args/imagenetr_publish.csv 5-7, cars_publish.csv 5-7): the same SGD first
+    session as the adapters; only their parameters and the head move."""
+    fsa, rows = vit_strategy({"M": 16, "petl": petl})
+    assert (fsa.hp["petl"], fsa.hp["optimizer"]) == (petl, "sgd") and isinstance(fsa.net.head, S.CosineLinear)
+    before = {n: p.detach().clone() for n, p in fsa.net.backbone.named_parameters()}
+    fsa.begin_task(0, [0, 1, 2, 3], rows)
+    fsa.begin_training(1, 2)
+    x, y = xs(fsa, rows), torch.tensor([lab for _, lab in rows])
+    fsa.train()
+    for step in range(2):
+        fsa.current_step = step
+        fsa.update([(x, y)])
+    moved = {n for n, p in fsa.net.backbone.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.endswith(marker) for n in moved)
+
+
 def test_fsa_choices_resolve_to_what_is_applied():
     defaults = {k: v.default for k, v in STRATEGY_HPARAMS["fsa"].items()}
 
@@ -432,7 +520,13 @@ def test_fsa_choices_resolve_to_what_is_applied():
     assert resolve("vit_b16", optimizer="adamw")["sgd_lr"] is None
     assert resolve("vit_b16", petl="none")["optimizer"] == "adamw"
     assert resolve("vit_b16", head="ncm", M=64)["M"] is None  # the NCM head projects nothing
+    ssf, vpt = resolve("vit_b16", petl="ssf"), resolve("vit_b16", petl="vpt")
+    assert (ssf["optimizer"], ssf["adapter_dim"], ssf["vpt_tokens"]) == ("sgd", None, None)
+    assert (vpt["optimizer"], vpt["adapter_dim"], vpt["vpt_tokens"]) == ("sgd", None, 5)
     for arch, lora, given, match in (("resnet18", False, {"petl": "adapter"}, "not one"),
+                                     ("resnet18", False, {"petl": "ssf"}, "not one"),
+                                     ("vit_b16", True, {"petl": "vpt"}, "choose one"),
+                                     ("vit_b16", False, {"petl": "ssf", "vpt_tokens": 8}, "vpt_tokens does not"),
                                      ("vit_b16", True, {"petl": "adapter"}, "choose one"),
                                      ("resnet18", False, {"sgd_lr": 0.1}, "sgd_lr does not apply"),
                                      ("vit_b16", False, {"petl": "none", "adapter_dim": 8}, "adapter_dim does not")):
@@ -559,8 +653,8 @@ def test_fsa_ranpac_first_session_resumes_exactly_and_is_recorded(tmp_path):
     # task 0 checkpoints after its first epoch: killed there, the momentum and the annealed rate resume as they were
     ref = killed_inside_task(tmp_path, args, "loop.after_checkpoint:1", 0)
     row = read_jsonl(ref / "results.jsonl")[-1]
-    assert row["hparams"] == {"head": "ranpac", "M": 32, "petl": "adapter", "adapter_dim": 64, "optimizer": "sgd",
-                              "sgd_lr": 0.01, "sgd_weight_decay": 5e-4}
+    assert row["hparams"] == {"head": "ranpac", "M": 32, "petl": "adapter", "adapter_dim": 64, "vpt_tokens": None,
+                              "optimizer": "sgd", "sgd_lr": 0.01, "sgd_weight_decay": 5e-4}
     assert (row["optimizer"], row["lr"], row["weight_decay"], row["lora"]) == (
         "sgd (momentum 0.9, cosine annealing to 0)", 0.01, 5e-4, False)
 

@@ -1,4 +1,6 @@
-"""RanPAC's first-session adapters: AdaptFormer's parallel bottleneck adapters in a frozen ViT's blocks.
+"""RanPAC's first-session parameter-efficient modules in a frozen timm ViT: AdaptFormer adapters, SSF, VPT.
+
+Adapters (`add_adapters`):
 
 Followed line for line from RanPAC's petl/vision_transformer_adapter.py (RanPAC/RanPAC, `Adapter` and
 `Block.forward`) with the configuration its inc_net.py builds for every `*_adapter` backbone: in each
@@ -11,6 +13,15 @@ layer's weight, not a parallel MLP branch. timm's Block computes `x + ls2(mlp(no
 replaced by one that takes x, applies norm2 itself and adds the adapter, and norm2 by an identity, so
 the block computes RanPAC's `x + mlp(norm2(x)) + adapter(x)` exactly (layer scale and drop path are
 identities in the ViTs Augur builds).
+
+SSF (`add_ssf`, Lian et al. 2022), from RanPAC's petl/vision_transformer_ssf.py: a learnt per-channel scale
+and shift (`ssf_ada`: x * scale + shift; scale ~ N(1, 0.02), shift ~ N(0, 0.02)) after the patch projection,
+after each block's norm1, qkv, attention projection, norm2, fc1 and fc2, and after the final norm. Each op is
+wrapped as op -> scale-shift, which is where RanPAC's forward functions apply them.
+
+VPT (`add_vpt`, Jia et al. 2022), from RanPAC's petl/vpt.py as its inc_net.py builds it (VPT_type "Deep",
+Prompt_Token_num 5): before each block, that block's own prompt tokens (zeros at the start) are appended
+after the class and patch tokens, and removed after the block.
 """
 
 from __future__ import annotations
@@ -71,4 +82,84 @@ def add_adapters(model: nn.Module, bottleneck: int = 64) -> nn.Module:
         d = b.norm2.normalized_shape[0]
         b.mlp = ParallelAdapted(b.norm2, b.mlp, Adapter(d, bottleneck))
         b.norm2 = nn.Identity()
+    return model
+
+
+# ----------------------------------------------------------------------------- SSF
+class ScaleShift(nn.Module):
+    """RanPAC's `init_ssf_scale_shift` + `ssf_ada`: over the last dimension, or over channels of an NCHW map."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+        nn.init.normal_(self.scale, mean=1, std=.02)
+        nn.init.normal_(self.shift, std=.02)
+
+    def forward(self, x):
+        if x.shape[-1] == self.scale.shape[0]:
+            return x * self.scale + self.shift
+        if x.shape[1] == self.scale.shape[0]:
+            return x * self.scale.view(1, -1, 1, 1) + self.shift.view(1, -1, 1, 1)
+        raise ValueError("the input tensor shape does not match the shape of the scale factor.")
+
+
+def _ssf_after(module: nn.Module, dim: int) -> nn.Module:
+    return nn.Sequential(module, ScaleShift(dim))
+
+
+def _blocks(model: nn.Module, what: str):
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not all(hasattr(b, "attn") and hasattr(b, "mlp") for b in blocks):
+        raise AugurError(f"RanPAC's {what} sits in a vision transformer's blocks; a {type(model).__name__} has none "
+                         "(use --hp petl=none, with or without --lora)")
+    return blocks
+
+
+def add_ssf(model: nn.Module) -> nn.Module:
+    """SSF in the timm ViT `model` (in place), everything else frozen."""
+    blocks = _blocks(model, "SSF")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    pe = model.patch_embed
+    pe.proj = _ssf_after(pe.proj, pe.proj.out_channels)
+    if not isinstance(pe.norm, nn.Identity):
+        pe.norm = _ssf_after(pe.norm, pe.proj[0].out_channels)
+    for b in blocks:
+        dim = b.norm1.normalized_shape[0]
+        b.norm1 = _ssf_after(b.norm1, dim)
+        b.attn.qkv = _ssf_after(b.attn.qkv, b.attn.qkv.out_features)
+        b.attn.proj = _ssf_after(b.attn.proj, b.attn.proj.out_features)
+        b.norm2 = _ssf_after(b.norm2, dim)
+        b.mlp.fc1 = _ssf_after(b.mlp.fc1, b.mlp.fc1.out_features)
+        b.mlp.fc2 = _ssf_after(b.mlp.fc2, b.mlp.fc2.out_features)
+    model.norm = _ssf_after(model.norm, model.num_features)
+    return model
+
+
+# ----------------------------------------------------------------------------- VPT
+PROMPT_TOKENS = 5  # RanPAC's inc_net.py: Prompt_Token_num=5
+
+
+class Prompted(nn.Module):
+    """VPT-Deep around one block: its prompt tokens appended, the block run, the prompt positions dropped."""
+
+    def __init__(self, block: nn.Module, tokens: int, dim: int):
+        super().__init__()
+        self.block = block
+        self.prompt = nn.Parameter(torch.zeros(1, tokens, dim))
+
+    def forward(self, x):
+        n = x.shape[1]
+        x = torch.cat((x, self.prompt.expand(x.shape[0], -1, -1)), dim=1)
+        return self.block(x)[:, :n]
+
+
+def add_vpt(model: nn.Module, tokens: int = PROMPT_TOKENS) -> nn.Module:
+    """Deep visual prompts in the timm ViT `model` (in place), everything else frozen."""
+    blocks = _blocks(model, "VPT")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for i, b in enumerate(blocks):
+        blocks[i] = Prompted(b, tokens, model.embed_dim)
     return model

@@ -47,13 +47,15 @@ STRATEGY_HPARAMS: dict[str, dict[str, HP]] = {
         "head": HP("ranpac", "The head after the first session.", choices=("ranpac", "ncm")),
         "M": HP(10000, "Random projection size of the ranpac head.", min=0, smoke=lambda v: min(v, 64)),
         "petl": HP("auto", "What the first session trains. adapter: RanPAC's AdaptFormer adapters in a frozen ViT's "
-                           "blocks; none: the backbone's own weights (every one, or LoRA adapters with --lora); "
-                           "auto: adapter on a ViT without --lora, else none.", choices=("auto", "adapter", "none")),
+                           "blocks; ssf: its SSF scale-and-shift after each op; vpt: its deep visual prompts; none: "
+                           "the backbone's own weights (every one, or LoRA adapters with --lora); auto: adapter on a "
+                           "ViT without --lora, else none.", choices=("auto", "adapter", "ssf", "vpt", "none")),
         "adapter_dim": HP(64, "The adapters' bottleneck (RanPAC's ffn_num).", min=1, max=4096),
+        "vpt_tokens": HP(5, "Prompt tokens per block with petl=vpt (RanPAC's Prompt_Token_num).", min=1, max=1024),
         "optimizer": HP("auto", "sgd: RanPAC's first session (SGD, momentum 0.9, the learning rate annealed to 0 "
                                 "by a cosine over --epochs, a cosine-similarity head with a learnt scale); adamw: "
                                 "the run's --lr and --weight-decay, constant, a linear head; auto: sgd when the "
-                                "backbone's own weights are frozen (adapter, --lora), else adamw.",
+                                "backbone's own weights are frozen (adapter, ssf, vpt, --lora), else adamw.",
                         choices=("auto", "sgd", "adamw")),
         "sgd_lr": HP(0.01, "SGD learning rate (RanPAC's body_lr and head_lr).", min=0.0, min_open=True, max=10.0),
         "sgd_weight_decay": HP(5e-4, "SGD weight decay (RanPAC's).", min=0.0, max=1.0),

@@ -16,8 +16,8 @@ References, followed formula for formula:
   ridge lambda chosen from 10^-8 ... 10^8 by MSE on the last 20% of the current task's (shuffled)
   training features, head W_o = solve(G + lambda I, Q)^T.
 - fsa: first-session adaptation (RanPAC's first-task training, RanPAC.py `_train` / `_init_train`): on the
-  first task only, RanPAC's AdaptFormer adapters in a frozen ViT (learn/adapters.py; or LoRA adapters with
-  --lora, or every backbone weight) train with a cosine-similarity head (inc_net.py `CosineLinear`, sigma
+  first task only, RanPAC's AdaptFormer adapters, SSF or deep VPT in a frozen ViT (learn/adapters.py; or LoRA
+  adapters with --lora, or every backbone weight) train with a cosine-similarity head (inc_net.py `CosineLinear`, sigma
   learnt) by SGD (momentum 0.9, lr 0.01, weight decay 5e-4) with the rate annealed to 0 by a cosine over the
   epochs (`CosineAnnealingLR(T_max=tuned_epoch, eta_min=min_lr=0)`, stepped per epoch); then everything is
   frozen under an NCM or RanPAC head. Fine-tuning every weight keeps the run's AdamW and a linear head.
@@ -575,8 +575,8 @@ def cosine_annealed(lr: float, epoch: int, epochs: int, eta_min: float = 0.0) ->
 
 @STRATEGIES.register("fsa")
 class FSA(_FrozenHead):
-    about = ("first-session adaptation (RanPAC): adapters in a frozen ViT (or LoRA, or the whole backbone) train on "
-             "the first task, then everything is frozen under an NCM or RanPAC head")
+    about = ("first-session adaptation (RanPAC): adapters, SSF or VPT in a frozen ViT (or LoRA, or the whole backbone) "
+             "train on the first task, then everything is frozen under an NCM or RanPAC head")
 
     @classmethod
     def resolve_hp(cls, hp, given, arch, lora):
@@ -586,16 +586,18 @@ class FSA(_FrozenHead):
         hp = dict(hp)
         if hp["petl"] == "auto":
             hp["petl"] = "adapter" if is_vit(arch) and not lora else "none"
-        if hp["petl"] == "adapter" and lora:
-            raise AugurError("fsa: --hp petl=adapter and --lora are two ways to adapt a frozen backbone; choose one")
-        if hp["petl"] == "adapter" and not is_vit(arch):
-            raise AugurError(f"fsa: RanPAC's adapters sit in a vision transformer's blocks; {arch} is not one (use "
-                             "--hp petl=none, with or without --lora)")
-        frozen = hp["petl"] == "adapter" or lora
+        petl = hp["petl"] != "none"  # adapter, ssf or vpt: RanPAC's modules in a frozen ViT
+        if petl and lora:
+            raise AugurError(f"fsa: --hp petl={hp['petl']} and --lora are two ways to adapt a frozen backbone; "
+                             "choose one")
+        if petl and not is_vit(arch):
+            raise AugurError(f"fsa: RanPAC's {hp['petl']} modules sit in a vision transformer's blocks; {arch} is not "
+                             "one (use --hp petl=none, with or without --lora)")
+        frozen = petl or lora
         if hp["optimizer"] == "auto":
             hp["optimizer"] = "sgd" if frozen else "adamw"
-        unused = {"adapter_dim": hp["petl"] != "adapter", "sgd_lr": hp["optimizer"] != "sgd",
-                  "sgd_weight_decay": hp["optimizer"] != "sgd"}
+        unused = {"adapter_dim": hp["petl"] != "adapter", "vpt_tokens": hp["petl"] != "vpt",
+                  "sgd_lr": hp["optimizer"] != "sgd", "sgd_weight_decay": hp["optimizer"] != "sgd"}
         for key, off in unused.items():
             if off and key in given:
                 raise AugurError(f"fsa: --hp {key} does not apply to this run (petl={hp['petl']}, "
@@ -607,10 +609,14 @@ class FSA(_FrozenHead):
         return hp
 
     def __init__(self, backbone, hp, ctx):
-        if hp["petl"] == "adapter":
-            from ...learn.adapters import add_adapters
+        from ...learn import adapters
 
-            backbone = add_adapters(backbone, hp["adapter_dim"])
+        if hp["petl"] == "adapter":
+            backbone = adapters.add_adapters(backbone, hp["adapter_dim"])
+        elif hp["petl"] == "ssf":
+            backbone = adapters.add_ssf(backbone)
+        elif hp["petl"] == "vpt":
+            backbone = adapters.add_vpt(backbone, hp["vpt_tokens"])
         super().__init__(backbone, hp, ctx)
         if hp["optimizer"] == "sgd":
             self.net.head = CosineLinear(num_features(self.net.backbone), ctx.n_classes)
