@@ -141,6 +141,28 @@ def test_cl_pairs_share_strategy_class_order_and_seed_and_imagenet_is_the_baseli
         cl_comparisons([r for r in rows if r["weights"] == "random"])
 
 
+def test_cl_runs_that_differ_in_a_setting_are_neither_averaged_nor_paired_together():
+    """fsa with petl=adapter and petl=ssf (or two learning rates) are two runs, not two class orders of one."""
+    from toolkit.stages.cl.stage import table
+
+    rows = []
+    for petl, gain in (("adapter", 0.1), ("ssf", 0.2)):
+        for order in ("1993", "1"):
+            for weights, aia in (("random", 0.3), ("imagenet (x)", 0.3 + gain)):
+                r = _cl_row(weights, order, 0, aia, aia, 0.1, strategy="fsa")
+                rows.append({**r, "hparams": {"petl": petl, "M": 64}, "epochs": 2, "lora": False})
+    rows.append({**_cl_row("random", "1993", 0, 0.5, 0.5, 0.1), "hparams": {}})
+    text = table(rows)
+    assert "fsa (petl=adapter)" in text and "fsa (petl=ssf)" in text and "ncm " in text and "(M=" not in text
+    line = next(l for l in text.splitlines() if "fsa (petl=ssf)" in l and "imagenet" in l)
+    assert "50.0 ± 0.0" in line  # 0.3 + 0.2 over its two orders, not mixed with the adapter's 0.4
+    base, lines = cl_comparisons(rows)
+    got = {(c.group, c.measure): c.result for c in lines}
+    assert base == "imagenet (x)" and got[("fsa (petl=ssf)", "avg inc acc")].mean == pytest.approx(-0.2)
+    assert got[("fsa (petl=adapter)", "avg inc acc")].mean == pytest.approx(-0.1)
+    assert got[("fsa (petl=ssf)", "avg inc acc")].n == 2
+
+
 def test_compare_from_the_command_line_and_its_bad_input_is_one_line(tmp_path):
     from click.testing import CliRunner
 

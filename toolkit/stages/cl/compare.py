@@ -3,8 +3,8 @@
 An arm is a run's weights (random, imagenet (card), pretrained:<folder>). Every other arm is compared
 with the baseline: ImageNet weights when present (Premonition's claim is a pretrained backbone against
 ImageNet alone), else random initialisation, else the first arm found, or `--baseline`. A pair is two
-final rows that share the strategy, protocol, data and backbone architecture, the class order and the
-seed, and differ only in the weights. Measures: average incremental accuracy, last accuracy and average
+final rows that share the strategy and its settings (hyper-parameters, epochs, optimiser, LoRA), protocol,
+data and backbone architecture, the class order and the seed, and differ only in the weights. Measures: average incremental accuracy, last accuracy and average
 forgetting (lower forgetting is better: a negative difference is a gain). Statistics: core/paired.py.
 """
 
@@ -18,9 +18,36 @@ MEASURES = {"average_incremental_accuracy": "avg inc acc", "last_accuracy": "las
             "average_forgetting": "forgetting"}
 
 
-def _group(r: dict[str, Any], several: dict[str, bool]) -> str:
+# The run settings besides the strategy's hyper-parameters that make two runs of one strategy different runs:
+# runs that differ in them are never averaged together or paired (their class orders are not repeats).
+RUN_SETTINGS = ("epochs", "optimizer", "lr", "weight_decay", "lora", "lora_rank")
+
+
+def _settings(r: dict[str, Any]) -> dict[str, str]:
+    hp = r.get("hparams") if isinstance(r.get("hparams"), dict) else {}
+    return {**{k: str(v) for k, v in sorted(hp.items())}, **{k: str(r.get(k)) for k in RUN_SETTINGS if k in r}}
+
+
+def variant_labels(rows: list[dict[str, Any]]) -> list[str]:
+    """Each row's strategy, with `(key=value, ...)` for the settings in which that strategy's rows differ
+    (fsa with petl=adapter and petl=ssf are two lines, not one averaged over both); the bare name where they
+    agree."""
+    by_strategy: dict[str, list[dict[str, str]]] = {}
+    for r in rows:
+        by_strategy.setdefault(r["strategy"], []).append(_settings(r))
+    differing = {name: [k for k in dict.fromkeys(k for s in ss for k in s) if len({s.get(k) for s in ss}) > 1]
+                 for name, ss in by_strategy.items()}
+    labels = []
+    for r in rows:
+        s = _settings(r)
+        shown = ", ".join(f"{k}={s.get(k)}" for k in differing[r["strategy"]])
+        labels.append(r["strategy"] + (f" ({shown})" if shown else ""))
+    return labels
+
+
+def _group(r: dict[str, Any], label: str, several: dict[str, bool]) -> str:
     extra = [str(r.get(k)) for k in ("protocol", "backbone", "data") if several[k]]
-    return r["strategy"] + (f" [{', '.join(extra)}]" if extra else "")
+    return label + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def comparisons(rows: list[dict[str, Any]], baseline: str | None = None) -> tuple[str, list[Comparison]]:
@@ -28,9 +55,10 @@ def comparisons(rows: list[dict[str, Any]], baseline: str | None = None) -> tupl
     preferred = tuple(a for a in arms if a.startswith("imagenet")) + ("random",)
     base = pick_baseline(arms, baseline, preferred, "weights")
     several = {k: len({str(r.get(k)) for r in rows}) > 1 for k in ("protocol", "backbone", "data")}
+    groups = [_group(r, label, several) for r, label in zip(rows, variant_labels(rows))]
     lines = []
-    for group in dict.fromkeys(_group(r, several) for r in rows):
-        g = [r for r in rows if _group(r, several) == group]
+    for group in dict.fromkeys(groups):
+        g = [r for r, gr in zip(rows, groups) if gr == group]
         for arm in arms:
             if arm == base:
                 continue

@@ -396,10 +396,13 @@ ROW_SCHEMA = {"strategy": (str,), "weights": (str,), "backbone": (str,), "protoc
 
 
 def table(results: list[dict[str, Any]], style: str = "plain") -> str:
-    """One line per run (mean ± std over class orders when several rows share everything else)."""
+    """One line per run (mean ± std over class orders when several rows share everything else: a strategy's
+    rows that differ in a hyper-parameter or run setting are separate lines, labelled with it)."""
+    from .compare import variant_labels
+
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in results:
-        groups.setdefault((r["strategy"], r["weights"], r["backbone"], r["protocol"]), []).append(r)
+    for r, label in zip(results, variant_labels(results)):
+        groups.setdefault((label, r["weights"], r["backbone"], r["protocol"]), []).append(r)
     header = ["strategy", "backbone", "weights", "protocol", "orders", "avg inc acc", "last acc", "forgetting"]
     body = []
     for (strategy, weights, backbone, protocol), rs in groups.items():
