@@ -1,7 +1,7 @@
 """The `augur` command: the model registry, `augur run RECIPE`, and every pipeline stage's command.
 
-Each stage brings its own command (toolkit/stages/<name>/command.py, found through the stage
-registry), its options generated from its settings dataclass (toolkit/core/settings.py), so the
+Each stage brings its own command (toolkit/stages/<name>/command.py, listed in toolkit/stages/__init__.py's
+PIPELINE), its options generated from its settings dataclass (toolkit/core/settings.py), so the
 command, the recipe schema and the validation cannot disagree. Errors follow one policy
 (toolkit/core/errors.py): usage errors exit 2 with one line, user and environment errors exit 1 with
 one line; only bugs show a traceback.
@@ -201,7 +201,9 @@ def run_cmd(recipe, out, dry_run, smoke, quiet):
         click.echo(f"{s['stage']:<12} {state:<7} {s['folder']}")
 
 
-# ---------------------------------------------------------------- the stages, each from its own folder
+# ---------------------------------------------------------------- the stages, in pipeline order
+# stages/__init__.py's PIPELINE lists them: `augur dg` is stages/dg/__init__.py's DG.command(), the Click group
+# in stages/dg/command.py.
 from toolkit.stages.descriptor import stages  # noqa: E402
 
 for _stage in stages():

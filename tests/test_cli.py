@@ -145,3 +145,11 @@ def test_the_stage_list_is_the_stage_folders_and_every_stage_has_its_command():
     assert set(PACKAGES) == folders
     assert [s.name for s in stages()] == list(PACKAGES)
     assert set(PACKAGES) <= set(main.commands)
+    for s in stages():  # each command is its own folder's (command.py), found by plain imports
+        assert main.commands[s.name].callback.__module__ == f"toolkit.stages.{s.name}.command"
+    import ast
+
+    for path in [root / "descriptor.py", root / "__init__.py", *root.glob("*/__init__.py")]:
+        tree = ast.parse(path.read_text())
+        assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) and "importlib" in ast.dump(n)
+                       for n in ast.walk(tree)), path  # no discovery by name

@@ -1,18 +1,17 @@
 """What a pipeline stage is, to everything that loops over the stages.
 
-Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name and place in the
-pipeline, its settings class, its command, how a recipe section becomes settings, which earlier stages'
-outputs it reads, how it runs (`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks
-it, and its section of a report. The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py)
-and reports (stages/report) loop over `stages()`: adding a stage is one new folder plus its line in
-stages/__init__.py's PACKAGES. A stage's record in
+Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name, its settings class, its
+command, how a recipe section becomes settings, which earlier stages' outputs it reads, how it runs
+(`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks it, and its section of a report.
+The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py) and reports (stages/report) loop over
+`stages()`, in the order of stages/__init__.py's PIPELINE: adding a stage is one new folder plus its line
+there. A stage's record in
 its output folder is `<name>.json` (core/outdir.py knows records by their content, not by a list of
 stages).
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +68,8 @@ class Stage:
     """A pipeline stage (see the module docstring); a stage overrides what applies to it."""
 
     name: str = ""
-    order: int = 0  # place in the pipeline
     report_rank: int = 99  # place of its section in a report (results first)
-    # Its settings dataclass (core/settings.py) and its Click command, as "module:name" inside the stage's
-    # package: imported when first asked for, so `augur --help` imports no torch.
-    settings_from: str = ""
-    command_from: str = ""
+    settings: type = object  # its settings dataclass (core/settings.py), which drives its options and recipe keys
     # "all": every process of an `accelerate launch` runs it (training; rendering, a shard each);
     # "main": only the main process does, the others wait for it (the LLM, the report).
     processes: str = "all"
@@ -86,20 +81,11 @@ class Stage:
         """The file that says a folder holds a run of this stage."""
         return f"{self.name}.json"
 
-    @property
-    def settings(self) -> type:
-        return self._load(self.settings_from, "settings")
-
     # -- the command line
     def command(self):
-        """Its Click command or group (cli.py adds it to `augur`)."""
-        return self._load(self.command_from, "command")
-
-    def _load(self, ref: str, what: str) -> Any:
-        if not ref:
-            raise NotImplementedError(f"stage {self.name!r} names no {what}")
-        module, _, attr = ref.partition(":")
-        return getattr(importlib.import_module(f"{type(self).__module__}.{module}"), attr)
+        """Its Click command or group (cli.py adds it to `augur`), from the stage's command.py; imported when
+        asked for, so that `augur --help` imports no torch."""
+        raise NotImplementedError(f"stage {self.name!r} has no command")
 
     # -- recipes
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
@@ -184,7 +170,6 @@ def _values(value: Any) -> list:
 
 
 STAGES = Registry("stage", instantiate=True)
-_found = False
 # `augur run`'s pseudo-stage: the stage named in a run folder's record (recipe.json), so that folder reads as
 # "a recipe run" in every message and the report knows it. No stage may take the name.
 RECIPE = "recipe"
@@ -199,35 +184,17 @@ def register(cls: type) -> type:
     return STAGES.register(cls.name)(cls)
 
 
-def _discover() -> None:
-    """Import every stage of the list (stages/__init__.py PACKAGES), each registering its Stage. A listed
-    stage that cannot be imported is an error: an install that lacks one must not quietly lose a command."""
-    global _found
-    if _found:
-        return
-    _found = True
+def stages() -> list[Stage]:
+    """Every stage, in pipeline order: the list in stages/__init__.py (PIPELINE), whose packages have each
+    registered their Stage by being imported."""
     from . import PACKAGES
 
-    for name in PACKAGES:
-        try:
-            importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"{__package__}.{name}":
-                raise
-            raise AugurError(f"stage '{name}' is missing from this install of Augur ({e.name} cannot be "
-                             "imported); reinstall it") from None
-        if name not in STAGES:
-            raise AugurError(f"stage package '{name}' registers no stage of that name")
-
-
-def stages() -> list[Stage]:
-    """Every registered stage, in pipeline order."""
-    _discover()
-    return sorted((s for _, s in STAGES.items()), key=lambda s: s.order)
+    return [STAGES.get(name) for name in PACKAGES]
 
 
 def get(name: str) -> Stage:
-    _discover()
+    from . import PACKAGES  # noqa: F401 - the stages are imported (and registered) with their list
+
     return STAGES.get(name)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
+from .config import CLConfig
 from ..descriptor import (RecipeView, SmokeContext, Stage, StageResult, check_folder_key, check_weights_key,
                           pretrained_arch, register)
 
@@ -54,11 +55,14 @@ def result_of(results: list[dict[str, Any]], lines: list[str], main: bool = True
 @register
 class CL(Stage):
     name = "cl"
-    order = 50
     report_rank = 20
     refs = {"weights": ("pretrain",)}
-    settings_from = "config:CLConfig"
-    command_from = "command:cl"
+    settings = CLConfig
+
+    def command(self):
+        from .command import cl  # its Click command (command.py imports this package)
+
+        return cl
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> CLGrid:
         from ...core.settings import Spec, check_hparams, check_value, from_mapping

@@ -10,17 +10,21 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
+from .config import CurateConfig
 from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_folder_key, register
 
 
 @register
 class Curate(Stage):
     name = "curate"
-    order = 25
     report_rank = 25
     refs: dict[str, tuple[str, ...]] = {"real": ()}
-    settings_from = "config:CurateConfig"
-    command_from = "command:curate"
+    settings = CurateConfig
+
+    def command(self):
+        from .command import curate  # its Click command (command.py imports this package)
+
+        return curate
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         from ...core.settings import from_mapping

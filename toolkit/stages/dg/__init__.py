@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
+from .config import DGConfig
 from ..descriptor import (RecipeView, SmokeContext, Stage, StageResult, check_folder_key, check_weights_key,
                           pretrained_arch, register)
 
@@ -74,11 +75,14 @@ def _grid_list(section: dict[str, Any], one: str, many: str, where: str, default
 @register
 class DG(Stage):
     name = "dg"
-    order = 40
     report_rank = 10
     refs = {"synthetic": ("render", "curate"), "weights": ("pretrain",)}
-    settings_from = "config:DGConfig"
-    command_from = "command:dg"
+    settings = DGConfig
+
+    def command(self):
+        from .command import dg  # its Click command (command.py imports this package)
+
+        return dg
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> DGGrid:
         from ...core.settings import from_mapping

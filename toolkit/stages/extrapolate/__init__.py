@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
+from .config import DomainsConfig
 from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_model_present, register
 
 SMOKE_CLASSES = 3
@@ -31,11 +32,14 @@ def result_of(run: dict[str, Any]) -> StageResult:
 @register
 class Extrapolate(Stage):
     name = "extrapolate"
-    order = 10
     report_rank = 40
     processes = "main"  # one LLM; the other processes of a launch wait
-    settings_from = "config:DomainsConfig"  # two modes, two settings classes: parse() picks one
-    command_from = "command:extrapolate"
+    settings = DomainsConfig  # two modes, two settings classes: parse() picks one
+
+    def command(self):
+        from .command import extrapolate  # its Click command (command.py imports this package)
+
+        return extrapolate
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         from ...core.settings import Spec, check_value, from_mapping

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .config import PretrainConfig
 from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_folder_key, register
 
 
@@ -19,11 +20,14 @@ def result_of(card: dict[str, Any], out: Path, main: bool = True) -> StageResult
 @register
 class Pretrain(Stage):
     name = "pretrain"
-    order = 30
     report_rank = 50
     refs = {"data": ("render", "curate")}
-    settings_from = "config:PretrainConfig"
-    command_from = "command:pretrain_cmd"
+    settings = PretrainConfig
+
+    def command(self):
+        from .command import pretrain_cmd  # its Click command (command.py imports this package)
+
+        return pretrain_cmd
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         return super().parse({"data": "render", **section}, where, seed)  # in a recipe, the rendered images

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
+from .config import RenderConfig
 from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_model_present, register
 
 
@@ -49,10 +50,13 @@ def guide_settings(recipe: RecipeView, settings: Any) -> Any:
 @register
 class Render(Stage):
     name = "render"
-    order = 20
     report_rank = 30
-    settings_from = "config:RenderConfig"
-    command_from = "command:render"
+    settings = RenderConfig
+
+    def command(self):
+        from .command import render  # its Click command (command.py imports this package)
+
+        return render
 
     def inputs(self, settings: Any) -> list[str]:
         return ["extrapolate"]  # its prompts

@@ -21,10 +21,13 @@ class ReportConfig:
 @register
 class Report(Stage):
     name = "report"
-    order = 90
     settings = ReportConfig
     processes = "main"
-    command_from = "command:report_cmd"
+
+    def command(self):
+        from .command import report_cmd  # its Click command (command.py imports this package)
+
+        return report_cmd
 
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         from ...core.settings import from_mapping
