@@ -18,11 +18,7 @@ from ...core.errors import AugurError
 from ...core.files import read_jsonl
 from ...core.schema import NUMBER, split_rows
 from ...core.tables import format_table
-from .config import SELECTIONS
-
-SELECTION_NAMES = {"training-domain": "training-domain validation set",
-                   "leave-one-out": "leave-one-domain-out cross-validation",
-                   "oracle": "test-domain validation set (oracle)"}
+from .config import SELECTION_NAMES, SELECTIONS
 
 
 def format_mean(data: list[float]) -> tuple[float | None, str]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.paired import Comparison, about, compare_units, comparison_table, pick_baseline
-from .collect import SELECTION_NAMES
+from .config import SELECTION_NAMES
 
 def arm_names(rows: list[dict[str, Any]]) -> dict[tuple, str]:
     """(synthetic, synthetic_envs) -> a short name: the folder's name (its path where two names clash)."""

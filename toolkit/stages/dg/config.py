@@ -9,6 +9,10 @@ from ...core.settings import SEED_MAX, SettingError, setting, typed_hparams
 from ...learn.config import BackboneSettings, LoopSettings, LoraSettings
 
 SELECTIONS = ("training-domain", "leave-one-out", "oracle")
+# as DomainBed's collect_results.py names them in its tables' captions
+SELECTION_NAMES = {"training-domain": "training-domain validation set",
+                   "leave-one-out": "leave-one-domain-out cross-validation",
+                   "oracle": "test-domain validation set (oracle)"}
 SYNTHETIC_ENVS = ("one", "per-domain")
 
 
