@@ -99,6 +99,10 @@ class Learner:
 
 
 class Trainer:
+    """zero_grad, backward, (all-reduce), step, with the non-finite guard of the module docstring. How a step
+    is applied is chosen once, here: fp16's gradient scaler (it skips non-finite steps itself), a decision
+    kept on the device (CUDA: never waits), or an eager one (a CPU: the checks before it already returned)."""
+
     def __init__(self, precision: str, accelerator):
         import torch
 
@@ -109,50 +113,73 @@ class Trainer:
         self.on_device = accelerator.device.type == "cuda" or sync_free()  # decide on the device, never wait
         self._true = torch.ones((), dtype=torch.bool, device=accelerator.device)
         self.step_ok: Any = True
+        self._apply = (self._apply_scaled if accelerator.scaler is not None else
+                       self._apply_on_device if self.on_device and self.guard else self._apply_eager)
 
     def begin_step(self) -> None:
         self.step_ok = self._true if self.on_device else True
 
     def optimize(self, loss, optimizers: Sequence[Any], retain_graph: bool = False):
-        import torch
-
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        scaler = self.acc.scaler
-        if not self.on_device and self.guard and not torch.isfinite(loss.detach()).all():
+        ok = self._loss_ok(loss)
+        if ok is False:
             self.step_ok = False
             return False
-        ok = torch.isfinite(loss.detach()).all() if self.on_device and self.guard else None
+        scaler = self.acc.scaler
         (scaler.scale(loss) if scaler is not None else loss).backward(retain_graph=retain_graph)
         params = [p for opt in optimizers for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if self.acc.num_processes > 1 and params:
             _all_reduce_mean([p.grad for p in params], self.acc.num_processes)
         if self.guard and self.check_grads:
-            finite = _grads_finite(params)
-            if not self.on_device and not bool(finite):
-                self.step_ok = False
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
+            ok = self._grads_ok(params, ok, optimizers)
+            if ok is False:
                 return False
-            if ok is not None:
-                ok = ok & finite
+        return self._apply(optimizers, ok)
+
+    def _loss_ok(self, loss):
+        """False for a non-finite loss found eagerly; on the device, the finiteness as a 0-dim tensor; else None."""
+        import torch
+
+        if not self.guard:
+            return None
+        finite = torch.isfinite(loss.detach()).all()
+        if self.on_device:
+            return finite
+        return None if bool(finite) else False
+
+    def _grads_ok(self, params, ok, optimizers):
+        finite = _grads_finite(params)
+        if self.on_device:
+            return ok & finite
+        if not bool(finite):
+            self.step_ok = False
+            for opt in optimizers:
+                opt.zero_grad(set_to_none=True)
+            return False
+        return ok
+
+    def _apply_scaled(self, optimizers, ok) -> bool:
         for opt in optimizers:
-            if scaler is not None:
-                scaler.step(opt)
-            elif ok is not None and opt.defaults.get("fused"):
+            self.acc.scaler.step(opt)
+        return True
+
+    def _apply_eager(self, optimizers, ok) -> bool:
+        for opt in optimizers:
+            opt.step()
+        return True
+
+    def _apply_on_device(self, optimizers, ok):
+        for opt in optimizers:
+            if opt.defaults.get("fused"):
                 # Fused optimizers skip the whole update (moments, step count) where found_inf is 1.
                 opt.found_inf = (~ok).float()
                 try:
                     opt.step()
                 finally:
                     del opt.found_inf
-            elif ok is not None:
-                if bool(ok):  # an optimizer made without optimizer_kwargs(): this one waits for the GPU
-                    opt.step()
-            else:
+            elif bool(ok):  # an optimizer made without optimizer_kwargs(): this one waits for the GPU
                 opt.step()
-        if ok is None:
-            return True
         self.step_ok = self.step_ok & ok
         return ok
 
@@ -285,64 +312,103 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
     caller that saves the learner's whole state itself right after (CL's finished task); a kill in between
     resumes from the checkpoint before it and retrains to the same weights.
     """
-    import torch
-
-    from ..core.progress import progress as progress_bar
-
     if precision not in ("fp32", "bf16", "fp16"):  # the stage resolved it once (LoopSettings.train_precision)
         raise ValueError(f"loop.run takes a resolved precision (fp32, bf16, fp16), got {precision!r}")
-    acc = accelerator_for(precision)
-    trainer = Trainer(precision, acc)
-    for m in learner.modules():  # a wrapper (SWAD) and the algorithm it wraps share the trainer
-        if isinstance(m, Learner):
-            m._trainer = trainer
-    learner.to(acc.device)
-    learners = [m for m in learner.modules() if isinstance(m, Learner)]  # SWAD and the algorithm it wraps
-    ckpt = Path(ckpt)
-    main = acc.is_main_process
-    records: list[dict[str, Any]] = []
-    start = 0
-    last = latest_checkpoint(ckpt) if ckpt.is_dir() else None
-    if last is not None:
-        state = _load(last, learner, acc)
-        start, records = state["step"] + 1, state["records"]
-        if state.get("stopped"):
-            start = total_steps
-    acc.wait_for_everyone()
-    # What a skipped step must put back, and what processes must agree on: the statistics a forward
-    # pass in training mode changes (BatchNorm's). Memories and accumulators are the learner's own business.
-    buffers = [b for m in learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-               for b in m.buffers() if b.is_floating_point()]
-    if trainer.on_device and buffers:
-        # One tensor holding them all (each buffer a view of it): saving and restoring them is then two
-        # kernels a step instead of three per buffer, which on a small network is most of a GPU step.
-        buffers = [_flatten_buffers(learner)]
-    log = _Log(acc.device)
-    t0 = time.perf_counter()
-    shown = 0.0
-    bar = progress_bar(total_steps, desc, unit="step", initial=start, disable=not progress or not main)
-    from . import audit
+    training = _Training(learner, Path(ckpt), total_steps, precision, evaluate, on_checkpoint, save_last)
+    return training.run(batches, is_checkpoint, seed, progress, desc)
 
-    stream = iter(batches(start, total_steps))
-    for step in range(start, total_steps):
-        with _step_audit(audit, learner) as checker:
+
+class _Training:
+    """One call of `run`: the accelerator and trainer wired into the learner, then steps and checkpoints."""
+
+    def __init__(self, learner, ckpt: Path, total_steps: int, precision: str, evaluate, on_checkpoint,
+                 save_last: bool):
+        self.learner, self.ckpt, self.total, self.precision = learner, ckpt, total_steps, precision
+        self.evaluate, self.on_checkpoint, self.save_last = evaluate, on_checkpoint, save_last
+        self.acc = accelerator_for(precision)
+        self.trainer = Trainer(precision, self.acc)
+        # SWAD and the algorithm it wraps are both Learners: they share the trainer and the step count
+        self.learners = [m for m in learner.modules() if isinstance(m, Learner)]
+        for m in self.learners:
+            m._trainer = self.trainer
+        learner.to(self.acc.device)
+        self.main = self.acc.is_main_process
+        self.records: list[dict[str, Any]] = []
+
+    def resume(self) -> int:
+        """The first step to run: after the last checkpoint (its records kept), or 0."""
+        start = 0
+        last = latest_checkpoint(self.ckpt) if self.ckpt.is_dir() else None
+        if last is not None:
+            state = _load(last, self.learner, self.acc)
+            start, self.records = state["step"] + 1, state["records"]
+            if state.get("stopped"):
+                start = self.total
+        self.acc.wait_for_everyone()
+        return start
+
+    def _batchnorm_buffers(self) -> list:
+        """What a skipped step must put back, and what processes must agree on: the statistics a forward pass in
+        training mode changes (BatchNorm's). Memories and accumulators are the learner's own business."""
+        import torch
+
+        buffers = [b for m in self.learner.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for b in m.buffers() if b.is_floating_point()]
+        if self.trainer.on_device and buffers:
+            # One tensor holding them all (each buffer a view of it): saving and restoring them is then two
+            # kernels a step instead of three per buffer, which on a small network is most of a GPU step.
+            buffers = [_flatten_buffers(self.learner)]
+        return buffers
+
+    def run(self, batches, is_checkpoint, seed: int, progress: bool, desc: str) -> list[dict[str, Any]]:
+        from ..core.progress import progress as progress_bar
+
+        start = self.resume()
+        self.buffers = self._batchnorm_buffers()
+        self.log, self.t0, shown = _Log(self.acc.device), time.perf_counter(), 0.0
+        self.bar = progress_bar(self.total, desc, unit="step", initial=start, disable=not progress or not self.main)
+        stream = iter(batches(start, self.total))
+        for step in range(start, self.total):
+            if not self._step(step, stream, seed):
+                break
+            self.bar.update(1)
+            now = time.perf_counter()
+            if self.bar.disable is False and now - shown >= 1.0:  # reading the losses waits for the GPU: once a second
+                shown = now
+                self.bar.set_postfix(img_s=f"{self.log.images / max(now - self.t0, 1e-9):.0f}",
+                                     **{k: f"{v:.3f}" for k, v in list(self.log.latest().items())[:2]})
+            if (is_checkpoint(step) or step == self.total - 1) and self._checkpoint(step):
+                break
+        self.bar.close()
+        self.learner.eval()
+        return self.records
+
+    def _step(self, step: int, stream, seed: int) -> bool:
+        """One update (False when the batches ran out): seeded by (seed, step); a non-finite step is skipped and
+        the BatchNorm statistics its forward pass moved are put back."""
+        import torch
+
+        from . import audit
+
+        acc, trainer, buffers = self.acc, self.trainer, self.buffers
+        with _step_audit(audit, self.learner) as checker:
             try:
                 minibatches = next(stream)
             except StopIteration:
-                break
+                return False
             seed_step(seed, step)
-            for m in learners:
+            for m in self.learners:
                 m.current_step = step
             minibatches = [(x.to(acc.device, non_blocking=True), y.to(acc.device, non_blocking=True))
                            for x, y in minibatches]
             if checker is not None:
                 checker.mark(*(t for mb in minibatches for t in mb))
-            if not learner.training:  # after an evaluation (a module walk every step costs a small GPU step)
-                learner.train()
+            if not self.learner.training:  # after an evaluation (a module walk every step costs a small GPU step)
+                self.learner.train()
             saved = [b.clone() for b in buffers] if trainer.guard else []
             trainer.begin_step()
             with acc.autocast():
-                info = learner.update(minibatches)
+                info = self.learner.update(minibatches)
             kill_point("loop.step")
             if acc.scaler is not None:
                 acc.scaler.update()
@@ -354,53 +420,48 @@ def run(learner, batches: Callable[[int, int], Iterable[list]], *, total_steps: 
                 elif not ok:
                     for b, old in zip(buffers, saved):
                         b.copy_(old)
-            log.add(info, ok)
+            self.log.add(info, ok)
             if acc.num_processes > 1:
                 import torch.distributed as dist
 
                 for b in buffers:
                     dist.broadcast(b, 0)
-            log.images += sum(len(y) for _, y in minibatches) * acc.num_processes
-        bar.update(1)
-        now = time.perf_counter()
-        if bar.disable is False and now - shown >= 1.0:  # reading the losses waits for the GPU: once a second
-            shown = now
-            bar.set_postfix(img_s=f"{log.images / max(now - t0, 1e-9):.0f}",
-                            **{k: f"{v:.3f}" for k, v in list(log.latest().items())[:2]})
-        if is_checkpoint(step) or step == total_steps - 1:
-            means, skipped = log.read()
-            if skipped and main:
-                bar.write(f"warning: {skipped} step(s) before step {step} had a non-finite loss or gradient "
-                          f"({precision}) and were skipped", file=sys.stderr)
-            if skipped > log.steps // 2:
-                bar.close()
-                raise AugurError(f"training diverged: {skipped} of {log.steps} steps before step {step} had "
-                                 f"a non-finite loss or gradient ({precision}); try a lower learning rate, or "
-                                 "--precision fp32 (docs/verification.md on bf16 on a CPU). The last checkpoint is kept")
-            record = {"step": step, **means, "skipped_steps": skipped, "images": log.images,
-                      "images_per_second": log.images / max(time.perf_counter() - t0, 1e-9)}
-            if evaluate is not None:
-                learner.eval()
-                with torch.inference_mode(), acc.autocast():
-                    measured = evaluate(learner)
-                for k in measured:  # the training means keep their place beside an evaluation's same name
-                    if k in means:
-                        record[f"train_{k}"] = record.pop(k)
-                record.update(measured)
-            if on_checkpoint is not None:
-                on_checkpoint(learner, step, record)
-            records.append(record)
-            stop = bool(getattr(learner, "stop_training", False))
-            if main and (save_last or (step != total_steps - 1 and not stop)):
-                _save(ckpt, step, learner, acc, {"step": step, "records": records, "stopped": stop})
-            acc.wait_for_everyone()
-            log = _Log(acc.device)
-            t0 = time.perf_counter()
-            if stop:
-                break
-    bar.close()
-    learner.eval()
-    return records
+            self.log.images += sum(len(y) for _, y in minibatches) * acc.num_processes
+        return True
+
+    def _checkpoint(self, step: int) -> bool:
+        """The record of the steps since the last checkpoint (and the evaluation), saved with the state; whether
+        the learner asked to stop."""
+        import torch
+
+        means, skipped = self.log.read()
+        if skipped and self.main:
+            self.bar.write(f"warning: {skipped} step(s) before step {step} had a non-finite loss or gradient "
+                           f"({self.precision}) and were skipped", file=sys.stderr)
+        if skipped > self.log.steps // 2:
+            self.bar.close()
+            raise AugurError(f"training diverged: {skipped} of {self.log.steps} steps before step {step} had "
+                             f"a non-finite loss or gradient ({self.precision}); try a lower learning rate, or "
+                             "--precision fp32 (docs/verification.md on bf16 on a CPU). The last checkpoint is kept")
+        record = {"step": step, **means, "skipped_steps": skipped, "images": self.log.images,
+                  "images_per_second": self.log.images / max(time.perf_counter() - self.t0, 1e-9)}
+        if self.evaluate is not None:
+            self.learner.eval()
+            with torch.inference_mode(), self.acc.autocast():
+                measured = self.evaluate(self.learner)
+            for k in measured:  # the training means keep their place beside an evaluation's same name
+                if k in means:
+                    record[f"train_{k}"] = record.pop(k)
+            record.update(measured)
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.learner, step, record)
+        self.records.append(record)
+        stop = bool(getattr(self.learner, "stop_training", False))
+        if self.main and (self.save_last or (step != self.total - 1 and not stop)):
+            _save(self.ckpt, step, self.learner, self.acc, {"step": step, "records": self.records, "stopped": stop})
+        self.acc.wait_for_everyone()
+        self.log, self.t0 = _Log(self.acc.device), time.perf_counter()
+        return stop
 
 
 def _flatten_buffers(learner):

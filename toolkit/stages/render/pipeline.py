@@ -149,23 +149,7 @@ class Renderer:
         # steps x strength >= 1); the command line overrides both
         self.strengths = (list(cfg.strength or d.get("strength") or [0.5])) if self.guided else None
         self.negative_prompt = cfg.negative_prompt if cfg.negative_prompt is not None else d.get("negative_prompt", "")
-        self.lora = self.tiny_vae = None
-        lora_path = tiny_vae_path = None
-        if d.get("lora") and cfg.backend == "torch":
-            _, lora_path, lora_sha = models.ensure(d["lora"])
-            self.lora = {"model": d["lora"], "sha256": lora_sha}
-        exported = resolved.card.extra.get("exported_as") or {}
-        if exported.get("lora_sha256"):  # an ONNX export carries its card's LoRA fused in
-            source = models.load_cards().get(resolved.card.extra.get("exported_from", ""))
-            self.lora = {"model": (source.render_defaults.get("lora") if source else None),
-                         "sha256": exported["lora_sha256"], "fused_at_export": True}
-        if cfg.tiny_vae:
-            tv = Path(cfg.tiny_vae)
-            if tv.is_dir():
-                tiny_vae_path, tv_sha = tv, tree_digest(tv)[0]
-            else:
-                _, tiny_vae_path, tv_sha = models.ensure(cfg.tiny_vae)
-            self.tiny_vae = {"model": str(cfg.tiny_vae), "sha256": tv_sha}
+        lora_path, tiny_vae_path = self._extras(resolved, cfg, d)
         self.variant = resolved.card.variant or detect_variant(resolved.path)
         _quiet_libraries()
         try:
@@ -188,6 +172,33 @@ class Renderer:
         self._choose_steps(cfg, d)
         self.denoising_steps = ({s: check_denoising(self.pipe.scheduler, self.steps, s) for s in self.strengths}
                                 if self.guided else {})
+        self._read_pipeline(resolved, cfg, d)
+        # See the module docstring: one image per computation on a CPU, batches on a GPU.
+        self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
+
+    def _extras(self, resolved: Resolved, cfg: RenderConfig, d: dict[str, Any]) -> tuple[Path | None, Path | None]:
+        """The card's LoRA (fused at load, or at ONNX export) and --tiny-vae: recorded here, their paths returned."""
+        self.lora = self.tiny_vae = None
+        lora_path = tiny_vae_path = None
+        if d.get("lora") and cfg.backend == "torch":
+            _, lora_path, lora_sha = models.ensure(d["lora"])
+            self.lora = {"model": d["lora"], "sha256": lora_sha}
+        exported = resolved.card.extra.get("exported_as") or {}
+        if exported.get("lora_sha256"):  # an ONNX export carries its card's LoRA fused in
+            source = models.load_cards().get(resolved.card.extra.get("exported_from", ""))
+            self.lora = {"model": (source.render_defaults.get("lora") if source else None),
+                         "sha256": exported["lora_sha256"], "fused_at_export": True}
+        if cfg.tiny_vae:
+            tv = Path(cfg.tiny_vae)
+            if tv.is_dir():
+                tiny_vae_path, tv_sha = tv, tree_digest(tv)[0]
+            else:
+                _, tiny_vae_path, tv_sha = models.ensure(cfg.tiny_vae)
+            self.tiny_vae = {"model": str(cfg.tiny_vae), "sha256": tv_sha}
+        return lora_path, tiny_vae_path
+
+    def _read_pipeline(self, resolved: Resolved, cfg: RenderConfig, d: dict[str, Any]) -> None:
+        """What the loaded pipeline says of itself: its native size, the switches its __call__ takes."""
         scale = getattr(self.pipe, "vae_scale_factor", 8)
         net_cfg = getattr(denoiser(self.pipe), "config", None)  # the UNet's, or a DiT's (PixArt)
         native = (net_cfg.sample_size * scale) if net_cfg is not None and hasattr(net_cfg, "sample_size") else 512
@@ -202,8 +213,6 @@ class Renderer:
         self.resolution_binning = bool(binning is not None and binning.default is True)
         self.pickled = (pickled_components(resolved.path, cfg.safety_checker)
                         if cfg.backend == "torch" and resolved.path.is_dir() else [])
-        # See the module docstring: one image per computation on a CPU, batches on a GPU.
-        self.compute_batch = cfg.batch_size if self.device == "cuda" else 1
 
     def _choose_steps(self, cfg: RenderConfig, d: dict[str, Any]) -> None:
         """Steps and guidance: the command line's, else the card's, else what the pipeline class itself

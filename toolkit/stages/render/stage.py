@@ -153,32 +153,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         bar = progress(len(units), "render", unit="img", initial=len(units) - len(todo), disable=not cfg.progress,
                        leave=True)
         t_render = time.perf_counter()
-        pending: tuple[list[Unit], list] | None = None  # the batch whose files the writers are writing
-
-        def finish(batch_units, futures) -> None:
-            new_rows = [f.result() for f in futures]  # in order; a writer's error surfaces here
-            append_jsonl(manifest, new_rows)
-            kill_point("render.after_batch")
-            done.update({r["image_id"]: r for r in new_rows})
-            bar.update(len(batch_units))
-
-        with ThreadPoolExecutor(max_workers=writer_threads(cfg, renderer.device), thread_name_prefix="png") as pool:
-            try:
-                for start in range(0, len(todo), cfg.batch_size):
-                    batch = todo[start: start + cfg.batch_size]
-                    arrays = renderer(batch)
-                    if pending is not None:
-                        finish(*pending)
-                    pending = (batch, [pool.submit(_write_image, out, u, arr, base, renderer, guides)
-                                       for u, arr in zip(batch, arrays)])
-                    bar.set_postfix(img_s=f"{(start + len(batch)) / max(time.perf_counter() - t_render, 1e-9):.2f}")
-                if pending is not None:
-                    finish(*pending)
-                    pending = None
-            except BaseException:
-                for f in (pending[1] if pending else []):
-                    f.cancel()
-                raise
+        _draw(todo, renderer, cfg, out, manifest, base, guides, done, bar)
         bar.close()
         # Canonical order once complete, whatever the interruptions: the unit order.
         final = [done[u.image_id] for u in units]
@@ -199,6 +174,39 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
                      + (" (model folder's digest from the cache: no file changed)" if resolved.digest_cached else "")
                      + (f", guided by {cfg.init_images} at strength {', '.join(f'{x:g}' for x in renderer.strengths)}"
                         if guides is not None else "") + f"; {wall:.1f} s → {manifest}")}
+
+
+def _draw(todo: list[Unit], renderer: Renderer, cfg: RenderConfig, out: Path, manifest: Path, base: dict[str, Any],
+          guides, done: dict[str, Any], bar) -> None:
+    """Render `todo` in batches; while the next batch renders, writer threads encode the last one's PNGs, whose
+    rows are then appended to the manifest (a kill loses at most the batches in flight)."""
+    t_render = time.perf_counter()
+    pending: tuple[list[Unit], list] | None = None  # the batch whose files the writers are writing
+
+    def finish(batch_units, futures) -> None:
+        new_rows = [f.result() for f in futures]  # in order; a writer's error surfaces here
+        append_jsonl(manifest, new_rows)
+        kill_point("render.after_batch")
+        done.update({r["image_id"]: r for r in new_rows})
+        bar.update(len(batch_units))
+
+    with ThreadPoolExecutor(max_workers=writer_threads(cfg, renderer.device), thread_name_prefix="png") as pool:
+        try:
+            for start in range(0, len(todo), cfg.batch_size):
+                batch = todo[start: start + cfg.batch_size]
+                arrays = renderer(batch)
+                if pending is not None:
+                    finish(*pending)
+                pending = (batch, [pool.submit(_write_image, out, u, arr, base, renderer, guides)
+                                   for u, arr in zip(batch, arrays)])
+                bar.set_postfix(img_s=f"{(start + len(batch)) / max(time.perf_counter() - t_render, 1e-9):.2f}")
+            if pending is not None:
+                finish(*pending)
+                pending = None
+        except BaseException:
+            for f in (pending[1] if pending else []):
+                f.cancel()
+            raise
 
 
 def render_stage(prompts: Path, out: Path, cfg: RenderConfig) -> StageResult:
