@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from cli import main
-from conftest import assert_same_files, killed_at
+from helpers import assert_same_files, killed_at
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_jsonl
 from toolkit.learn.images import ImageStore

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import assert_one_line_error
+from helpers import assert_one_line_error
 from toolkit.core.files import read_jsonl
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import assert_one_line_error
+from helpers import assert_one_line_error
 from PIL import Image
 
 from cli import main

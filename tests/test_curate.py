@@ -22,7 +22,7 @@ from toolkit.stages.curate.stage import run_curate
 from toolkit.stages.render.config import RenderConfig
 from toolkit.stages.render.stage import render
 
-from conftest import ROOT
+from helpers import ROOT
 
 CLASSES = ("daisy", "goldfinch", "zork")  # two ImageNet class names and one no ImageNet class matches
 
@@ -251,7 +251,7 @@ def test_max_per_class_keeps_the_k_best(rendered, tmp_path):
 def test_kill_and_resume_gives_the_same_files_and_the_render_folder_is_unchanged(rendered, tmp_path):
     import os
 
-    from conftest import assert_same_files, killed_at
+    from helpers import assert_same_files, killed_at
 
     before = sha256_tree(rendered)
     base = [sys.executable, "-m", "cli", "curate", str(rendered), "--scorer", "efficientnet-lite0-imagenet",

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import assert_same_files, killed_at
+from helpers import assert_same_files, killed_at
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl
 from toolkit.learn import data

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import killed_at
+from helpers import killed_at
 
 from cli import main
 

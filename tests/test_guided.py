@@ -16,8 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import assert_one_line_error
-from toolkit import models
+from helpers import assert_one_line_error
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl, sha256_file, write_jsonl
 from toolkit.learn.data import rotated_digits
@@ -40,21 +39,9 @@ def images(out: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return models.ensure("tiny-lcm")[1]
-
-
-@pytest.fixture(scope="module")
 def guided_renderer(tiny):
     c = cfg(strength=[0.3, 0.7])
     return Renderer(resolve_model("tiny-lcm", "torch"), c)
-
-
-@pytest.fixture()
-def prompts(tmp_path) -> Path:
-    p = tmp_path / "prompts.jsonl"
-    write_jsonl(p, ROWS)
-    return p
 
 
 @pytest.fixture(scope="module")

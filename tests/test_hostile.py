@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import assert_same_files, strip_timing
+from helpers import assert_same_files, strip_timing
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,13 +53,6 @@ def sandbox(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     return tmp_path
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    from toolkit import models
-
-    return models.ensure("tiny-lcm")[1]
 
 
 # ----------------------------------------------------------------------------- names that become paths

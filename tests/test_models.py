@@ -34,13 +34,6 @@ def home(tmp_path_factory):
     os.environ["AUGUR_HOME"] = old
 
 
-@pytest.fixture
-def prompts(tmp_path) -> Path:
-    p = tmp_path / "prompts.jsonl"
-    write_jsonl(p, ROWS)
-    return p
-
-
 def test_the_hub_libraries_run_offline():
     """Not the variable conftest sets, but what the libraries made of it: the hub client and diffusers
     refuse to download instead of trying the network."""
@@ -437,7 +430,7 @@ def test_a_pipeline_without_a_card_renders_with_its_class_defaults_or_those_impo
 def test_the_safety_checker_is_off_unless_asked_and_recorded_when_on(home, prompts, tmp_path):
     """SD 1.5's layout ships a safety checker: Augur loads none unless --safety-checker, which is then recorded
     (and part of the run's identity); a pipeline without one, or the ONNX backend, refuses the flag in one line."""
-    from conftest import assert_one_line_error
+    from helpers import assert_one_line_error
 
     pull_tiny(models.get_card("sd15-lcm-lora"))
     base = ["render", str(prompts), "--model", "sd15-lcm-lora-tiny", "--images-per-prompt", "1", "--quiet"]

@@ -2,7 +2,7 @@ import socket
 
 import pytest
 
-from conftest import NetworkBlocked
+from helpers import NetworkBlocked
 
 
 def test_socket_guard_blocks_internet():

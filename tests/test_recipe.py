@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
+from helpers import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl, write_json
 from toolkit.run.recipe import load_recipe, run_recipe

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import accelerate_launch, killed_at, launch_log
+from helpers import accelerate_launch, killed_at, launch_log
 from toolkit import models
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_jsonl, sha256_file, write_jsonl
@@ -28,12 +28,6 @@ ROWS = [{"id": f"{c}--{d}", "class": c, "domain": d, "prompt": f"a {c}, {d}"}
 
 
 @pytest.fixture(scope="session")
-def tiny():
-    card, path, sha = models.ensure("tiny-lcm")
-    return path
-
-
-@pytest.fixture(scope="session")
 def onnx_export(tiny):
     from toolkit.stages.render.onnx_export import export_onnx
 
@@ -44,13 +38,6 @@ def onnx_export(tiny):
 def torch_renderer(tiny):
     cfg = RenderConfig(model="tiny-lcm", device="cpu", quiet=True)
     return Renderer(resolve_model("tiny-lcm", "torch"), cfg)
-
-
-@pytest.fixture()
-def prompts(tmp_path) -> Path:
-    p = tmp_path / "prompts.jsonl"
-    write_jsonl(p, ROWS)
-    return p
 
 
 def cfg(**kw) -> RenderConfig:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from conftest import accelerate_launch, assert_same_files, killed_at, launch_log
+from helpers import accelerate_launch, assert_same_files, killed_at, launch_log
 from toolkit.core.errors import AugurError
 from toolkit.core.files import read_json, read_jsonl, sha256_file
 from toolkit.learn import backbones, data, loop

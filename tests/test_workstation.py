@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import killed_at
+from helpers import killed_at
 from toolkit.core import threads
 from toolkit.core.device import cpu_count
 from toolkit.core.files import read_jsonl
