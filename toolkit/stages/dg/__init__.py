@@ -1,75 +1,18 @@
 """Stage 4, `augur dg`: domain generalization the DomainBed way (algorithms, hyper-parameter registry,
 sweeps, three model-selection methods, collect_results tables).
 
-This file is the stage's descriptor (stages/descriptor.py); the work is in stage.py, the command in
-command.py."""
+This file is the stage's descriptor (stages/descriptor.py), a table of where each part is: the work in
+stage.py, the command in command.py, the recipe's sweeps (algorithms x synthetic arms) in recipe.py, its
+report section in report.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-from ...core.errors import AugurError
+from . import recipe, report
 from .config import DGConfig
-from ..descriptor import (RecipeView, SmokeContext, Stage, StageResult, check_folder_key, check_weights_key,
-                          pretrained_arch, register)
+from .recipe import NONE, DGGrid, result_of  # noqa: F401 - what command.py and callers use
+from ..descriptor import Stage, register
 
-# What makes a row of results.jsonl a DG result row (a report leaves other rows out).
-ROW_KEYS = {"label", "selection", "test_domain", "trial_seed", "hparams_seed", "val_acc", "test_acc", "dataset",
-            "backbone", "weights"}
-
-
-def result_of(res: dict[str, Any], main: bool = True) -> StageResult:
-    return StageResult([f"dg: {len(res['rows'])} result rows → {res['results']}"], tables=[res["table"]],
-                       files={"results": res["results"]}, data=res, printed=main)
-
-
-NONE = "none"  # the arm without synthetic data
-
-
-@dataclass
-class DGGrid:
-    """The dg section of a recipe: one sweep per algorithm x synthetic arm (`algorithms: [ERM, CORAL]`,
-    `synthetic: [none, render]`), each a DGConfig. A grid of one sweep is the section as it always was: the
-    same settings (so the same stage hash) and the sweep in the stage's folder itself; a larger grid puts
-    each sweep in a folder of its own, `<algorithm>-<arm>` in lower case (`erm-none`). The `none` arm of a data-free section trains on
-    the real training domains (DomainBed's leave-one-domain-out): the baseline data-free is compared with."""
-
-    runs: list[tuple[str, str, Any]]  # (algorithm, arm: none / a stage / a folder, its DGConfig)
-    algorithms: list[str]
-    synthetic: list[str]  # the arms, `none` included
-
-    @property
-    def base(self) -> Any:
-        return self.runs[0][2]
-
-    def folder(self, algorithm: str, arm: str, out: Path) -> Path:
-        from ...core.names import path_name
-
-        if len(self.runs) == 1:
-            return out
-        tag = arm if arm in (NONE, "render", "curate") else f"synthetic{self.synthetic.index(arm)}"
-        return out / path_name(f"{algorithm.lower()}-{tag}")
-
-
-def _grid_list(section: dict[str, Any], one: str, many: str, where: str, default: str) -> list[str]:
-    from ...core.settings import Spec, check_value
-
-    if one in section and many in section and one != many:
-        raise AugurError(f"{where}.{many}: give {one} or {many}, not both")
-    value = section.pop(many, section.pop(one, default) if one != many else default)
-    if value is None:
-        value = NONE
-    try:
-        value = check_value(value if isinstance(value, list) else [value], list[str], Spec())
-    except ValueError as e:
-        raise AugurError(f"{where}.{many}: {e}") from None
-    if not value:
-        raise AugurError(f"{where}.{many}: give at least one")
-    if len(set(value)) < len(value):
-        raise AugurError(f"{where}.{many}: {value} names one twice")
-    return value
+__all__ = ["DG", "DGGrid", "NONE", "result_of"]
 
 
 @register
@@ -84,165 +27,29 @@ class DG(Stage):
 
         return dg
 
-    def parse(self, section: dict[str, Any], where: str, seed: int) -> DGGrid:
-        from ...core.settings import from_mapping
-        from .config import DGConfig
-        from .hparams import ALGORITHM_HPARAMS
+    def parse(self, section, where, seed):
+        return recipe.parse(section, where, seed)
 
-        section = dict(section or {}) if isinstance(section, dict) or section is None else section
-        if not isinstance(section, dict):
-            raise AugurError(f"{where}: expected a mapping of parameters")
-        algorithms = _grid_list(section, "algorithm", "algorithms", where, "ERM")
-        arms = _grid_list(section, "synthetic", "synthetic", where, NONE)
-        for a in algorithms:
-            if a not in ALGORITHM_HPARAMS:
-                raise AugurError(f"{where}.algorithms: unknown value {a!r} (choose from {', '.join(ALGORITHM_HPARAMS)})")
-        hp = section.pop("hp", {}) or {}
-        if len(algorithms) > 1:  # one mapping per algorithm, as a cl section's hp per strategy
-            if not isinstance(hp, dict) or not all(k in algorithms and isinstance(v, dict) for k, v in hp.items()):
-                raise AugurError(f"{where}.hp: with several algorithms, a mapping of algorithm (one of "
-                                 f"{', '.join(algorithms)}) to its hyper-parameters")
-        data_free = bool(section.get("data_free"))
-        runs = []
-        for arm in arms:
-            for a in algorithms:
-                values = {"seed": seed, **section, "algorithm": a, "synthetic": None if arm == NONE else arm,
-                          "hp": hp.get(a, {}) if len(algorithms) > 1 else hp}
-                if arm == NONE and data_free and len(arms) > 1:
-                    values["data_free"] = False  # the baseline: the real training domains (see DGGrid)
-                runs.append((a, arm, from_mapping(DGConfig, values, where)))
-        return DGGrid(runs, algorithms, arms)
+    def section(self, settings):
+        return recipe.section(settings)
 
-    def section(self, settings: DGGrid) -> dict[str, Any]:
-        from ...core.settings import as_dict
+    def check(self, recipe_view, settings):
+        recipe.check(self, recipe_view, settings)
 
-        if len(settings.runs) == 1:
-            return as_dict(settings.base)  # as a section of one sweep always was (its stage hash unchanged)
-        hp = {a: cfg.hp for a, _, cfg in settings.runs if cfg.hp}
-        return {**as_dict(settings.base), "algorithm": None, "algorithms": settings.algorithms,
-                "synthetic": settings.synthetic, "hp": hp if len(settings.algorithms) > 1 else settings.base.hp,
-                "data_free": any(cfg.data_free for _, _, cfg in settings.runs)}
+    def preflight(self, recipe_view, settings):
+        recipe.preflight(self, recipe_view, settings)
 
-    def check(self, recipe: RecipeView, settings: DGGrid) -> None:
-        base = settings.base
-        pretrained_arch(recipe, self.name, base.backbone, base.image_size, base.weights == "pretrain")
+    def run(self, settings, out, recipe_view):
+        return recipe.run(self, settings, out, recipe_view)
 
-    def preflight(self, recipe: RecipeView, settings: DGGrid) -> None:
-        check_folder_key(recipe, self, "data", settings.base.data)
-        for arm in settings.synthetic:
-            if arm != NONE:
-                check_folder_key(recipe, self, "synthetic", arm)
-        check_weights_key(recipe, self, [settings.base.weights])
+    def smoke(self, settings, ctx):
+        return recipe.smoke(settings, ctx)
 
-    def run(self, settings: DGGrid, out: Path, recipe: RecipeView) -> StageResult:
-        import dataclasses
+    def evidence(self, folders, page):
+        report.evidence(folders, page)
 
-        from ...core.distributed import is_main_process
-        from .collect import tables
-        from .stage import run_dg
+    def report(self, folders, page):
+        report.write_section(folders, page)
 
-        results = []
-        for algorithm, arm, cfg in settings.runs:
-            cfg = dataclasses.replace(cfg, quiet=not recipe.progress,
-                                      synthetic=recipe.resolve(arm, self.refs["synthetic"]) if arm != NONE else None,
-                                      weights=recipe.resolve(cfg.weights, "pretrain"))
-            results.append(run_dg(cfg, settings.folder(algorithm, arm, out)))
-        if len(results) == 1:
-            return result_of(results[0], is_main_process())
-        rows = [r for res in results for r in res["rows"]]
-        lines = [f"dg: {len(results)} sweeps ({' x '.join(map(str, (len(settings.algorithms), len(settings.synthetic))))} "
-                 f"algorithms x arms), {len(rows)} result rows → {out}"]
-        return StageResult(lines, tables=[tables(rows, selections=settings.base.selection)],
-                           files={"results": [res["results"] for res in results]}, data={"sweeps": results},
-                           printed=is_main_process())
-
-    def smoke(self, grid: DGGrid, ctx: SmokeContext) -> DGGrid:
-        return DGGrid([(a, arm, self._smoke(cfg, ctx)) for a, arm, cfg in grid.runs], grid.algorithms, grid.synthetic)
-
-    def _smoke(self, settings: Any, ctx: SmokeContext) -> Any:
-        import dataclasses
-
-        from ..smoke_data import SMOKE_CLASSES, make_dg_data, smoke_weights
-
-        domains = ctx.domains
-        if settings.single_source and settings.single_source not in domains:
-            domains.append(settings.single_source)
-        # at least three real domains: leave-one-out selection and single-source testing need the others
-        domains += [f"domain_{c}" for c in "abc"][:max(0, 3 - len(domains))]
-        data = settings.data
-        if settings.data != "digits":
-            data = str(ctx.data_root / "dg")
-            if ctx.build:
-                make_dg_data(Path(data), domains, ctx.classes or [f"class_{i}" for i in range(SMOKE_CLASSES)])
-        # evaluated (and checkpointed) at the first and the last step: selection has two to choose from, and each
-        # further checkpoint of a ResNet-50 and its Adam state costs a second here (resume has tests of its own)
-        return dataclasses.replace(settings, data=data, steps=6, checkpoint_freq=6, batch_size=4, trials=1, seeds=None,
-                                   hparams_seed=[0], image_size=32,
-                                   weights=smoke_weights(settings.weights, settings.backbone, ctx.build))
-
-    def evidence(self, folders: list[Path], page: Any) -> None:
-        from .compare import evidence
-
-        evidence(_report_rows(folders)[1], page)
-
-    def report(self, folders: list[Path], page: Any) -> None:
-        from ...core.files import read_json
-        from .collect import tables
-
-        read, rows = _report_rows(folders)
-        if read and not rows:
-            page.section("Domain generalization")
-            page.text(f"(results.jsonl holds {len(read)} row(s), none of them DG result rows: not DG result rows, "
-                      "left out.)")
-        if not rows:
-            return
-        page.section("Domain generalization")
-        page.text("DomainBed's protocol; mean ± standard error over trials (DomainBed's collect_results format).")
-        page.markdown(tables(rows, style="markdown"))
-        first = rows[0]["selection"]
-        _bars([r for r in rows if r["selection"] == first], page.path("dg_bars.png"))
-        page.figure("dg_bars.png", f"DG accuracy per held-out domain ({first})")
-        from .sources import rendered_domains
-
-        rendered_domains(rows, folders, page)  # which rendered domains trained, and what each carried
-        if len(rows) < len(read):
-            page.text(f"({len(read) - len(rows)} row(s) of results.jsonl are not DG result rows and were left out.)")
-        for f in folders:
-            ident = read_json(f / self.record).get("identity") or {}
-            page.provenance("dg", ident.get("algorithm"), ident.get("weights_sha256") or "random init",
-                            ident.get("seed", ""), f"{ident.get('backbone')}, {ident.get('image_size')} px, "
-                                                   f"data {ident.get('data')}")
-
-    def progress(self, folder: Path, section: dict[str, Any]) -> str:
-        runs = len(list(folder.glob("runs/*/records.json"))) + len(list(folder.glob("*/runs/*/records.json")))
-        return f"{runs} run(s) finished, results.jsonl not complete"
-
-
-def _report_rows(folders: list[Path]) -> tuple[list[Any], list[dict[str, Any]]]:
-    """(every row of the folders' results.jsonl, the DG result rows among them: a foreign or corrupt row is not
-    read as a DG result)."""
-    from ...core.files import read_jsonl
-    from ...core.schema import fits
-    from .collect import ROW_SCHEMA, effective_hparams
-
-    read = [effective_hparams(r) for f in folders if (f / "results.jsonl").is_file()
-            for r in read_jsonl(f / "results.jsonl", tolerate_torn_tail=True)]
-    return read, [r for r in read if isinstance(r, dict) and ROW_KEYS <= set(r) and fits(r, ROW_SCHEMA)]
-
-
-def _bars(rows: list[dict[str, Any]], path: Path) -> None:
-    import numpy as np
-
-    from ..report.page import finish_plot, pyplot
-
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    domains = list(dict.fromkeys(r["test_domain"] for r in rows))
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(domains), 3))
-    width = 0.8 / max(len(labels), 1)
-    for k, a in enumerate(labels):
-        means = [100 * float(np.mean([r["test_acc"] for r in rows if r["label"] == a and r["test_domain"] == d] or [0]))
-                 for d in domains]
-        ax.bar(np.arange(len(domains)) + k * width, means, width, label=a)
-    ax.set_xticks(np.arange(len(domains)) + width * (len(labels) - 1) / 2, domains)
-    finish_plot(fig, ax, "held-out domain", "test accuracy (%)", path, 7)
+    def progress(self, folder, section):
+        return report.progress(folder, section)
