@@ -17,7 +17,8 @@ from toolkit.core import outdir
 from toolkit.core.errors import AugurError, UsageError
 from toolkit.core.files import append_jsonl, atomic_write, read_jsonl, remove_partials, write_json
 from toolkit.core.names import check_identifier, check_label, path_name
-from toolkit.core.settings import HP, SettingError, click_options, from_cli, from_mapping, parse_hparams, seed_setting, setting
+from toolkit.core.settings import (HP, SettingError, check_hparams, click_options, from_cli, from_mapping, seed_setting,
+                                   setting)
 from toolkit.core.tables import format_table
 
 
@@ -73,17 +74,25 @@ def test_recipe_sections_use_the_same_declaration():
 
 
 def test_typed_hyperparameters():
+    """`--hp key=value` texts typed against their declarations (what a config's check runs), and the command
+    line's own refusals (no `=`, a key given twice) as usage errors."""
     declared = {"lambda": HP(100.0, min=0.0), "memory": HP(200, min=1), "selection": HP("random", choices=("random", "herding")),
                 "on": HP(False)}
-    got = parse_hparams(["lambda=1e4", "memory=50", "selection=herding", "on=true"], declared, "ewc")
+    texts = {"lambda": "1e4", "memory": "50", "selection": "herding", "on": "true"}
+    got = check_hparams(texts, declared, "ewc", UsageError, "--hp: ")
     assert got == {"lambda": 10000.0, "memory": 50, "selection": "herding", "on": True}
     assert isinstance(got["lambda"], float)  # '1e4' is a number, not the string YAML 1.1 would make of it
-    for items, fragment in ((["lambda=high"], "lambda takes a number"), (["lambda=[1,2]"], "lambda takes a number"),
-                            (["memory=0"], "memory must be >= 1"), (["selection=best"], "'best' is not one of"),
-                            (["alpha=1"], "has no hyper-parameter 'alpha'"), (["memory"], "key=value"),
-                            (["memory=1", "memory=2"], "given twice"), (["lambda=nan"], "finite")):
+    for items, fragment in (({"lambda": "high"}, "lambda takes a number"), ({"lambda": "[1,2]"}, "lambda takes a number"),
+                            ({"memory": "0"}, "memory must be >= 1"), ({"selection": "best"}, "'best' is not one of"),
+                            ({"alpha": "1"}, "has no hyper-parameter 'alpha'"), ({"lambda": "nan"}, "finite")):
         with pytest.raises(UsageError, match=fragment):
-            parse_hparams(items, declared, "ewc")
+            check_hparams(items, declared, "ewc", UsageError, "--hp: ")
+    from cli import main
+
+    for args, fragment in ((["--hp", "memory"], "key=value"), (["--hp", "lambda=1", "--hp", "lambda=2"], "given twice"),
+                           (["--hp", "lambda=high"], "lambda takes a number")):
+        res = CliRunner().invoke(main, ["cl", "--strategy", "ewc", "--data", "digits", "--out", "unused", *args])
+        assert res.exit_code == 2 and fragment in res.output, res.output
 
 
 def test_path_names_are_safe_bounded_and_injective():

@@ -78,7 +78,7 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
 
-def threads() -> int:
+def torch_threads() -> int:
     """The CPU threads torch computes with: results on a CPU can depend on it, so runs record it."""
     import torch
 

@@ -408,16 +408,3 @@ def typed_hparams(values: dict[str, Any], declared: dict[str, HP], owner: str) -
         return check_hparams(values, declared, owner)
     except AugurError as e:
         raise SettingError("hp", str(e)) from None
-
-
-def parse_hparams(items: Iterable[str], declared: dict[str, HP], owner: str) -> dict[str, Any]:
-    """`--hp key=value` texts → typed values (usage errors, exit 2)."""
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--hp takes key=value, got '{item}'")
-        if key.strip() in values:
-            raise UsageError(f"--hp {key.strip()} is given twice")
-        values[key.strip()] = value.strip()
-    return check_hparams(values, declared, owner, UsageError, "--hp: ")

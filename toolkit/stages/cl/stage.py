@@ -20,7 +20,7 @@ from ... import __version__
 from ...core import threads as core_threads
 from ...core.cache import derive_seed
 from ...core.schema import NUMBER, split_rows
-from ...core.device import pick_device, threads, torch_device
+from ...core.device import pick_device, torch_device, torch_threads
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import atomic_write, write_jsonl
@@ -351,7 +351,7 @@ def _write_results(cfg: CLConfig, out: Path, sc: Scenario, setup: Setup, strateg
             "epochs": cfg.epochs if trained else 0, "trained_tasks": trained,
             **(strategy.optimizer_settings() if trained else {"optimizer": None, "lr": None, "weight_decay": None}),
             "lora": bool(cfg.lora and trained), "lora_rank": cfg.lora_rank if cfg.lora and trained else None,
-            "device": pick_device(), "threads": threads(),
+            "device": pick_device(), "threads": torch_threads(),
             "threads_choice": setup.threads.why, "precision": setup.precision, "toolkit_version": __version__}
     rows = []
     for t in range(len(counts)):

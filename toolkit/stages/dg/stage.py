@@ -27,7 +27,7 @@ import numpy as np
 
 from ... import __version__
 from ...core import threads as core_threads
-from ...core.device import pick_device, threads
+from ...core.device import pick_device, torch_threads
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
@@ -520,7 +520,7 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             "swad": cfg.swad, "augment": cfg.augment,
             "synthetic": cfg.synthetic, "synthetic_envs": cfg.synthetic_envs if cfg.synthetic else None,
             "holdout_fraction": cfg.holdout_fraction, "device": device, "precision": sw.precision,
-            "threads": threads(),
+            "threads": torch_threads(),
             "threads_choice": sw.threads.why if sw.threads else None, "toolkit_version": __version__}
     rows = []
     for spec, res in results.items():

@@ -29,7 +29,7 @@ from typing import Any
 
 from ... import models
 from ...core import threads as core_threads
-from ...core.device import pick_device, resolve_precision, threads
+from ...core.device import pick_device, resolve_precision, torch_threads
 from ...core.errors import AugurError
 from ...core.digests import tree_digest
 from .backends import BACKENDS, denoiser, detect_variant, pickled_components
@@ -291,7 +291,7 @@ class Renderer:
 
     def provenance(self) -> dict[str, Any]:
         """Recorded, not part of the identity: a CPU's results also depend on its thread count."""
-        out = {"threads": threads(), "threads_choice": self.threads.why, "defaults_from": self.defaults_from}
+        out = {"threads": torch_threads(), "threads_choice": self.threads.why, "defaults_from": self.defaults_from}
         if self.pickled:  # components read from pickled .bin weights (torch.load with weights_only=True)
             out["pickled_weights"] = self.pickled
         return out
