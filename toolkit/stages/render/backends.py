@@ -127,9 +127,22 @@ def image_to_image(pipe, path: Path):
 
 
 class Backend:
+    """What a backend loads and what it can do: the renderer and the settings ask these, never its name."""
+
+    kind = "diffusers"  # the model kind it loads (a card's kind; a folder of that layout)
+    torch_modules = True  # its pipeline is torch modules: cuDNN's settings, tensors out, .bin weights, the levers
+    fuses_lora = True  # it fuses a card's LoRA at load (ONNX: the export has it fused already)
+    # the switches of RenderConfig only a torch pipeline has (refused with another backend: no silent no-op)
+    levers = ("tiny_vae", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload", "compile", "fuse_qkv",
+              "safety_checker")
+
     def load(self, path: Path, defaults: dict[str, Any], cfg, device: str, precision: str, variant: str | None,
              lora: Path | None, tiny_vae: Path | None):
         raise NotImplementedError
+
+    def folder_kind(self, folder: Path) -> str:
+        """The model kind a pipeline folder holds (an ONNX export has unet/model.onnx)."""
+        return "onnx" if (Path(folder) / "unet" / "model.onnx").is_file() else "diffusers"
 
     def precisions(self, device: str) -> tuple[str, ...]:
         return ("fp32", "fp16", "bf16")
@@ -214,6 +227,11 @@ def speed_up(pipe, cfg) -> None:
 
 @BACKENDS.register("onnx")
 class OnnxBackend(Backend):
+    kind = "onnx"
+    torch_modules = False
+    fuses_lora = False
+    levers = ()
+
     def precisions(self, device: str) -> tuple[str, ...]:
         return ("fp32",)
 

@@ -90,8 +90,11 @@ class RenderConfig:
         if self.init_domains and TEST_SPLIT in self.init_domains:
             raise SettingError("init_domains", f"'{TEST_SPLIT}' is a test split: guide images come from training "
                                                "data only")
-        if self.backend != "torch" and (self.tiny_vae or self.attention_slicing or self.vae_slicing
-                                        or self.vae_tiling or self.cpu_offload or self.compile or self.fuse_qkv):
+        from .backends import BACKENDS
+
+        levers = BACKENDS.get(self.backend).levers
+        if any(getattr(self, k) for k in ("tiny_vae", "attention_slicing", "vae_slicing", "vae_tiling", "cpu_offload",
+                                           "compile", "fuse_qkv") if k not in levers):
             raise SettingError("backend", "--tiny-vae, the slicing/tiling switches, --compile, --fuse-qkv and "
                                           "--cpu-offload apply to the torch backend only")
 

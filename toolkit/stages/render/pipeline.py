@@ -71,13 +71,14 @@ def resolve_model(name: str, backend: str) -> Resolved:
     if name == "auto":
         name = pick_render_model()
     p = Path(name).expanduser()
+    wants = BACKENDS.get(backend).kind  # the model kind this backend loads
     if p.is_dir():
-        kind = "onnx" if (p / "unet" / "model.onnx").is_file() else "diffusers"
+        kind = BACKENDS.get(backend).folder_kind(p)
         card = models.ModelCard(name=p.name, kind=kind, source={"path": str(p)})
         models.KINDS.get(kind).check(p)
-        if backend == "torch" and kind == "onnx":
+        if kind == "onnx" and wants != "onnx":
             raise AugurError(f"{p} is an ONNX pipeline; use --backend onnx")
-        if backend == "onnx" and kind == "diffusers":
+        if kind == "diffusers" and wants != "diffusers":
             raise AugurError(f"{p} is a torch pipeline; export it (augur models import NAME {p} --kind diffusers, "
                              "then augur models export-onnx NAME) or use --backend torch")
         digest, cached = tree_digest(p)
@@ -85,12 +86,12 @@ def resolve_model(name: str, backend: str) -> Resolved:
     card = models.get_card(name)
     if card.kind not in ("diffusers", "onnx"):
         raise AugurError(f"model '{name}' is a {card.kind} model; render needs a diffusers or onnx pipeline")
-    if backend == "onnx" and card.kind == "diffusers":
+    if wants == "onnx" and card.kind == "diffusers":
         export = f"{name}-onnx"
         if export not in models.load_cards():
             raise AugurError(f"model '{name}' has no ONNX export yet; run `augur models export-onnx {name}`")
         card = models.get_card(export)
-    if backend == "torch" and card.kind == "onnx":
+    if wants == "diffusers" and card.kind == "onnx":
         raise AugurError(f"model '{name}' is an ONNX export; use --backend onnx, or the torch model it came from")
     card, path, sha = models.ensure(card.name)
     defaults = card.render_defaults
@@ -133,12 +134,12 @@ class Renderer:
             raise AugurError(f"--precision {self.dtype} is not available with the {cfg.backend} backend "
                              f"({', '.join(self.backend.precisions(self.device))}; int8 comes from "
                              "`augur models export-onnx NAME --quantize int8`)")
-        if cfg.safety_checker and cfg.backend != "torch":  # no option is a silent no-op
+        if cfg.safety_checker and "safety_checker" not in self.backend.levers:  # no option is a silent no-op
             raise AugurError("--safety-checker loads the pipeline's checker with diffusers: use --backend torch")
         if cfg.cpu_offload and self.device != "cuda":  # no option is a silent no-op
             raise AugurError("--cpu-offload moves components between the GPU and the CPU: it needs --device cuda "
                              f"(this run renders on {self.device})")
-        if self.device == "cuda" and cfg.backend == "torch":
+        if self.device == "cuda" and self.backend.torch_modules:
             # cuDNN's autotuner and its non-deterministic kernels would make the same seed give different
             # images from run to run; inference loses little by pinning them.
             torch.backends.cudnn.benchmark = False
@@ -180,7 +181,7 @@ class Renderer:
         """The card's LoRA (fused at load, or at ONNX export) and --tiny-vae: recorded here, their paths returned."""
         self.lora = self.tiny_vae = None
         lora_path = tiny_vae_path = None
-        if d.get("lora") and cfg.backend == "torch":
+        if d.get("lora") and self.backend.fuses_lora:
             _, lora_path, lora_sha = models.ensure(d["lora"])
             self.lora = {"model": d["lora"], "sha256": lora_sha}
         exported = resolved.card.extra.get("exported_as") or {}
@@ -212,7 +213,7 @@ class Renderer:
         binning = params.get("use_resolution_binning")
         self.resolution_binning = bool(binning is not None and binning.default is True)
         self.pickled = (pickled_components(resolved.path, cfg.safety_checker)
-                        if cfg.backend == "torch" and resolved.path.is_dir() else [])
+                        if self.backend.torch_modules and resolved.path.is_dir() else [])
 
     def _choose_steps(self, cfg: RenderConfig, d: dict[str, Any]) -> None:
         """Steps and guidance: the command line's, else the card's, else what the pipeline class itself
@@ -265,7 +266,7 @@ class Renderer:
                "negative_prompt": self.negative_prompt if self.takes_negative else None,
                "tiny_vae": self.tiny_vae, "lora": self.lora, "variant": self.variant,
                "compute_batch": self.compute_batch,
-               "channels_last": self.cfg.channels_last and self.cfg.backend == "torch",
+               "channels_last": self.cfg.channels_last and self.backend.torch_modules,
                "compile": self.cfg.compile}
         if self.guided:  # absent for text-only runs: older folders keep their identity
             out["strengths"] = self.strengths
@@ -323,7 +324,7 @@ class Renderer:
         kwargs.update(self.call_options)
         if self.takes_negative and self.negative_prompt:
             kwargs["negative_prompt"] = [u.row.get("negative_prompt") or self.negative_prompt for u in units]
-        torch_out = self.cfg.backend == "torch"
+        torch_out = self.backend.torch_modules  # tensors out, made uint8 where they were computed
         if torch_out:
             kwargs["output_type"] = "pt"
         try:
