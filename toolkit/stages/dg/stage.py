@@ -39,6 +39,7 @@ from ...learn.loaders import InfiniteBatches
 from ...learn.transforms import data_config
 from ...models.weights import resolve_weights
 from . import selection as sel
+from .regimes import regime_of
 from .algorithms import ALGORITHMS
 from .config import DGConfig
 from .collect import effective_hparams
@@ -107,48 +108,32 @@ def environments(cfg: DGConfig) -> tuple[list[str], list[Env], data.MultiDomain]
 
 
 def setting_of(cfg: DGConfig) -> str:
-    return "data-free" if cfg.data_free else ("single-source" if cfg.single_source else "leave-one-domain-out")
+    return regime_of(cfg).name
 
 
 def train_env_names(cfg: DGConfig, spec: RunSpec, real_names: list[str], synthetic_names: list[str]) -> list[str]:
-    """The environments a run trains on (DomainBed: every environment not held out)."""
-    if cfg.single_source:
-        return [cfg.single_source, *synthetic_names]
-    real = [] if cfg.data_free else [n for n in real_names if n not in spec.test_envs]
-    return real + list(synthetic_names)
+    """The environments a run trains on (DomainBed: every environment not held out; regimes.py)."""
+    return regime_of(cfg).train_envs(spec.test_envs, real_names, list(synthetic_names))
 
 
 def plan_runs(cfg: DGConfig, real_names: list[str], synthetic_names: list[str] = ()) -> tuple[list[RunSpec], list[str]]:
     """Every run the sweep needs, and the test domains its rows are about. Each run is checked to have
     something to train on here, before any of them trains."""
+    regime = regime_of(cfg)
     tests = cfg.test_domains or real_names
     for t in tests:
         if t not in real_names:
             raise AugurError(f"no domain '{t}' in {cfg.data}; domains: {', '.join(real_names)}")
     if cfg.single_source and cfg.single_source not in real_names:
         raise AugurError(f"no domain '{cfg.single_source}' in {cfg.data}; domains: {', '.join(real_names)}")
-    runs: list[RunSpec] = []
-    for trial in cfg.trial_seeds():
-        for h in cfg.hparams_seed:
-            if cfg.data_free:
-                runs.append(RunSpec(tuple(real_names), trial, h))
-                continue
-            if cfg.single_source:
-                runs.append(RunSpec(tuple(n for n in real_names if n != cfg.single_source), trial, h))
-                continue
-            pairs = set()
-            for t in tests:
-                runs.append(RunSpec((t,), trial, h))
-                if "leave-one-out" in cfg.selection:
-                    pairs |= {tuple(sorted((t, v), key=real_names.index)) for v in real_names if v != t}
-            runs += [RunSpec(p, trial, h) for p in sorted(pairs, key=lambda p: [real_names.index(x) for x in p])]
-    if cfg.single_source:
-        tests = [t for t in tests if t != cfg.single_source]
-        if not tests:  # otherwise the sweep trains, tests nothing and writes an empty table
-            raise AugurError(f"single source '{cfg.single_source}' leaves no domain to test on in {cfg.data}")
+    runs = [RunSpec(held, trial, h) for trial in cfg.trial_seeds() for h in cfg.hparams_seed
+            for held in regime.held_out(tests, real_names)]
+    tests = regime.tests(tests)
+    if not tests and cfg.single_source:  # otherwise the sweep trains, tests nothing and writes an empty table
+        raise AugurError(f"single source '{cfg.single_source}' leaves no domain to test on in {cfg.data}")
     for spec in runs:
-        if not train_env_names(cfg, spec, real_names, list(synthetic_names)):
-            if len(spec.test_envs) == 2 and not cfg.data_free:
+        if not regime.train_envs(spec.test_envs, real_names, list(synthetic_names)):
+            if len(spec.test_envs) == 2 and regime.pairs:
                 raise AugurError(f"leave-one-domain-out selection on {len(real_names)} domains: the run holding out "
                                  f"{spec.test_envs[0]} and {spec.test_envs[1]} would train on nothing; it needs 3 or "
                                  "more domains (or --synthetic), or leave it out of --selection")
@@ -161,15 +146,8 @@ def describe_plan(cfg: DGConfig, runs: list[RunSpec], tests: list[str], done: in
     n = len(runs)
     trials, draws = len(cfg.trial_seeds()), len(cfg.hparams_seed)
     per = f"{_count(trials, 'trial')} x {_count(draws, 'hparams draw')}"
-    if cfg.data_free:
-        why = f"data-free, testing on {_count(len(tests), 'domain')}: {per}"
-    elif cfg.single_source:
-        why = f"single source {cfg.single_source}, testing on {_count(len(tests), 'domain')}: {per}"
-    else:
-        why = f"{_count(len(tests), 'test domain')} x {per}"
-        pairs = sum(len(r.test_envs) == 2 for r in runs) // max(trials * draws, 1)
-        if pairs:
-            why += f", + {_count(pairs, 'pair')} of domains for leave-one-domain-out x {per}"
+    pairs = sum(len(r.test_envs) == 2 for r in runs) // max(trials * draws, 1)
+    why = regime_of(cfg).why(tests, per, pairs)
     return f"dg: {_count(n, 'run')} ({why})" + (f"; {done} already done" if done else "")
 
 
@@ -522,14 +500,11 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             "holdout_fraction": cfg.holdout_fraction, "device": device, "precision": sw.precision,
             "threads": torch_threads(),
             "threads_choice": sw.threads.why if sw.threads else None, "toolkit_version": __version__}
+    regime = regime_of(cfg)
     rows = []
     for spec, res in results.items():
-        if cfg.data_free or cfg.single_source:
-            row_tests = [t for t in tests if t in spec.test_envs]
-        elif len(spec.test_envs) == 1 and spec.test_envs[0] in tests:
-            row_tests = [spec.test_envs[0]]
-        else:
-            continue  # a leave-one-out pair run: read through the single run below
+        row_tests = regime.row_tests(spec.test_envs, tests)  # none for a leave-one-out pair run: read through
+        # the single run below
         # With SWAD the model is the averaged one, evaluated once: each method selects on its numbers
         # (there is one candidate per run; selection chooses among hyper-parameter draws in collect).
         records = [res["swad"]] if cfg.swad else res["records"]
@@ -539,7 +514,7 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
                 picked["training-domain"] = sel.training_domain(records, res["train_envs"], t)
             if "oracle" in cfg.selection:
                 picked["oracle"] = sel.oracle(records, t)
-            if "leave-one-out" in cfg.selection and not (cfg.data_free or cfg.single_source):
+            if "leave-one-out" in cfg.selection and regime.pairs:
                 pairs = {v: results[RunSpec(tuple(sorted((t, v), key=real_names.index)), spec.trial, spec.hparams_seed)]
                          for v in real_names if v != t}
                 picked["leave-one-out"] = (sel.leave_one_out_final(res["swad"], {v: p["swad"] for v, p in pairs.items()}, t)
