@@ -1,7 +1,7 @@
 """The `augur` command: the model registry, `augur run RECIPE`, and every pipeline stage's command.
 
-Each stage brings its own command (toolkit/stages/<name>/command.py, listed in toolkit/stages/__init__.py's
-PIPELINE), its options generated from its settings dataclass (toolkit/core/settings.py), so the
+Each stage brings its own command (toolkit/stages/<name>/command.py, listed in toolkit/stages/__init__.py),
+its options generated from its settings dataclass (toolkit/core/settings.py), so the
 command, the recipe schema and the validation cannot disagree. Errors follow one policy
 (toolkit/core/errors.py): usage errors exit 2 with one line, user and environment errors exit 1 with
 one line; only bugs show a traceback.
@@ -202,7 +202,7 @@ def run_cmd(recipe, out, dry_run, smoke, quiet):
 
 
 # ---------------------------------------------------------------- the stages, in pipeline order
-# stages/__init__.py's PIPELINE lists them: `augur dg` is stages/dg/__init__.py's DG.command(), the Click group
+# stages/__init__.py imports them in order: `augur dg` is stages/dg/__init__.py's DG.command(), the Click group
 # in stages/dg/command.py.
 from toolkit.stages.descriptor import stages  # noqa: E402
 

@@ -1,13 +1,12 @@
 """The pipeline, one sub-package per stage: extrapolate -> render -> curate -> pretrain -> dg | cl -> report.
 
-PIPELINE is the one list of the stages, in order: importing a stage's package registers its Stage
-(descriptor.py), `augur` adds each one's command (cli.py), and recipes, smoke runs and reports loop over
-them. A new stage is its folder plus one line here; tests/test_cli.py checks the list against the folders.
+The import below is the one list of the stages, in pipeline order: importing a stage's package registers its
+Stage (descriptor.py), and the registry keeps that order; `augur` adds each one's command (cli.py), and
+recipes, smoke runs and reports loop over them. A new stage is its folder plus one line here;
+tests/test_cli.py checks the list against the folders.
 """
 
-from . import cl, curate, dg, extrapolate, pretrain, render, report
-
-PIPELINE = (
+from . import (  # noqa: I001 - pipeline order, not alphabetical
     extrapolate,
     render,
     curate,
@@ -16,4 +15,6 @@ PIPELINE = (
     cl,
     report,
 )
-PACKAGES = tuple(package.__name__.rpartition(".")[2] for package in PIPELINE)
+from .descriptor import STAGES
+
+PACKAGES = tuple(name for name, _ in STAGES.items())  # their names, in that order

@@ -4,7 +4,7 @@ Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name
 command, how a recipe section becomes settings, which earlier stages' outputs it reads, how it runs
 (`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks it, and its section of a report.
 The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py) and reports (stages/report) loop over
-`stages()`, in the order of stages/__init__.py's PIPELINE: adding a stage is one new folder plus its line
+`stages()`, in the order stages/__init__.py imports them: adding a stage is one new folder plus its line
 there. A stage's record in
 its output folder is `<name>.json` (core/outdir.py knows records by their content, not by a list of
 stages).
@@ -185,16 +185,12 @@ def register(cls: type) -> type:
 
 
 def stages() -> list[Stage]:
-    """Every stage, in pipeline order: the list in stages/__init__.py (PIPELINE), whose packages have each
-    registered their Stage by being imported."""
-    from . import PACKAGES
-
-    return [STAGES.get(name) for name in PACKAGES]
+    """Every stage, in pipeline order. stages/__init__.py imports the stage packages in that order, each
+    registering its Stage; Python runs it before this module is imported, so they all are."""
+    return [s for _, s in STAGES.items()]
 
 
 def get(name: str) -> Stage:
-    from . import PACKAGES  # noqa: F401 - the stages are imported (and registered) with their list
-
     return STAGES.get(name)
 
 
