@@ -10,6 +10,7 @@ from typing import Any
 from ...core.errors import AugurError
 from ..descriptor import RecipeView, SmokeContext, StageResult, check_folder_key, check_weights_key, pretrained_arch
 
+
 def result_of(res: dict[str, Any], main: bool = True) -> StageResult:
     return StageResult([f"dg: {len(res['rows'])} result rows → {res['results']}"], tables=[res["table"]],
                        files={"results": res["results"]}, data=res, printed=main)

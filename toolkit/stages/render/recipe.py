@@ -9,6 +9,7 @@ from typing import Any
 from ...core.errors import AugurError
 from ..descriptor import RecipeView, SmokeContext, check_model_present
 
+
 def _is_folder(model: str) -> bool:
     return model == "auto" or Path(model).expanduser().is_dir()
 
