@@ -71,7 +71,7 @@ def stage(classes: list[str], per_class: int, parallel: int, threads: int | None
                                   parallel=parallel, threads=threads, quiet=True, grammar=grammar,
                                   min_fraction=0.0)  # the speed is measured, not what the 270M model reaches
         try:
-            run = extrapolate_domains(cfg, Path(tmp) / "out")
+            run = extrapolate_domains(cfg, Path(tmp) / "out").data
             data = (Path(tmp) / "out" / "prompts.jsonl").read_bytes()
         except AugurError:  # a class left with no domain stops the stage; run.json still holds what it did
             run = json.loads((Path(tmp) / "out" / "run.json").read_text())

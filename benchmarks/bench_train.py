@@ -109,7 +109,7 @@ def stage_rate(stage: str, work: Path, size: int, k: int) -> float:
 
         epochs = max(2, -(-steps * batch // 1797))
         card = pretrain(PretrainConfig(data="digits", backbone=arch, image_size=size, batch_size=batch,
-                                       epochs=epochs, quiet=True), out)
+                                       epochs=epochs, quiet=True), out).data
         return steady(card["history"])
     if stage in ("dg-ERM", "dg-CORAL"):
         from toolkit.stages.dg.config import DGConfig

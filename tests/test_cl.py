@@ -573,7 +573,7 @@ def test_der_reservoir_keeps_a_uniform_sample_of_the_stream():
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("cl")
     hp = {"ranpac": {"M": 256}, "fsa": {"M": 256}, "ewc": {"fisher_samples": 16}}  # its Fisher: test_ewc_fisher_*
-    return {name: run_cl(cfg(strategy=name, hp=hp.get(name, {})), root / name) for name in S.STRATEGIES}
+    return {name: run_cl(cfg(strategy=name, hp=hp.get(name, {})), root / name).data for name in S.STRATEGIES}
 
 
 def test_every_strategy_runs_with_the_standard_metrics(results):
@@ -689,12 +689,13 @@ def test_pretrained_and_imagenet_backbones(tmp_path):
 
     bb = tmp_path / "bb"
     pretrain(PretrainConfig(data="digits", epochs=1, image_size=16, backbone="resnet18", quiet=True), bb)
-    r = run_cl(cfg(strategy="ncm", weights=str(bb)), tmp_path / "p")
+    r = run_cl(cfg(strategy="ncm", weights=str(bb)), tmp_path / "p").data
     assert r["backbone"] == "resnet18" and r["weights"] == "pretrained:bb" and r["weights_path"] == str(bb)
     assert r["last_accuracy"] > 0.2
     with pytest.raises(AugurError, match="holds a resnet18 backbone, not resnet50"):
         run_cl(cfg(strategy="ncm", weights=str(bb), backbone="resnet50"), tmp_path / "q")
-    r = run_cl(cfg(strategy="ncm", weights="imagenet", backbone="efficientnet_lite0", image_size=32), tmp_path / "i")
+    r = run_cl(cfg(strategy="ncm", weights="imagenet", backbone="efficientnet_lite0", image_size=32),
+               tmp_path / "i").data
     assert r["weights"].startswith("imagenet") and r["weights_sha256"].startswith("579344248a93")
 
 
@@ -714,8 +715,8 @@ def test_training_settings_do_not_decide_a_strategy_that_trains_nothing(tmp_path
     epochs 0, lr null), and a folder written when the identity held the values asked for still resumes."""
     from toolkit.core.files import read_json, write_json
 
-    first = run_cl(cfg(strategy="ncm", epochs=2, lr=1e-3), tmp_path / "run")
-    again = run_cl(cfg(strategy="ncm", epochs=7, lr=0.5, weight_decay=0.1), tmp_path / "run")
+    first = run_cl(cfg(strategy="ncm", epochs=2, lr=1e-3), tmp_path / "run").data
+    again = run_cl(cfg(strategy="ncm", epochs=7, lr=0.5, weight_decay=0.1), tmp_path / "run").data
     assert again == first and (first["epochs"], first["lr"]) == (0, None)
     record = read_json(tmp_path / "run" / "cl.json")
     assert {k: record["identity"][k] for k in ("epochs", "lr", "weight_decay")} == {"epochs": 0, "lr": None,
@@ -723,6 +724,6 @@ def test_training_settings_do_not_decide_a_strategy_that_trains_nothing(tmp_path
     # an older folder's identity: the values asked for
     write_json(tmp_path / "run" / "cl.json", {**record, "identity": {**record["identity"], "epochs": 10,
                                                                       "lr": 1e-3, "weight_decay": 0.0}})
-    assert run_cl(cfg(strategy="ncm", epochs=3), tmp_path / "run") == first
+    assert run_cl(cfg(strategy="ncm", epochs=3), tmp_path / "run").data == first
     with pytest.raises(AugurError, match="cl run with other settings"):  # a setting that does decide: refused
         run_cl(cfg(strategy="ncm", image_size=24), tmp_path / "run")

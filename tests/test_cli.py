@@ -153,3 +153,23 @@ def test_the_stage_list_is_the_stage_folders_and_every_stage_has_its_command():
         tree = ast.parse(path.read_text())
         assert not any(isinstance(n, (ast.Import, ast.ImportFrom)) and "importlib" in ast.dump(n)
                        for n in ast.walk(tree)), path  # no discovery by name
+
+
+def test_what_loops_over_the_stages_names_none_of_them():
+    """The descriptor, the recipe runner, smoke runs and the CLI treat every stage alike: no stage's name in
+    them. What one stage tells another (pretrain's backbone architecture for dg and cl) goes through
+    `Stage.exports`; the report reads whatever the recipe has (its own `inputs`); each command prints the
+    StageResult its stage's work function returns."""
+    import ast
+    from pathlib import Path
+
+    from toolkit.stages import PACKAGES
+
+    root = Path(__file__).resolve().parents[1]
+    for rel in ("toolkit/stages/descriptor.py", "toolkit/run/recipe.py", "toolkit/run/smoke.py", "cli.py",
+                "toolkit/core/commands.py"):
+        named = [(n.lineno, n.value) for n in ast.walk(ast.parse((root / rel).read_text()))
+                 if isinstance(n, ast.Constant) and n.value in PACKAGES]
+        assert not named, (rel, named)
+    for cmd in root.glob("toolkit/stages/*/command.py"):  # no formatter fetched back from the stage's package
+        assert "result_of" not in cmd.read_text() and "from . import" not in cmd.read_text(), cmd

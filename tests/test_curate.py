@@ -277,7 +277,7 @@ def test_dg_pretrain_and_cl_train_on_a_curated_folder(rendered, tmp_path):
     run_curate(rendered, tmp_path / "cur", cfg(require_class_agreement=False, max_per_class=4))
     kept = read_jsonl(tmp_path / "cur" / "manifest.jsonl")
     card = pretrain(PretrainConfig(data=str(tmp_path / "cur"), epochs=1, batch_size=4, image_size=16, quiet=True,
-                                   threads=1), tmp_path / "pt")
+                                   threads=1), tmp_path / "pt").data
     assert card["images"] == len(kept) < 18
     # data-free DG on the curated images, tested on real domains that hold the same classes
     real = tmp_path / "real"
@@ -287,7 +287,7 @@ def test_dg_pretrain_and_cl_train_on_a_curated_folder(rendered, tmp_path):
             for k, r in enumerate(x for x in kept if x["class"] == c):
                 (real / d / c / f"{k}.png").write_bytes((rendered / r["path"]).read_bytes())
     res = run_dg(DGConfig(data=str(real), synthetic=str(tmp_path / "cur"), data_free=True, steps=2, checkpoint_freq=1,
-                          batch_size=2, image_size=16, quiet=True, threads=1), tmp_path / "dg")
+                          batch_size=2, image_size=16, quiet=True, threads=1), tmp_path / "dg").data
     assert res["rows"]
     # with and without the curated images, each rendered domain an environment of its own: the report pairs the
     # arms before its DG section, and says per rendered domain what it held, its scores and its validation accuracy
@@ -311,7 +311,7 @@ def test_dg_pretrain_and_cl_train_on_a_curated_folder(rendered, tmp_path):
     from toolkit.stages.cl.stage import run_cl
 
     r = run_cl(CLConfig(data=str(tmp_path / "cur"), strategy="ncm", weights=str(tmp_path / "pt"), initial_classes=2,
-                        increment=1, image_size=16, quiet=True, threads=1), tmp_path / "cl")
+                        increment=1, image_size=16, quiet=True, threads=1), tmp_path / "cl").data
     assert r["weights"] == "pretrained:pt" and len(r["accuracy_matrix"]) == 2
     assert r["data"] == str(tmp_path / "cur") and sorted(sum(r["tasks"], [])) == sorted(CLASSES)
     assert sum(n for _, n in r["counts"][-1]) == len(CLASSES)  # 20% of each class's 4 kept images: one each

@@ -106,7 +106,7 @@ def test_plan_covers_leave_one_out_pairs_once(three_domains):
 def sweep(three_domains, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
     return out, run_dg(cfg(data=str(three_domains), test_domains=["rot0", "rot30"],
-                           selection=["training-domain", "leave-one-out", "oracle"]), out)
+                           selection=["training-domain", "leave-one-out", "oracle"]), out).data
 
 
 def test_sweep_rows_and_records(sweep, three_domains):
@@ -142,7 +142,7 @@ def test_sweep_rows_and_records(sweep, three_domains):
 def test_more_seeds_extend_the_sweep_and_collect(sweep, three_domains):
     out, first = sweep
     again = run_dg(cfg(data=str(three_domains), test_domains=["rot0", "rot30"], seeds=[0, 1],
-                       selection=["training-domain"]), out)
+                       selection=["training-domain"]), out).data
     assert len(again["rows"]) == len(first["rows"]) + 2  # trial 1: one training-domain row per test domain
     text = collect([out])
     assert text.startswith(f"Total records: {len(again['rows'])}")
@@ -163,7 +163,7 @@ def test_synthetic_environments_per_domain_and_one(three_domains, tmp_path):
     for mode, envs in (("one", ["synthetic"]), ("per-domain", ["synthetic/mosaic", "synthetic/neon"])):
         out = tmp_path / mode
         res = run_dg(cfg(data=str(three_domains), synthetic=str(synth), synthetic_envs=mode, test_domains=["rot0"],
-                         selection=["training-domain"]), out)
+                         selection=["training-domain"]), out).data
         (row,) = res["rows"]
         assert row["train_domains"] == ["rot15", "rot30", *envs] and row["label"] == f"ERM+synthetic({mode})"
     # a rendered domain of 3 images holds none out (int(3 * 0.2) = 0): it trains, and validation skips it
@@ -171,7 +171,7 @@ def test_synthetic_environments_per_domain_and_one(three_domains, tmp_path):
     for k in range(3):
         Image.fromarray(np.full((16, 16, 3), 40 * k, np.uint8)).save(synth / "sketch" / "0" / f"{k}.png")
     res = run_dg(cfg(data=str(three_domains), synthetic=str(synth), synthetic_envs="per-domain",
-                     test_domains=["rot0"], selection=["training-domain"]), tmp_path / "tiny")
+                     test_domains=["rot0"], selection=["training-domain"]), tmp_path / "tiny").data
     (row,) = res["rows"]
     assert "synthetic/sketch" in row["train_domains"] and "synthetic/sketch" not in row["validation_domains"]
     assert row["validation_domains"] == ["rot15", "rot30", "synthetic/mosaic", "synthetic/neon"]
@@ -180,18 +180,19 @@ def test_synthetic_environments_per_domain_and_one(three_domains, tmp_path):
         run_dg(cfg(data=str(three_domains), synthetic=str(synth), synthetic_envs="per-domain", data_free=True,
                    holdout_fraction=0.01, selection=["training-domain"]), tmp_path / "noval")
     ss = run_dg(cfg(data=str(three_domains), synthetic=str(synth), single_source="rot15",
-                    selection=["training-domain", "oracle"]), tmp_path / "ss")
+                    selection=["training-domain", "oracle"]), tmp_path / "ss").data
     assert sorted({r["test_domain"] for r in ss["rows"]}) == ["rot0", "rot30"]
     assert all(r["train_domains"] == ["rot15", "synthetic"] for r in ss["rows"])
     df = run_dg(cfg(data=str(three_domains), synthetic=str(synth), data_free=True, algorithm="CORAL",
-                    synthetic_envs="per-domain", selection=["training-domain"]), tmp_path / "df")
+                    synthetic_envs="per-domain", selection=["training-domain"]), tmp_path / "df").data
     assert len(df["rows"]) == 3 and all(r["train_domains"] == ["synthetic/mosaic", "synthetic/neon", "synthetic/sketch"]
                                      for r in df["rows"])
 
 
 def test_swad_averages_over_the_loss_valley(three_domains, tmp_path):
     res = run_dg(cfg(data=str(three_domains), swad=True, steps=16, checkpoint_freq=2, test_domains=["rot0"],
-                     selection=["training-domain"], hp={"swad_n_converge": 2, "swad_n_tolerance": 3}), tmp_path / "s")
+                     selection=["training-domain"], hp={"swad_n_converge": 2, "swad_n_tolerance": 3}),
+                 tmp_path / "s").data
     (row,) = res["rows"]
     assert row["label"] == "ERM+SWAD" and row["selection"] == "training-domain"
     run = read_json(tmp_path / "s" / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")
@@ -301,7 +302,7 @@ def test_hyperparameters_are_typed_and_recorded(three_domains, tmp_path):
     bad = CliRunner().invoke(main, ["dg", "--data", str(three_domains), "--hp", "mmd_gamma=0.5", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "has no hyper-parameter 'mmd_gamma'" in bad.output
     res = run_dg(cfg(data=str(three_domains), algorithm="CORAL", hp={"mmd_gamma": 1e4}, lr=5e-4, test_domains=["rot0"],
-                     selection=["training-domain"]), tmp_path / "ok")
+                     selection=["training-domain"]), tmp_path / "ok").data
     (row,) = res["rows"]
     assert row["hparams"]["mmd_gamma"] == 1e4 and row["hparams"]["lr"] == 5e-4 and row["algorithm"] == "CORAL"
 
@@ -314,7 +315,7 @@ def test_the_hyperparameter_regime_follows_the_weights_and_the_image_size(tmp_pa
     rows = {}
     for name, extra in (("none", {}), ("imagenet", {"weights": "imagenet"}),
                         ("override", {"weights": "imagenet", "hp": {"lr": 2e-4, "batch_size": 4}})):
-        (rows[name],) = run_dg(DGConfig(**{**FAST, **base, **extra}), tmp_path / name)["rows"]
+        (rows[name],) = run_dg(DGConfig(**{**FAST, **base, **extra}), tmp_path / name).data["rows"]
     assert (rows["none"]["hparams"]["lr"], rows["none"]["hparams"]["batch_size"]) == (1e-3, 64)
     assert rows["none"]["hparam_class"] == "mnist-cnn" and not rows["none"]["hparams"]["freeze_bn"]
     assert (rows["imagenet"]["hparams"]["lr"], rows["imagenet"]["hparams"]["batch_size"]) == (5e-5, 32)
@@ -364,12 +365,12 @@ def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, 
         resolve(cfg(data=str(marked), test_domains=["rot0"]))
     # the rows record it
     res = run_dg(cfg(data=str(three_domains), test_domains=["rot0"], selection=["training-domain"], steps=2,
-                     checkpoint_freq=1), tmp_path / "rows")
+                     checkpoint_freq=1), tmp_path / "rows").data
     (row,) = res["rows"]
     assert row["augment"] is None and row["augmented_domains"] == ["rot15", "rot30"]
     assert row["hparams"]["data_augmentation"] is True
     (row,) = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1),
-                    tmp_path / "digits")["rows"]
+                    tmp_path / "digits").data["rows"]
     assert row["augmented_domains"] == []
     # DomainBed's key records what was applied: the digits were not augmented (the hparam asked for it)
     assert row["hparams"]["data_augmentation"] is False
@@ -378,7 +379,8 @@ def test_augmentation_follows_domainbed_digits_never_folders_yes(three_domains, 
 
     old = tmp_path / "digits" / "results.jsonl"
     write_jsonl(old, [{**r, "hparams": {**r["hparams"], "data_augmentation": True}} for r in read_jsonl(old)])
-    res = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1), tmp_path / "digits")
+    res = run_dg(cfg(test_domains=["0"], selection=["training-domain"], steps=2, checkpoint_freq=1),
+                 tmp_path / "digits").data
     assert [r["hparams"]["data_augmentation"] for r in res["rows"]] == [False]
     assert [r["hparams"]["data_augmentation"] for r in read_jsonl(old)] == [False]  # rewritten as applied
     from toolkit.stages.dg.collect import effective_hparams
@@ -428,7 +430,7 @@ def test_swad_evaluates_at_its_own_cadence_and_works_with_every_selection(three_
     res = run_dg(cfg(data=str(three_domains), swad=True, steps=8, checkpoint_freq=2, test_domains=["rot0"],
                      selection=["training-domain", "leave-one-out", "oracle"],
                      hp={"swad_n_converge": 2, "swad_n_tolerance": 2, "swad_bn_steps": 2}, backbone="test_resnet"),
-                 tmp_path / "loo")
+                 tmp_path / "loo").data
     rows = {r["selection"]: r for r in res["rows"]}
     assert set(rows) == {"training-domain", "leave-one-out", "oracle"}
     main_run = read_json(tmp_path / "loo" / "runs" / RunSpec(("rot0",), 0, 0).key / "records.json")["swad"]
@@ -468,7 +470,7 @@ def test_freeze_bn_is_recorded_as_applied(tmp_path):
     for arch, size in (("resnet18", 16), ("vit_small", 32)):
         c = cfg(backbone=arch, image_size=size, hp={"freeze_bn": True}, test_domains=["0"],
                 selection=["training-domain"], steps=1, checkpoint_freq=1)
-        (rows[arch],) = run_dg(c, tmp_path / arch)["rows"]
+        (rows[arch],) = run_dg(c, tmp_path / arch).data["rows"]
         sw = resolve(c)
         sw.images(c)
         learner = build_learner(c, sw, plan_run(c, sw, RunSpec(("0",), 0, 0)))

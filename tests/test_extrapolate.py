@@ -43,7 +43,7 @@ def reference(tmp_path_factory, llm, embedder):
     out = tmp_path_factory.mktemp("ref")
     os.environ["AUGUR_CACHE_DIR"] = str(out / "cache")
     try:
-        run = extrapolate_domains(cfg(), out, llm=llm, embedder=embedder)
+        run = extrapolate_domains(cfg(), out, llm=llm, embedder=embedder).data
     finally:
         os.environ.pop("AUGUR_CACHE_DIR")
     return out, run
@@ -79,7 +79,7 @@ def test_domains_rows_filters_and_provenance(reference):
 def test_same_seed_is_byte_identical_and_seed_matters(reference, tmp_path, llm, embedder):
     out, _ = reference
     again = tmp_path / "again"  # fresh cache (isolated_cache fixture): everything is recomputed
-    run = extrapolate_domains(cfg(), again, llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(), again, llm=llm, embedder=embedder).data
     assert run["summary"]["cached_requests"] == 0
     assert (again / "prompts.jsonl").read_bytes() == (out / "prompts.jsonl").read_bytes()
     other = tmp_path / "other"
@@ -98,9 +98,9 @@ def test_batched_and_sequential_generation_give_the_same_bytes(tmp_path, monkeyp
     assert llm.parallel >= len(classes)  # the default really decodes these requests together
     sequential = open_llm(dataclasses.replace(DomainsConfig(), parallel=1))
     monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache1"))
-    one = extrapolate_domains(cfg(classes, 4, []), tmp_path / "one", llm=sequential, embedder=embedder)
+    one = extrapolate_domains(cfg(classes, 4, []), tmp_path / "one", llm=sequential, embedder=embedder).data
     monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache8"))
-    many = extrapolate_domains(cfg(classes, 4, []), tmp_path / "many", llm=llm, embedder=embedder)
+    many = extrapolate_domains(cfg(classes, 4, []), tmp_path / "many", llm=llm, embedder=embedder).data
     assert one["summary"]["cached_requests"] == many["summary"]["cached_requests"] == 0
     assert one["summary"]["requests"] == many["summary"]["requests"] >= len(classes)
     assert (tmp_path / "one" / "prompts.jsonl").read_bytes() == (tmp_path / "many" / "prompts.jsonl").read_bytes()
@@ -133,7 +133,7 @@ def test_grammar_runs_keep_the_list_format_and_record_it(tmp_path, monkeypatch, 
     from toolkit.stages.extrapolate.templates import DOMAINS
 
     monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache"))
-    run = extrapolate_domains(cfg(["heron"], 3, [], grammar=True), tmp_path / "g", llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(["heron"], 3, [], grammar=True), tmp_path / "g", llm=llm, embedder=embedder).data
     answers = [json.loads(p.read_text()) for p in (tmp_path / "cache").rglob("*.json")]
     assert answers and run["summary"]["requests"] == len(answers)
     line = re.compile(r"-[^|\n]+ \| [^|\n]+")
@@ -156,7 +156,7 @@ def test_the_context_is_sized_from_need_and_does_not_change_the_answers(tmp_path
 
     monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache-auto"))
     fresh = open_llm(DomainsConfig())  # the session's model may have grown its context for other tests
-    auto = extrapolate_domains(cfg(), tmp_path / "auto", llm=fresh, embedder=embedder)
+    auto = extrapolate_domains(cfg(), tmp_path / "auto", llm=fresh, embedder=embedder).data
     lists = [ItemList({"cls": c, "avoid": ", ".join(EXCLUDE)}, 3) for c in CLASSES]
     need = ListGenerator(fresh, cfg(), JsonCache(tmp_path / "unused")).context_need(DOMAINS, lists)
     p = auto["provenance"]
@@ -164,7 +164,7 @@ def test_the_context_is_sized_from_need_and_does_not_change_the_answers(tmp_path
     assert p["trained_context"] == 32768  # Gemma 3 270M's, from its GGUF
     monkeypatch.setenv("AUGUR_CACHE_DIR", str(tmp_path / "cache-fixed"))
     fixed = extrapolate_domains(cfg(ctx=3072), tmp_path / "fixed", llm=open_llm(DomainsConfig(ctx=3072)),
-                                embedder=embedder)
+                                embedder=embedder).data
     assert (fixed["provenance"]["context"], fixed["provenance"]["context_choice"]) == (3072, "--ctx")
     assert fixed["summary"]["cached_requests"] == 0
     assert (tmp_path / "auto" / "prompts.jsonl").read_bytes() == (tmp_path / "fixed" / "prompts.jsonl").read_bytes()
@@ -176,8 +176,8 @@ def test_the_context_is_sized_from_need_and_does_not_change_the_answers(tmp_path
 
 
 def test_rerun_is_served_from_cache(tmp_path, llm, embedder):
-    first = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "a", llm=llm, embedder=embedder)
-    second = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "b", llm=llm, embedder=embedder)
+    first = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "a", llm=llm, embedder=embedder).data
+    second = extrapolate_domains(cfg(["lighthouse"], 2, []), tmp_path / "b", llm=llm, embedder=embedder).data
     assert first["summary"]["new_tokens"] > 0
     assert second["summary"]["new_tokens"] == 0
     assert second["summary"]["cached_requests"] == second["summary"]["requests"] > 0
@@ -211,7 +211,7 @@ def test_resume_after_kill_matches_uninterrupted_run(reference, tmp_path, parall
 
 def test_unservable_class_is_recorded_not_dropped(tmp_path, llm, embedder):
     # More domains than one request can hold and a single attempt: the class cannot be fully served.
-    run = extrapolate_domains(cfg(["teacup"], 40, [], max_attempts=1), tmp_path, llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(["teacup"], 40, [], max_attempts=1), tmp_path, llm=llm, embedder=embedder).data
     (c,) = run["classes"]
     assert c["class"] == "teacup" and c["attempts"] == 1 and c["wanted"] == 40
     assert c["kept"] == len(read_jsonl(tmp_path / "prompts.jsonl")) < 40
@@ -299,7 +299,7 @@ def test_a_domain_naming_another_target_class_is_rejected_and_a_class_left_empty
     script = {(0, 0): "- front yard | a dog in front of a house\n- watercolor | a watercolor painting of a dog",
               (1, 0): "- snowfall | a house in heavy snowfall\n- kennel | a house with a dog kennel beside it"}
     run = extrapolate_domains(cfg(["dog", "house"], 1, [], semantic_dedup=False), tmp_path / "ok",
-                              llm=ScriptedLLM(script))
+                              llm=ScriptedLLM(script)).data
     kept = {r["class"]: r["domain_text"] for r in read_jsonl(tmp_path / "ok" / "prompts.jsonl")}
     assert kept == {"dog": "watercolor", "house": "snowfall"}
     assert run["classes"][0]["rejected"] == {"names another class": 1}
@@ -336,7 +336,7 @@ def test_premonition_style_orders_species_latin_names_and_its_prompts(tmp_path):
                 f"chrysaetos | {long}\n- Pale kite | Milvus albus | {RARE_TOKENS}")
 
     cfg_ = realm(groups=2, per_group=3, style="premonition", semantic_dedup=False)
-    run = extrapolate_realm(cfg_, tmp_path, llm=ScriptedLLM({}, answer=answer))
+    run = extrapolate_realm(cfg_, tmp_path, llm=ScriptedLLM({}, answer=answer)).data
     classes = read_jsonl(tmp_path / "classes.jsonl")
     assert [c["class"] for c in classes] == ["Mallard (Anas platyrhynchos)", "Mute swan (Cygnus olor)",
                                              "Red kite (Milvus milvus)"]
@@ -362,7 +362,7 @@ def test_the_reasoning_style_reads_past_the_reasoning(tmp_path):
     answer = ("-Reasoning: a heron | stands still, so light and crafts change it most\n"
               "- origami | an origami heron folded from paper\n- neon sign | a heron drawn as a neon sign")
     llm = ScriptedLLM({(0, 0): answer})
-    run = extrapolate_domains(cfg(["heron"], 2, [], style="reasoning", semantic_dedup=False), tmp_path, llm=llm)
+    run = extrapolate_domains(cfg(["heron"], 2, [], style="reasoning", semantic_dedup=False), tmp_path, llm=llm).data
     rows = read_jsonl(tmp_path / "prompts.jsonl")
     assert [r["domain_text"] for r in rows] == ["origami", "neon sign"] and run["classes"][0]["rejected"] == {}
     assert all("Reasoning" not in r["prompt"] and "stands still" not in r["prompt"] for r in rows)
@@ -384,7 +384,7 @@ def test_real_retries_list_what_is_kept(tmp_path, llm, embedder, monkeypatch):
         return job
 
     monkeypatch.setattr(ListGenerator, "_job", spy)
-    run = extrapolate_domains(cfg(["lighthouse"], 12, []), tmp_path, llm=llm, embedder=embedder)
+    run = extrapolate_domains(cfg(["lighthouse"], 12, []), tmp_path, llm=llm, embedder=embedder).data
     (c,) = run["classes"]
     kept = [r["domain_text"] for r in read_jsonl(tmp_path / "prompts.jsonl")]
     assert len(asked) == c["attempts"] >= 1 and [a for a, _, _ in asked] == list(range(len(asked)))
@@ -432,7 +432,7 @@ def test_without_semantic_dedup(tmp_path, llm, embedder):
     assert [with_sem(d, None) for d in pair] == [None, "semantic duplicate"]
     without = _acceptor(ok, set(), None)
     assert [without(d, None) for d in pair] == [None, None]
-    run = extrapolate_domains(cfg(["lighthouse"], 2, [], semantic_dedup=False), tmp_path, llm=llm)
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], semantic_dedup=False), tmp_path, llm=llm).data
     assert run["provenance"]["semantic_dedup"] is None
     assert all("semantic" not in reason for c in run["classes"] for reason in c["rejected"])
 
@@ -483,7 +483,7 @@ def test_fine_grained_classes_are_kept_and_duplicates_still_go(embedder):
 
 
 def test_realm_mode(tmp_path, llm, embedder):
-    run = extrapolate_realm(realm(), tmp_path, llm=llm, embedder=embedder)
+    run = extrapolate_realm(realm(), tmp_path, llm=llm, embedder=embedder).data
     classes = read_jsonl(tmp_path / "classes.jsonl")
     prompts = read_jsonl(tmp_path / "prompts.jsonl")
     assert run["groups"]["kept"] >= 1 and classes, run
@@ -520,7 +520,7 @@ def test_chat_prompting_path_runs_and_records(tmp_path, llm, embedder):
     assert tokens[:len(pre)] == pre and len(tokens) > len(pre)
     text = chat._llm.detokenize(tokens, special=True).decode()
     assert text.endswith("<start_of_turn>model\n") and "Name a bird." in text
-    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder)
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder).data
     assert run["provenance"]["prompting"] == "chat"
     c = run["classes"][0]
     assert len(read_jsonl(tmp_path / "prompts.jsonl")) == c["kept"]
@@ -550,7 +550,7 @@ def test_a_chat_template_without_a_system_role_gets_the_instruction_in_the_first
     first_user = text.split("<start_of_turn>user\n")[1]
     assert first_user.startswith(DOMAINS.instructions) and "Class: accordion" in first_user
     assert tokens[:len(pre)] == pre
-    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder)
+    run = extrapolate_domains(cfg(["lighthouse"], 2, [], max_attempts=1), tmp_path, llm=chat, embedder=embedder).data
     assert run["provenance"]["system_role"] == "folded into the first user turn"
 
 
@@ -567,7 +567,7 @@ def test_the_premonition_papers_csvs_import_whole(tmp_path, name, classes, group
     from toolkit.stages.extrapolate.importer import import_csv
 
     src = PAPER_CSVS / f"{name}.csv"
-    run = import_csv(src, tmp_path / "imp")
+    run = import_csv(src, tmp_path / "imp").data
     rows = list(csv.DictReader(src.open(encoding="utf-8-sig")))
     kept = read_jsonl(tmp_path / "imp" / "classes.jsonl")
     prompts = read_jsonl(tmp_path / "imp" / "prompts.jsonl")

@@ -50,7 +50,7 @@ def test_images_guided_by_the_test_domain_never_enter_its_run(tmp_path):
         assert len(used) == 10 * PER_CLASS and t not in set(synth.source_of[used])
         assert rp.leakage == {"kept": 10 * PER_CLASS, "dropped": 10 * PER_CLASS, "test_domains": [t]}
     # the sweep: each run's record and rows say what the guard dropped; its evaluations saw the kept images only
-    res = run_dg(cfg, tmp_path / "dg")
+    res = run_dg(cfg, tmp_path / "dg").data
     for t in GUIDES:
         rec = read_json(tmp_path / "dg" / "runs" / f"test-{t}-trial0-hp0" / "records.json")
         assert rec["leakage_guard"] == {"kept": 30, "dropped": 30, "test_domains": [t]}

@@ -150,19 +150,19 @@ def test_run_caches_and_redoes_only_downstream(small_run, tmp_path):
 def test_run_folder_record_names_the_recipe_and_old_records_still_resume(small_run, tmp_path):
     """The run folder's record names the pseudo-stage "recipe" (messages say "a recipe run"); a folder written
     before the rename (its record says "run") still resumes every stage from cache and still reports as a run."""
-    from toolkit.core.outdir import record_of
+    from toolkit.core.outdir import stage_in
     from toolkit.stages.report.page import plan_status
 
     recipe, out, steps = small_run
     record = out / "recipe.json"
-    assert read_json(record)["stage"] == "recipe" and record_of(out) == "recipe"
+    assert read_json(record)["stage"] == "recipe" and stage_in(out) == "recipe"
     res = CliRunner().invoke(main, ["dg", "--out", str(out)])
     assert res.exit_code != 0 and "holds a recipe run, not a dg run" in res.output
     old = dict(read_json(record), stage="run")
     saved = record.read_bytes()
     try:
         write_json(record, old)
-        assert record_of(out) == "recipe"
+        assert stage_in(out) == "recipe"
         assert [row[1] for row in plan_status(out)] == ["done", "done", "done", "this report"]
         again = run_recipe(recipe, out, progress=False)
         assert all(s["cached"] for s in again)

@@ -81,7 +81,7 @@ def test_weights_carry_their_architecture(tmp_path):
 
 def test_pretrain_lora_saves_and_reloads_identically(tmp_path):
     out = tmp_path / "bb"
-    card = pretrain(pcfg(epochs=1, lora=True), out)
+    card = pretrain(pcfg(epochs=1, lora=True), out).data
     assert card["lora"] and card["head"].startswith("discarded") and card["steps"] == 29 and card["seed"] == 0
     assert card["train"]["lora_rank"] == 8 and isinstance(card["train"]["workers"], int)  # as applied
     assert card["files"]["backbone.safetensors"] == sha256_file(out / "backbone.safetensors")
@@ -98,12 +98,12 @@ def test_pretrain_lora_saves_and_reloads_identically(tmp_path):
 
 def test_pretrain_checks_what_its_folder_holds(tmp_path):
     out = tmp_path / "bb"
-    first = pretrain(pcfg(epochs=1, lr=1e-3), out)
-    again = pretrain(pcfg(epochs=1, lr=1e-3), out)  # the same run: nothing to do
+    first = pretrain(pcfg(epochs=1, lr=1e-3), out).data
+    again = pretrain(pcfg(epochs=1, lr=1e-3), out).data  # the same run: nothing to do
     assert "already done" in again["line"] and again["files"] == first["files"]
     with pytest.raises(AugurError, match="pretrain run with other settings \\(differs in: lr\\).*--force"):
         pretrain(pcfg(epochs=1, lr=5e-2), out)
-    forced = pretrain(pcfg(epochs=1, lr=5e-2, force=True), out)  # really retrains
+    forced = pretrain(pcfg(epochs=1, lr=5e-2, force=True), out).data  # really retrains
     assert forced["train"]["lr"] == 5e-2 and forced["files"] != first["files"]
     assert forced["train"]["lora_rank"] is None  # no LoRA: no rank applied
     with pytest.raises(AugurError, match="differs in: backbone"):
@@ -193,13 +193,13 @@ def test_non_finite_steps_are_skipped_and_divergence_stops(tmp_path, monkeypatch
 
 
 def test_mixed_precision_through_accelerate(tmp_path):
-    fp32 = pretrain(pcfg(epochs=2, precision="fp32"), tmp_path / "fp32")
+    fp32 = pretrain(pcfg(epochs=2, precision="fp32"), tmp_path / "fp32").data
     # One thread: oneDNN's multi-threaded bf16 convolution backward gives sporadic NaN gradients on this CPU
     # (measured: 1-4 skipped steps of 58 at 2 threads, now and then a diverged run; none at 1 thread). The
     # guard absorbs a few; this test is about bf16 arithmetic, not that race (docs/verification.md: fp32 on a
     # CPU, what auto picks). The stage sets its own thread count (core/threads.py), so one thread is asked of
     # it, not of torch here: torch.set_num_threads(1) around the call was overridden by the stage's choice.
-    bf16 = pretrain(pcfg(epochs=2, precision="bf16", threads=1), tmp_path / "bf16")
+    bf16 = pretrain(pcfg(epochs=2, precision="bf16", threads=1), tmp_path / "bf16").data
     assert bf16["threads"] == 1
     assert fp32["train"]["precision"] == "fp32" and bf16["train"]["precision"] == "bf16"
     # both learn (chance-level cross-entropy is ln 10 = 2.30), and to about the same loss. oneDNN's bf16 backward
@@ -216,7 +216,7 @@ def test_mixed_precision_through_accelerate(tmp_path):
 
     a, b = (load_file(str(tmp_path / m / "backbone.safetensors")) for m in ("fp32", "bf16"))
     assert all(v.dtype == torch.float32 for v in b.values() if v.is_floating_point())
-    other = pretrain(pcfg(epochs=2, precision="fp32", seed=1), tmp_path / "seed1")
+    other = pretrain(pcfg(epochs=2, precision="fp32", seed=1), tmp_path / "seed1").data
     wc = load_file(str(tmp_path / "seed1" / "backbone.safetensors"))["conv1.weight"]
     wa, wb = a["conv1.weight"], b["conv1.weight"]
     # bf16 autocast rounds the arithmetic: other weights, but near the fp32 ones of the same run, far nearer

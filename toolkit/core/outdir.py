@@ -224,7 +224,7 @@ def records(out: Path) -> dict[str, Path]:
     return found
 
 
-def record_of(out: Path) -> str | None:
+def stage_in(out: Path) -> str | None:
     """The stage whose run `out` holds, if any."""
     found = records(Path(out))
     return next(iter(found), None)

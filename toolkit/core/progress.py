@@ -25,7 +25,7 @@ def _style(stream) -> str:
     return "bar" if getattr(stream, "isatty", lambda: False)() else "lines"
 
 
-def progress(total: int | None, desc: str | None, unit: str = "it", initial: int = 0, disable: bool = False,
+def progress_bar(total: int | None, desc: str | None, unit: str = "it", initial: int = 0, disable: bool = False,
              leave: bool = False):
     """A bar or a line printer with tqdm's update / set_postfix / write / close."""
     stream = sys.stderr

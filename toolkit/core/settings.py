@@ -65,6 +65,27 @@ def seed_setting(help: str = "Seed for every random choice of the stage (0 <= se
     return setting(0, help, min=0, max=SEED_MAX)
 
 
+# How a stage runs here, not what it computes: options of its command, never recipe keys (a recipe's run
+# decides them for every stage at once), declared once for every torch stage.
+def threads_setting(recorded: str = "") -> Any:
+    """The CPU threads torch computes with (core/threads.py chooses them when left out)."""
+    return setting(None, "CPU threads torch computes with (default: the cores other processes leave free, at least "
+                         "one" + (f"; recorded in {recorded}" if recorded else "") + ").",
+                   min=1, max=1024, none_word="auto", recipe=False)
+
+
+def quiet_setting() -> Any:
+    return setting(False, "No progress bar.", is_flag=True, recipe=False)
+
+
+class ShowsProgress:
+    """Settings with a `quiet` field (quiet_setting): `progress` is whether the stage draws its bars."""
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+
 # ----------------------------------------------------------------------------- types and checks
 def _unwrap(tp: Any) -> tuple[Any, bool]:
     """(the type inside Optional, whether None is allowed)."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..core.device import PRECISIONS
-from ..core.settings import seed_setting, setting
+from ..core.settings import ShowsProgress, quiet_setting, seed_setting, setting, threads_setting
 
 
 def _backbones():
@@ -40,20 +40,14 @@ class BackboneSettings:
 
 
 @dataclass
-class LoopSettings:
+class LoopSettings(ShowsProgress):
     precision: str = setting("auto", "fp32, bf16 or fp16 (mixed precision); auto: bf16/fp16 on CUDA, fp32 on CPU.",
                              choices=PRECISIONS)
     workers: int | None = setting(None, "DataLoader worker processes (default: 0 when decoded images fit in "
                                         "memory, else up to 8).", min=0, max=64, none_word="auto")
     seed: int = seed_setting()
-    threads: int | None = setting(None, "CPU threads torch computes with (default: the cores other processes leave "
-                                        "free, at least one; recorded in every result).", min=1, max=1024,
-                                  none_word="auto", recipe=False)
-    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
-
-    @property
-    def progress(self) -> bool:
-        return not self.quiet
+    threads: int | None = threads_setting('every result')
+    quiet: bool = quiet_setting()
 
     def train_precision(self) -> str:
         """fp32, bf16 or fp16 on this process's device, resolved once (core/device.py's policy); an

@@ -361,7 +361,7 @@ class _Training:
         return buffers
 
     def run(self, batches, is_checkpoint, seed: int, progress: bool, desc: str) -> list[dict[str, Any]]:
-        from ..core.progress import progress as progress_bar
+        from ..core.progress import progress_bar
 
         start = self.resume()
         self.buffers = self._batchnorm_buffers()

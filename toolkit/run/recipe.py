@@ -118,8 +118,8 @@ def check_whole(recipe: Recipe) -> None:
     view = recipe.view()
     for name, st in recipe.stages.items():
         stage = get(name)
-        for need in stage.inputs(st):
-            if need not in recipe.stages and stage.needs_inputs_present():
+        for need in stage.inputs(st, view):
+            if need not in recipe.stages:
                 raise AugurError(f"{view.where()}.{name} needs stages.{need} (it reads its output)")
     for name, st in recipe.stages.items():
         get(name).check(view, st)
@@ -138,7 +138,7 @@ def stage_hashes(recipe: Recipe) -> dict[str, str]:
     view = recipe.view()
     for name, st in recipe.stages.items():
         stage = get(name)
-        upstream = [hashes.get(n) for n in stage.inputs(st)]
+        upstream = [hashes.get(n) for n in stage.upstream(st, view)]
         hashes[name] = key_of(name, stage.hash_settings(st, view), recipe.seed, upstream, __version__)[:12]
     return hashes
 

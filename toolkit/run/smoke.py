@@ -24,4 +24,8 @@ from ..stages.descriptor import SmokeContext, get
 def smoke_stages(stages: dict[str, Any], data_root: Path, build: bool = True) -> dict[str, Any]:
     """A recipe's stage settings (name -> settings, in pipeline order) -> those of its smoke run."""
     ctx = SmokeContext(Path(data_root), build)
-    return {name: get(name).smoke(copy.deepcopy(settings), ctx) for name, settings in stages.items()}
+    smoked = {}
+    for name, settings in stages.items():
+        smoked[name] = get(name).smoke(copy.deepcopy(settings), ctx)
+        ctx.exports[name] = get(name).exports(smoked[name])  # what later stages' smoke settings must agree with
+    return smoked

@@ -1,13 +1,13 @@
 """What a pipeline stage is, to everything that loops over the stages.
 
 Each stage package (`stages/<name>/__init__.py`) registers one `Stage`: its name, its settings class, its
-command, how a recipe section becomes settings, which earlier stages' outputs it reads, how it runs
-(`run(settings, out, recipe) -> StageResult`), how a smoke run shrinks it, and its section of a report.
+command, how a recipe section becomes settings, which earlier stages' outputs it reads (`inputs`) and what
+it tells the stages reading its own (`exports`), how it runs (`run(settings, out, recipe) -> StageResult`),
+how a smoke run shrinks it, its section of a report, and what an unfinished folder of it holds.
 The CLI (cli.py), recipes (run/recipe.py), smoke runs (run/smoke.py) and reports (stages/report) loop over
 `stages()`, in the order stages/__init__.py imports them: adding a stage is one new folder plus its line
-there. A stage's record in
-its output folder is `<name>.json` (core/outdir.py knows records by their content, not by a list of
-stages).
+there. A stage's record in its output folder is `<name>.json` (core/outdir.py knows records by their content,
+not by a list of stages; `stage_in(folder)` reads it).
 """
 
 from __future__ import annotations
@@ -41,10 +41,9 @@ class RecipeView:
         """The output of an earlier stage (what a later stage reads of its folder)."""
         return get(stage).output(self.folders[stage])
 
-    def pretrain_arch(self) -> str | None:
-        """The architecture of the recipe's pretrained backbone (None without a pretrain stage)."""
-        pt = self.stages.get("pretrain")
-        return get("pretrain").arch(pt) if pt is not None else None
+    def exported(self, stage: str) -> dict[str, Any]:
+        """What an earlier stage of this recipe says of its output (`Stage.exports`); {} without that stage."""
+        return get(stage).exports(self.stages[stage]) if stage in self.stages else {}
 
     def resolve(self, value: str, stages: str | tuple[str, ...]) -> str:
         """A recipe value naming one of the earlier `stages` -> the path of that stage's output; else the value."""
@@ -55,13 +54,13 @@ class RecipeView:
 class SmokeContext:
     """What a smoke run shares between its stages: where its small data goes, whether to build it (not
     in a dry run), and what earlier stages decided (the classes and domains the data must have, the
-    pretrained backbone's architecture)."""
+    earlier stages' `exports`: a pretrained backbone's architecture)."""
 
     data_root: Path
     build: bool = True
     classes: list[str] | None = None
     domains: list[str] = field(default_factory=list)
-    pretrain_arch: str | None = None
+    exports: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> its Stage.exports, smoke settings
 
 
 class Stage:
@@ -76,11 +75,6 @@ class Stage:
     # Keys of its settings that may name an earlier stage instead of a path: key -> the stages it may name.
     refs: dict[str, tuple[str, ...]] = {}
 
-    @property
-    def record(self) -> str:
-        """The file that says a folder holds a run of this stage."""
-        return f"{self.name}.json"
-
     # -- the command line
     def command(self):
         """Its Click command or group (cli.py adds it to `augur`), from the stage's command.py; imported when
@@ -94,15 +88,20 @@ class Stage:
 
         return from_mapping(self.settings, {"seed": seed, **section}, where)
 
-    def inputs(self, settings: Any) -> list[str]:
+    def inputs(self, settings: Any, recipe: RecipeView) -> list[str]:
         """The earlier stages whose outputs these settings read: they must be in the recipe, and their
         hashes are part of this stage's."""
         return [stage for key, allowed in self.refs.items() for stage in allowed
-                if stage in _values(_field(settings, key))]
+                if stage in _values(getattr(settings, key))]
 
-    def needs_inputs_present(self) -> bool:
-        """Whether a recipe without one of `inputs()` is an error (the report reads what there is)."""
-        return True
+    def upstream(self, settings: Any, recipe: RecipeView) -> list[str]:
+        """The stages whose hashes are part of this stage's (an absent one counts as null): its inputs."""
+        return self.inputs(settings, recipe)
+
+    def exports(self, settings: Any) -> dict[str, Any]:
+        """What a later stage reading this stage's output must agree with, known from its settings before it
+        runs (a trained backbone's architecture and input size); `RecipeView.exported` reads it."""
+        return {}
 
     def check(self, recipe: RecipeView, settings: Any) -> None:
         """Checks that involve other stages' settings, before any work."""
@@ -137,14 +136,14 @@ class Stage:
     def folders(self, root: Path) -> list[Path]:
         """This stage's output folders: `root` itself, else the folders directly under a `root` that holds
         no run of its own (a recipe's grid of cl runs)."""
-        from ..core.outdir import record_of
+        from ..core.outdir import stage_in
 
-        here = record_of(root)
+        here = stage_in(root)
         if here == self.name:
             return [root]
         if here is not None or not root.is_dir():
             return []
-        return [p for p in sorted(root.iterdir()) if p.is_dir() and record_of(p) == self.name]
+        return [p for p in sorted(root.iterdir()) if p.is_dir() and stage_in(p) == self.name]
 
     def evidence(self, folders: list[Path], page: Any) -> None:
         """What opens a report's results, before every stage's section: a paired comparison of the arms its
@@ -153,16 +152,9 @@ class Stage:
     def report(self, folders: list[Path], page: Any) -> None:
         """Its section of a report (stages/report/page.py's Page: section, text, table, image, provenance)."""
 
-    def progress(self, folder: Path, section: dict[str, Any]) -> str:
+    def unfinished(self, folder: Path, section: dict[str, Any]) -> str:
         """What an unfinished recipe folder of this stage holds, in a few words."""
         return "started"
-
-
-def _field(settings: Any, key: str) -> Any:
-    if hasattr(settings, key):
-        return getattr(settings, key)
-    base = getattr(settings, "base", None)  # a grid section (cl) keeps its shared settings in .base
-    return getattr(base, key, None)
 
 
 def _values(value: Any) -> list:
@@ -244,17 +236,27 @@ def check_model_present(recipe: RecipeView, name: str) -> None:
         raise AugurError(f"{recipe.where()}: model '{name}' is not present locally; {models.how_to_get(card)}")
 
 
-def pretrained_arch(recipe: RecipeView, stage: str, backbone: str | None, image_size: int | None, uses: bool
-                    ) -> None:
-    """A stage reading the pretrained backbone: its architecture (and a ViT's input size, where both stages
-    state one; auto takes the pretrained folder's own) is the pretrain stage's."""
-    pt = recipe.stages.get("pretrain")
-    if not uses or pt is None:
-        return
-    arch = recipe.pretrain_arch()
-    if backbone and backbone != arch:
-        raise AugurError(f"{recipe.where(stage)}.backbone: {backbone} does not match the pretrained backbone's "
-                         f"architecture {arch} (stages.pretrain.backbone); leave it out to use {arch}")
-    if arch and arch.startswith("vit") and None not in (image_size, pt.image_size) and image_size != pt.image_size:
-        raise AugurError(f"{recipe.where(stage)}.image_size: {image_size} differs from stages.pretrain.image_size "
-                         f"{pt.image_size}; a {arch} backbone is built for one input size")
+def weights_sources(recipe: RecipeView, stage: Stage, weights: list[str]) -> list[str]:
+    """The earlier stages of this recipe whose trained backbone these `weights` values name."""
+    return [w for w in weights if w in stage.refs.get("weights", ()) and w in recipe.stages]
+
+
+def backbone_of(recipe: RecipeView, stage: Stage, weights: list[str], backbone: str | None) -> str | None:
+    """The architecture a stage builds: its own `backbone`, else that of the earlier stage its weights name."""
+    sources = weights_sources(recipe, stage, weights)
+    return backbone or (recipe.exported(sources[0]).get("backbone") if sources else None)
+
+
+def check_backbone_source(recipe: RecipeView, stage: Stage, weights: list[str], backbone: str | None,
+                          image_size: int | None) -> None:
+    """A stage reading the backbone an earlier stage trains: its architecture (and a ViT's input size, where
+    both stages state one; auto takes the trained folder's own) is the one that stage exports."""
+    for source in weights_sources(recipe, stage, weights):
+        made = recipe.exported(source)
+        arch, size = made.get("backbone"), made.get("image_size")
+        if backbone and backbone != arch:
+            raise AugurError(f"{recipe.where(stage.name)}.backbone: {backbone} does not match the pretrained "
+                             f"backbone's architecture {arch} (stages.{source}.backbone); leave it out to use {arch}")
+        if arch and arch.startswith("vit") and None not in (image_size, size) and image_size != size:
+            raise AugurError(f"{recipe.where(stage.name)}.image_size: {image_size} differs from "
+                             f"stages.{source}.image_size {size}; a {arch} backbone is built for one input size")

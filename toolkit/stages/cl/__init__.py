@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from . import recipe, report
 from .config import CLConfig
-from .recipe import CLGrid, result_of, run_name  # noqa: F401 - what command.py and callers use
+from .recipe import CLGrid, run_name  # noqa: F401 - what callers use
 
-__all__ = ["CL", "CLGrid", "result_of", "run_name"]
+__all__ = ["CL", "CLGrid", "run_name"]
 from ..descriptor import Stage, register
 
 
@@ -45,10 +45,10 @@ class CL(Stage):
         recipe.preflight(self, recipe_view, settings)
 
     def run(self, settings, out, recipe_view):
-        return recipe.run(settings, out, recipe_view)
+        return recipe.run(self, settings, out, recipe_view)
 
     def smoke(self, settings, ctx):
-        return recipe.smoke(settings, ctx)
+        return recipe.smoke(self, settings, ctx)
 
     def evidence(self, folders, page):
         report.evidence(folders, page)
@@ -56,5 +56,5 @@ class CL(Stage):
     def report(self, folders, page):
         report.write_section(folders, page)
 
-    def progress(self, folder, section):
-        return report.progress(folder, section)
+    def unfinished(self, folder, section):
+        return report.unfinished(folder, section)

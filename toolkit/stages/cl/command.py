@@ -26,13 +26,9 @@ def list_lines() -> list[str]:
                listing=list_lines)
 def cl_train(cfg: CLConfig, out: Path) -> None:
     """Train through the tasks; re-run the same command to resume at the task it was on."""
-    from ...core.distributed import is_main_process
-    from . import result_of
     from .stage import run_cl
 
-    res = run_cl(cfg, out)
-    echo_result(result_of([res], [f"cl: {res['protocol']} → {out / 'results.jsonl'}, {out / 'accuracy_matrix.png'}"],
-                          is_main_process()))
+    echo_result(run_cl(cfg, out))
 
 
 @cl.command("collect")

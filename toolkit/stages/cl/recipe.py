@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
-from ..descriptor import RecipeView, SmokeContext, StageResult, check_folder_key, check_weights_key, pretrained_arch
+from ..descriptor import (RecipeView, SmokeContext, StageResult, backbone_of, check_backbone_source, check_folder_key,
+                          check_weights_key)
 
 CL_CLASSES = 4  # a smoke run's small folder dataset: two tasks (B2-Inc2), one increment after the first
 
@@ -37,12 +38,6 @@ def run_name(weights: str, strategy: str, order: str) -> str:
 
     tag = weights if weights in ("none", "imagenet", "pretrain") else "custom"
     return path_name(f"{strategy}-{tag}-order{order}")
-
-
-def result_of(results: list[dict[str, Any]], lines: list[str], main: bool = True) -> StageResult:
-    from .stage import table
-
-    return StageResult(lines, tables=[table(results)], data={"results": results}, printed=main)
 
 
 def parse(section: dict[str, Any], where: str, seed: int) -> CLGrid:
@@ -98,8 +93,7 @@ def section(settings: CLGrid) -> dict[str, Any]:
 
 
 def check(stage, recipe: RecipeView, settings: CLGrid) -> None:
-    pretrained_arch(recipe, stage.name, settings.base.backbone, settings.base.image_size,
-                    "pretrain" in settings.weights)
+    check_backbone_source(recipe, stage, settings.weights, settings.base.backbone, settings.base.image_size)
 
 
 def preflight(stage, recipe: RecipeView, settings: CLGrid) -> None:
@@ -119,26 +113,25 @@ def preflight(stage, recipe: RecipeView, settings: CLGrid) -> None:
             raise AugurError(f"{recipe.where(stage.name)}.class_orders: {e}") from None
 
 
-def run(settings: CLGrid, out: Path, recipe: RecipeView) -> StageResult:
+def run(stage, settings: CLGrid, out: Path, recipe: RecipeView) -> StageResult:
     import dataclasses
 
     from ...core.distributed import is_main_process
-    from .stage import run_cl
+    from .stage import run_cl, table
 
     grid = settings
-    arch = grid.base.backbone
-    if "pretrain" in grid.weights and not arch:
-        arch = recipe.pretrain_arch()
+    arch = backbone_of(recipe, stage, grid.weights, grid.base.backbone)
     results = []
     for weights, label, strategy, order in grid.runs():
         cfg = dataclasses.replace(grid.base, quiet=not recipe.progress, strategy=strategy,
-                                  weights=recipe.resolve(weights, "pretrain"), class_order=order, backbone=arch,
-                                  hp=grid.hp.get(strategy, {}))
-        results.append(run_cl(cfg, out / run_name(label, strategy, order)))
-    return result_of(results, [f"cl: {len(results)} run(s) → {out}"], is_main_process())
+                                  weights=recipe.resolve(weights, stage.refs["weights"]), class_order=order,
+                                  backbone=arch, hp=grid.hp.get(strategy, {}))
+        results.append(run_cl(cfg, out / run_name(label, strategy, order)).data)
+    return StageResult([f"cl: {len(results)} run(s) → {out}"], tables=[table(results)], data={"results": results},
+                       printed=is_main_process())
 
 
-def smoke(grid: CLGrid, ctx: SmokeContext) -> CLGrid:
+def smoke(stage, grid: CLGrid, ctx: SmokeContext) -> CLGrid:
     import dataclasses
 
     from ..smoke_data import make_cl_data, smoke_weights
@@ -155,7 +148,8 @@ def smoke(grid: CLGrid, ctx: SmokeContext) -> CLGrid:
         n_classes, initial, increment = CL_CLASSES, 2, 2
     if ctx.build:
         make_cl_data(Path(data), n_classes)
-    weights = [smoke_weights(w, base.backbone or ctx.pretrain_arch, ctx.build) for w in grid.weights]
+    made = [ctx.exports.get(w, {}).get("backbone") for w in grid.weights if w in stage.refs["weights"]]
+    weights = [smoke_weights(w, base.backbone or next(filter(None, made), None), ctx.build) for w in grid.weights]
     hp = {s: dict(h) for s, h in grid.hp.items()}
     for s in grid.strategies:  # each hyper-parameter's toy value, declared with it (hparams.py)
         for k, declared in strategy_hparams(s).items():

@@ -37,7 +37,7 @@ def write_section(folders: list[Path], page: Any) -> None:
                         f"{r['backbone']}, {r['protocol']}, order {r['class_order']}")
 
 
-def progress(folder: Path, section: dict[str, Any]) -> str:
+def unfinished(folder: Path, section: dict[str, Any]) -> str:
     from ...core.files import read_jsonl
 
     total = 1

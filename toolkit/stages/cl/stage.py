@@ -25,7 +25,7 @@ from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import atomic_write, write_jsonl
 from ...core.settings import as_dict
-from ...core.stagerun import StageRun
+from ...core.stagerun import StageResult, StageRun
 from ...core.tables import format_table
 from ...learn import audit, backbones, data, loop
 from ...learn.images import ImageStore
@@ -138,8 +138,18 @@ class Setup:
     image_size_choice: str = "--image-size"
 
 
-def run_cl(cfg: CLConfig, out: Path) -> dict[str, Any]:
+def run_cl(cfg: CLConfig, out: Path) -> StageResult:
+    """One class-incremental run -> OUT/results.jsonl, accuracy_matrix.png; the StageResult's data is its final
+    row."""
+    from ...core.distributed import is_main_process
+
     out = Path(out)
+    res = _run_once(cfg, out)
+    return StageResult([f"cl: {res['protocol']} → {out / 'results.jsonl'}, {out / 'accuracy_matrix.png'}"],
+                       tables=[table([res])], data=res, printed=is_main_process())
+
+
+def _run_once(cfg: CLConfig, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     choice = core_threads.apply(cfg.threads)
     name = STRATEGIES.canonical(cfg.strategy)

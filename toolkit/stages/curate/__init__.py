@@ -31,7 +31,7 @@ class Curate(Stage):
 
         return from_mapping(self.settings, section, where)  # deterministic: no seed (config.py)
 
-    def inputs(self, settings: Any) -> list[str]:
+    def inputs(self, settings: Any, recipe: RecipeView) -> list[str]:
         return ["render"]  # its images
 
     def check(self, recipe: RecipeView, settings: Any) -> None:
@@ -72,5 +72,5 @@ class Curate(Stage):
 
         report(self, folders, page)
 
-    def progress(self, folder: Path, section: dict[str, Any]) -> str:
+    def unfinished(self, folder: Path, section: dict[str, Any]) -> str:
         return "scoring; nothing is kept until manifest.jsonl is written"

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.device import DEVICES
-from ...core.settings import SettingError, setting
+from ...core.settings import SettingError, ShowsProgress, quiet_setting, setting, threads_setting
 
 
 @dataclass
-class CurateConfig:
+class CurateConfig(ShowsProgress):
     scorer: str = setting("auto", "A scorer card: clip-vit-b16, clip-vit-l14 (or their -tiny stand-ins), or the "
                                   "embedded ImageNet classifier efficientnet-lite0-imagenet; auto: the best one "
                                   "present.", metavar="CARD")
@@ -40,13 +40,8 @@ class CurateConfig:
     workers: int | None = setting(None, "DataLoader workers that decode images while the scorer runs (default: "
                                         "up to 4 on a GPU, 1 on a CPU).", min=0, max=64, none_word="auto",
                                   recipe=False)
-    threads: int | None = setting(None, "CPU threads torch computes with (default: the cores other processes leave "
-                                        "free, at least one).", min=1, max=1024, none_word="auto", recipe=False)
-    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
-
-    @property
-    def progress(self) -> bool:
-        return not self.quiet
+    threads: int | None = threads_setting()
+    quiet: bool = quiet_setting()
 
     def check(self) -> None:
         if self.min_clip_score is not None and self.scorer != "auto" and not _is_clip(self.scorer):

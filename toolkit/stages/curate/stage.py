@@ -32,11 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from ... import __version__
 from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import read_json, read_jsonl, sha256_bytes, sha256_file, write_json, write_jsonl
-from ...core.progress import progress
+from ...core.progress import progress_bar
 from ...core.stagerun import StageResult, StageRun
 from . import dedup, measures
 from .config import CurateConfig
@@ -124,7 +123,7 @@ def score_all(scorer: Scorer, items: list[tuple[Any, str | None]], prompts: list
     n = len(items)
     out: dict[str, Any] = {"emb": None, "probs": None, "clip": None, "hash": np.zeros(n, dtype=np.uint64),
                            "error": [None] * n}
-    bar = progress(n, desc, unit="img", disable=not cfg.progress)
+    bar = progress_bar(n, desc, unit="img", disable=not cfg.progress)
     for batch in loader:
         ok = [b for b in batch if b[3] is None]
         for i, _, _, err in batch:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from . import recipe, report
 from .config import DGConfig
-from .recipe import NONE, DGGrid, result_of  # noqa: F401 - what command.py and callers use
+from .recipe import NONE, DGGrid  # noqa: F401 - what callers use
 from ..descriptor import Stage, register
 
-__all__ = ["DG", "DGGrid", "NONE", "result_of"]
+__all__ = ["DG", "DGGrid", "NONE"]
 
 
 @register
@@ -51,5 +51,5 @@ class DG(Stage):
     def report(self, folders, page):
         report.write_section(folders, page)
 
-    def progress(self, folder, section):
-        return report.progress(folder, section)
+    def unfinished(self, folder, section):
+        return report.unfinished(folder, section)

@@ -33,11 +33,9 @@ def list_lines() -> list[str]:
                listing=list_lines)
 def dg_train(cfg: DGConfig, out: Path) -> None:
     """Train and evaluate a sweep; re-run the same command to resume, or with more seeds to extend it."""
-    from ...core.distributed import is_main_process
-    from . import result_of
     from .stage import run_dg
 
-    echo_result(result_of(run_dg(cfg, out), is_main_process()))
+    echo_result(run_dg(cfg, out))
 
 
 @dg.command("collect")

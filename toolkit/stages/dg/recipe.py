@@ -8,12 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import AugurError
-from ..descriptor import RecipeView, SmokeContext, StageResult, check_folder_key, check_weights_key, pretrained_arch
-
-
-def result_of(res: dict[str, Any], main: bool = True) -> StageResult:
-    return StageResult([f"dg: {len(res['rows'])} result rows → {res['results']}"], tables=[res["table"]],
-                       files={"results": res["results"]}, data=res, printed=main)
+from ..descriptor import (RecipeView, SmokeContext, StageResult, check_backbone_source, check_folder_key,
+                          check_weights_key)
 
 
 NONE = "none"  # the arm without synthetic data
@@ -34,6 +30,10 @@ class DGGrid:
     @property
     def base(self) -> Any:
         return self.runs[0][2]
+
+    @property
+    def weights(self) -> str:
+        return self.base.weights  # every sweep of the grid starts from the same weights
 
     def folder(self, algorithm: str, arm: str, out: Path) -> Path:
         from ...core.names import path_name
@@ -106,7 +106,7 @@ def section(settings: DGGrid) -> dict[str, Any]:
 
 def check(stage, recipe: RecipeView, settings: DGGrid) -> None:
     base = settings.base
-    pretrained_arch(recipe, stage.name, base.backbone, base.image_size, base.weights == "pretrain")
+    check_backbone_source(recipe, stage, [base.weights], base.backbone, base.image_size)
 
 
 def preflight(stage, recipe: RecipeView, settings: DGGrid) -> None:
@@ -128,10 +128,11 @@ def run(stage, settings: DGGrid, out: Path, recipe: RecipeView) -> StageResult:
     for algorithm, arm, cfg in settings.runs:
         cfg = dataclasses.replace(cfg, quiet=not recipe.progress,
                                   synthetic=recipe.resolve(arm, stage.refs["synthetic"]) if arm != NONE else None,
-                                  weights=recipe.resolve(cfg.weights, "pretrain"))
+                                  weights=recipe.resolve(cfg.weights, stage.refs["weights"]))
         results.append(run_dg(cfg, settings.folder(algorithm, arm, out)))
     if len(results) == 1:
-        return result_of(results[0], is_main_process())
+        return results[0]
+    results = [res.data for res in results]
     rows = [r for res in results for r in res["rows"]]
     lines = [f"dg: {len(results)} sweeps ({' x '.join(map(str, (len(settings.algorithms), len(settings.synthetic))))} "
              f"algorithms x arms), {len(rows)} result rows → {out}"]

@@ -9,7 +9,7 @@ from typing import Any
 # What makes a row of results.jsonl a DG result row (a report leaves other rows out).
 ROW_KEYS = {"label", "selection", "test_domain", "trial_seed", "hparams_seed", "val_acc", "test_acc", "dataset",
             "backbone", "weights"}
-RECORD = "dg.json"  # the stage's record in its folder (descriptor.Stage.record)
+RECORD = "dg.json"  # the stage's record in its folder (core/outdir.py: a run's record)
 
 
 def evidence(folders: list[Path], page: Any) -> None:
@@ -47,7 +47,7 @@ def write_section(folders: list[Path], page: Any) -> None:
                                                f"data {ident.get('data')}")
 
 
-def progress(folder: Path, section: dict[str, Any]) -> str:
+def unfinished(folder: Path, section: dict[str, Any]) -> str:
     runs = len(list(folder.glob("runs/*/records.json"))) + len(list(folder.glob("*/runs/*/records.json")))
     return f"{runs} run(s) finished, results.jsonl not complete"
 

@@ -33,12 +33,13 @@ from ...core.faults import kill_point
 from ...core.files import append_jsonl, read_json, read_jsonl, write_json, write_jsonl
 from ...core.names import path_name
 from ...core.settings import as_dict
-from ...core.stagerun import StageRun
+from ...core.stagerun import StageResult, StageRun
 from ...learn import audit, backbones, data, loop
 from ...learn.loaders import InfiniteBatches
 from ...learn.transforms import data_config
 from ...models.weights import resolve_weights
 from . import selection as sel
+from .averaging import averaging_of
 from .regimes import regime_of
 from .algorithms import ALGORITHMS
 from .config import DGConfig
@@ -46,11 +47,6 @@ from .collect import effective_hparams
 from .hparams import SMALL_IMAGE_PX, hparam_class, hparams_for, seed_hash
 
 N_STEPS = 5001  # DomainBed's MultipleDomainDataset.N_STEPS
-# Evaluation cadence by the data's size: DomainBed's (MultipleDomainDataset's 100, RotatedMNIST's; 300 for its
-# image folders) and, with --swad, SWAD's own (khanrc/swad datasets.py: 100, and 200 for its image folders),
-# whose loss-valley windows count evaluations.
-CHECKPOINT_FREQ = {"small": 100, "large": 300}
-SWAD_CHECKPOINT_FREQ = {"small": 100, "large": 200}
 EVAL_BATCH = 64  # DomainBed's FastDataLoader batch size (eval mode: the batch changes no prediction)
 EVAL_BATCH_GPU = 512
 
@@ -84,7 +80,8 @@ def data_size(image_px: int) -> str:
 
 
 def checkpoint_freq(cfg: DGConfig, image_px: int) -> int:
-    return cfg.checkpoint_freq or (SWAD_CHECKPOINT_FREQ if cfg.swad else CHECKPOINT_FREQ)[data_size(image_px)]
+    """Steps between evaluations: the setting, else the averaging's cadence for data of this size."""
+    return cfg.checkpoint_freq or averaging_of(cfg).checkpoint_freq[data_size(image_px)]
 
 
 def environments(cfg: DGConfig) -> tuple[list[str], list[Env], data.MultiDomain]:
@@ -156,7 +153,7 @@ def _count(n: int, what: str) -> str:
 
 
 def label_of(cfg: DGConfig) -> str:
-    label = cfg.algorithm + ("+SWAD" if cfg.swad else "")
+    label = cfg.algorithm + averaging_of(cfg).label
     if cfg.synthetic:
         label += f"+synthetic({cfg.synthetic_envs})"
     if cfg.lora:
@@ -228,7 +225,8 @@ def resolve(cfg: DGConfig) -> Sweep:
 
 
 
-def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
+def run_dg(cfg: DGConfig, out: Path) -> StageResult:
+    """One DomainBed sweep -> OUT/results.jsonl; the StageResult's data: its rows, their table, the file."""
     out = Path(out)
     t0 = time.perf_counter()
     sw = resolve(cfg)
@@ -262,11 +260,14 @@ def run_dg(cfg: DGConfig, out: Path) -> dict[str, Any]:
             write_jsonl(out / "results.jsonl", everything)
             run.finish()
         run.wait()
+    from ...core.distributed import is_main_process
     from .collect import tables
 
     rows = _read_results(out)
-    return {"rows": rows, "table": tables(rows, selections=cfg.selection), "wall_seconds": time.perf_counter() - t0,
-            "results": str(out / "results.jsonl")}
+    res = {"rows": rows, "table": tables(rows, selections=cfg.selection), "wall_seconds": time.perf_counter() - t0,
+           "results": str(out / "results.jsonl")}
+    return StageResult([f"dg: {len(rows)} result rows → {res['results']}"], tables=[res["table"]],
+                       files={"results": res["results"]}, data=res, printed=is_main_process())
 
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
@@ -322,7 +323,7 @@ def plan_run(cfg: DGConfig, sw: Sweep, spec: RunSpec) -> RunPlan:
             raise AugurError(f"environment '{e.name}' has {len(splits[e.name][0])} training image(s){why}; each needs "
                              "at least 2")
     val_envs = [e for e in train_envs if len(splits[e.name][1])]
-    if not val_envs and (cfg.swad or "training-domain" in cfg.selection):
+    if not val_envs and (averaging_of(cfg).needs_validation or "training-domain" in cfg.selection):
         raise AugurError(f"--holdout-fraction {cfg.holdout_fraction} holds out no image of any training environment: "
                          "training-domain validation has nothing to select on (raise it, or add images)")
     return RunPlan(spec, hparams, run_seed(cfg.seed, cfg.algorithm, spec), cfg.steps or N_STEPS, sw.freq, splits,
@@ -362,14 +363,12 @@ def build_learner(cfg: DGConfig, sw: Sweep, rp: RunPlan):
     """The run's network (seeded by the run), the algorithm around it, and SWAD around that when asked."""
     import torch
 
-    from .swad import SWAD
-
     torch.manual_seed(rp.seed)
     backbone = backbones.build(sw.arch, sw.weights, cfg.image_size)
     if cfg.lora:
         backbone = backbones.add_lora(backbone, sw.arch, cfg.lora_rank)
     algorithm = ALGORITHMS.get(cfg.algorithm)(backbone, len(sw.classes), len(rp.train_envs), rp.hparams)
-    return SWAD(algorithm, rp.hparams) if cfg.swad else algorithm
+    return averaging_of(cfg).wrap(algorithm, rp.hparams)
 
 
 def train_stream(cfg: DGConfig, sw: Sweep, rp: RunPlan, world: tuple[int, int]):
@@ -423,36 +422,18 @@ class Evaluator:
         return result
 
 
-def swad_result(learner, rp: RunPlan, stream, evaluate: Evaluator, last_step: int) -> dict[str, Any]:
-    """SWAD's averaged weights, their BatchNorm statistics re-estimated on training batches (unless frozen),
-    evaluated once."""
-    import torch
-
-    from .swad import update_bn
-
-    averaged = learner.averaged_model()
-    averaged_steps = learner.final_range()
-    if not rp.hparams.get("freeze_bn") and rp.hparams["swad_bn_steps"] > 0:
-        update_bn(averaged, stream(rp.steps, rp.steps + int(rp.hparams["swad_bn_steps"])),
-                  next(averaged.parameters()).device)
-    averaged.eval()
-    with torch.inference_mode():
-        return {"step": last_step, **evaluate(averaged), **{k: learner.meta[k] for k in ("converge_step", "dead_valley")},
-                "averaged_steps": averaged_steps}
-
-
 def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun) -> None:
     """One run: plan it, build it, train it (resuming from its last checkpoint), write its records."""
     import torch
 
     rp = plan_run(cfg, sw, spec)
+    averaging = averaging_of(cfg)
     learner = build_learner(cfg, sw, rp)
     stream = train_stream(cfg, sw, rp, run.world)
     evaluate = Evaluator(sw, rp)
 
     def on_checkpoint(model, step: int, record: dict[str, Any]) -> None:
-        if cfg.swad:  # SWAD's valley is found on the training domains' validation loss
-            model.evaluated(step, float(np.mean([record["loss"][e.name]["out"] for e in rp.val_envs])))
+        averaging.at_checkpoint(model, step, record, rp.val_envs)
 
     run_dir = out / "runs" / spec.key
     records = loop.run(learner, stream, total_steps=rp.steps, is_checkpoint=lambda s: s % rp.freq == 0,
@@ -469,8 +450,7 @@ def _train_run(cfg: DGConfig, sw: Sweep, spec: RunSpec, out: Path, run: StageRun
         "batchnorm": any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in learner.modules())}
     if rp.leakage is not None:
         result["leakage_guard"] = rp.leakage
-    if cfg.swad:
-        result["swad"] = swad_result(learner, rp, stream, evaluate, records[-1]["step"])
+    result.update(averaging.finish(learner, rp, stream, evaluate, records[-1]["step"]))
     if run.main:
         write_json(run_dir / "records.json", result)
         kill_point("dg.after_run")
@@ -500,14 +480,12 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             "holdout_fraction": cfg.holdout_fraction, "device": device, "precision": sw.precision,
             "threads": torch_threads(),
             "threads_choice": sw.threads.why if sw.threads else None, "toolkit_version": __version__}
-    regime = regime_of(cfg)
+    regime, averaging = regime_of(cfg), averaging_of(cfg)
     rows = []
     for spec, res in results.items():
         row_tests = regime.row_tests(spec.test_envs, tests)  # none for a leave-one-out pair run: read through
         # the single run below
-        # With SWAD the model is the averaged one, evaluated once: each method selects on its numbers
-        # (there is one candidate per run; selection chooses among hyper-parameter draws in collect).
-        records = [res["swad"]] if cfg.swad else res["records"]
+        records = averaging.candidates(res)
         for t in row_tests:
             picked: dict[str, Any] = {}
             if "training-domain" in cfg.selection:
@@ -517,16 +495,12 @@ def _rows(cfg: DGConfig, sw: Sweep, runs: list[RunSpec], tests: list[str], out: 
             if "leave-one-out" in cfg.selection and regime.pairs:
                 pairs = {v: results[RunSpec(tuple(sorted((t, v), key=real_names.index)), spec.trial, spec.hparams_seed)]
                          for v in real_names if v != t}
-                picked["leave-one-out"] = (sel.leave_one_out_final(res["swad"], {v: p["swad"] for v, p in pairs.items()}, t)
-                                           if cfg.swad else sel.leave_one_out(records, {v: p["records"] for v, p in
-                                                                                          pairs.items()}, t))
+                picked["leave-one-out"] = averaging.leave_one_out(res, pairs, t)
             for method, row in picked.items():
                 if row is None:
                     continue
-                if cfg.swad:
-                    row = {**row, "swad_steps": res["swad"]["averaged_steps"],
-                           "swad_dead_valley": res["swad"]["dead_valley"]}
-                rows.append({**base, **row, "selection": method, "selection_index": sel_index(method),
+                rows.append({**base, **row, **averaging.row_fields(res), "selection": method,
+                             "selection_index": sel_index(method),
                              "test_domain": t, "domain_index": real_names.index(t),
                              "trial_seed": spec.trial, "seed": res["seed"], "hparams_seed": spec.hparams_seed,
                              "hparams": applied_hparams(res),

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from . import recipe, report
 from .config import DomainsConfig
-from .recipe import result_of
 from ..descriptor import Stage, check_model_present, register
 
-__all__ = ["Extrapolate", "result_of"]
+__all__ = ["Extrapolate"]
 
 
 @register
@@ -51,7 +50,7 @@ class Extrapolate(Stage):
         from .stage import extrapolate_domains, extrapolate_realm
 
         fn = extrapolate_domains if isinstance(settings, DomainsConfig) else extrapolate_realm
-        return result_of(fn(dataclasses.replace(settings, quiet=not recipe_view.progress), out))
+        return fn(dataclasses.replace(settings, quiet=not recipe_view.progress), out)
 
     def smoke(self, settings, ctx):
         return recipe.smoke(settings, ctx)
@@ -59,5 +58,5 @@ class Extrapolate(Stage):
     def report(self, folders, page):
         report.write_section(folders, page)
 
-    def progress(self, folder, section):
+    def unfinished(self, folder, section):
         return "the LLM's requests are cached as they finish; prompts.jsonl not written yet"

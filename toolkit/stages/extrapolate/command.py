@@ -8,7 +8,6 @@ import click
 
 from ...core.commands import echo_result
 from ...core.settings import click_options, from_cli
-from . import result_of
 from .config import DomainsConfig, RealmConfig
 
 
@@ -24,7 +23,7 @@ def extrapolate_domains_cmd(out, **kw):
     """Novel domains per class → OUT/prompts.jsonl (Beyond Finite Data)."""
     from .stage import extrapolate_domains
 
-    echo_result(result_of(extrapolate_domains(from_cli(DomainsConfig, kw), out)))
+    echo_result(extrapolate_domains(from_cli(DomainsConfig, kw), out))
 
 
 @extrapolate.command("realm")
@@ -35,7 +34,7 @@ def extrapolate_realm_cmd(realm, out, **kw):
     """Related classes of a REALM with visual descriptions → OUT/classes.jsonl, prompts.jsonl (Premonition)."""
     from .stage import extrapolate_realm
 
-    echo_result(result_of(extrapolate_realm(from_cli(RealmConfig, kw, realm=realm), out)))
+    echo_result(extrapolate_realm(from_cli(RealmConfig, kw, realm=realm), out))
 
 
 @extrapolate.command("import")
@@ -47,4 +46,4 @@ def extrapolate_import_cmd(csv_file, out, realm, force):
     """Read a Premonition prompt CSV (the paper's own) into OUT/classes.jsonl + prompts.jsonl."""
     from .importer import import_csv
 
-    echo_result(result_of(import_csv(csv_file, out, realm=realm, force=force)))
+    echo_result(import_csv(csv_file, out, realm=realm, force=force))

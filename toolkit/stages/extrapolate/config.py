@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...core.settings import SettingError, seed_setting, setting
+from ...core.settings import SettingError, ShowsProgress, quiet_setting, seed_setting, setting
 
 PROMPTING = ("auto", "base", "chat")
 MODES = ("domains", "realm")
 
 
 @dataclass
-class LLMSettings:
+class LLMSettings(ShowsProgress):
     """What every extrapolation mode shares: the model, sampling, retries, filters, compute."""
 
     model: str = setting("gemma3-270m-q4km", "A model card name (augur models list) or a path to a .gguf file.",
@@ -43,11 +43,7 @@ class LLMSettings:
                                    "sampler (lines of the template's fields, nothing else; slower per token: "
                                    "docs/benchmarks.md).")
     force: bool = setting(False, "Replace an earlier extrapolation in --out.", is_flag=True, recipe=False)
-    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
-
-    @property
-    def progress(self) -> bool:
-        return not self.quiet
+    quiet: bool = quiet_setting()
 
 
 @dataclass

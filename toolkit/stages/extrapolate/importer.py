@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from ...core.stagerun import StageRun
+from ...core.stagerun import StageResult, StageRun
 from ...core.errors import AugurError
 from ...core.files import sha256_file, write_json, write_jsonl
 from ...core.names import check_label
-from .stage import FORCE_HINT, class_slugs
+from .stage import FORCE_HINT, class_slugs, stage_result
 
 LAYOUTS = {
     "biological": ("subtype", "species_latin_name", "species_common_name", "species_description", "SD_prompt"),
@@ -87,7 +87,12 @@ def read_rows(path: Path) -> tuple[str, list[tuple[int, dict[str, str]]], list[s
     return layout, rows, ignored
 
 
-def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = False) -> dict[str, Any]:
+def import_csv(path: Path, out: Path, realm: str | None = None, force: bool = False) -> StageResult:
+    """The paper's prompt CSV -> OUT/classes.jsonl, prompts.jsonl; the StageResult's data is run.json."""
+    return stage_result(_import(Path(path), Path(out), realm, force))
+
+
+def _import(path: Path, out: Path, realm: str | None, force: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     path, out = Path(path), Path(out)
     layout, rows, ignored = read_rows(path)

@@ -1,27 +1,14 @@
-"""The extrapolate section of a recipe: its two modes (domains, realm), its model check, and its smoke settings;
-and the StageResult of a run. The stage's descriptor (__init__.py) points here."""
+"""The extrapolate section of a recipe: its two modes (domains, realm), its model check, and its smoke settings.
+The stage's descriptor (__init__.py) points here."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from ...core.errors import AugurError
-from ..descriptor import RecipeView, SmokeContext, StageResult
+from ..descriptor import RecipeView, SmokeContext
 
 SMOKE_CLASSES = 3
-
-
-def result_of(run: dict[str, Any]) -> StageResult:
-    """An extrapolation's run record -> its StageResult: a warning per class or group short of its count."""
-    warnings = []
-    for unit, items in (("class", run.get("classes")), ("group", run.get("per_group"))):
-        for it in items or []:
-            if it["status"] != "ok":
-                why = f", {it['stopped']}" if it.get("stopped") else ""
-                warnings.append(f"{unit} '{it.get('class') or it.get('group')}' is {it['status']}: {it['kept']}/"
-                                f"{it['wanted']} after {it['attempts']} attempts{why} (rejected: "
-                                f"{it['rejected'] or 'none'})")
-    return StageResult([run["summary"]["line"]], warnings=warnings, data={"run": run})
 
 
 def parse(section: dict[str, Any], where: str, seed: int) -> Any:

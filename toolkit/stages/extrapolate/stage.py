@@ -25,9 +25,9 @@ from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import sha256_file, write_json, write_jsonl
 from ...core.names import check_label
-from ...core.progress import progress
+from ...core.progress import progress_bar
 from ...core.settings import as_dict
-from ...core.stagerun import StageRun
+from ...core.stagerun import StageResult, StageRun
 from ... import models
 from . import classnames
 from .config import DomainsConfig, LLMSettings, RealmConfig
@@ -192,7 +192,7 @@ class ListGenerator:
         lists = [ItemList(dict(f), want) for f in items]
         self.llm.fit_context(self.context_need(template, lists))
         rounds = _Rounds(self, template, lists, accept_for,
-                         progress(len(items), desc, unit="item", disable=desc is None or not self.cfg.progress))
+                         progress_bar(len(items), desc, unit="item", disable=desc is None or not self.cfg.progress))
         pending = [job for i in range(len(lists)) for job in rounds.ask(i)]
         t0 = time.perf_counter()
         while True:
@@ -457,7 +457,12 @@ class Extrapolation:
 
 
 def extrapolate_domains(cfg: DomainsConfig, out: Path, *, llm: LLM | None = None,
-                        embedder: Embedder | None = None) -> dict[str, Any]:
+                        embedder: Embedder | None = None) -> StageResult:
+    """Beyond Finite Data: novel domains per class -> OUT/prompts.jsonl; the StageResult's data is run.json."""
+    return stage_result(_domains(cfg, out, llm, embedder))
+
+
+def _domains(cfg: DomainsConfig, out: Path, llm: LLM | None, embedder: Embedder | None) -> dict[str, Any]:
     classes = classnames.collect(cfg.classes, cfg.classes_file, cfg.dataset)
     for c in classes:
         check_label(c, "class name")
@@ -521,6 +526,19 @@ _LATIN = re.compile(r"^[A-Z][a-z]+(?: [a-z][a-z-]+){1,2}$")  # a binomial or tri
 MAX_PREMONITION_DESCRIPTION = 180  # the notebook's limit
 
 
+def stage_result(run: dict[str, Any]) -> StageResult:
+    """An extrapolation's run record -> its StageResult: a warning per class or group short of its count."""
+    warnings = []
+    for unit, items in (("class", run.get("classes")), ("group", run.get("per_group"))):
+        for it in items or []:
+            if it["status"] != "ok":
+                why = f", {it['stopped']}" if it.get("stopped") else ""
+                warnings.append(f"{unit} '{it.get('class') or it.get('group')}' is {it['status']}: {it['kept']}/"
+                                f"{it['wanted']} after {it['attempts']} attempts{why} (rejected: "
+                                f"{it['rejected'] or 'none'})")
+    return StageResult([run["summary"]["line"]], warnings=warnings, data=run)
+
+
 def premonition_fields(text: str | None) -> tuple[str | None, str | None]:
     """'Latin name | description' (Premonition style) -> (latin or None for '-', description)."""
     latin, _, desc = (text or "").partition("|")
@@ -566,7 +584,13 @@ def _premonition_check(taken: set[str]) -> Callable[[str, str | None], str | Non
 
 
 def extrapolate_realm(cfg: RealmConfig, out: Path, *, llm: LLM | None = None,
-                      embedder: Embedder | None = None) -> dict[str, Any]:
+                      embedder: Embedder | None = None) -> StageResult:
+    """Premonition: a realm's related classes with descriptions -> OUT/classes.jsonl, prompts.jsonl; the
+    StageResult's data is run.json."""
+    return stage_result(_realm(cfg, out, llm, embedder))
+
+
+def _realm(cfg: RealmConfig, out: Path, llm: LLM | None, embedder: Embedder | None) -> dict[str, Any]:
     realm = cfg.realm.strip()
     if not words(realm):
         raise AugurError("the realm is empty; give one like 'birds' or 'cars'")

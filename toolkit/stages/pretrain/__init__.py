@@ -12,11 +12,6 @@ from .config import PretrainConfig
 from ..descriptor import RecipeView, SmokeContext, Stage, StageResult, check_folder_key, register
 
 
-def result_of(card: dict[str, Any], out: Path, main: bool = True) -> StageResult:
-    return StageResult([card["line"]], files={"backbone": str(Path(out) / "backbone.safetensors")}, data={"card": card},
-                       printed=main)
-
-
 @register
 class Pretrain(Stage):
     name = "pretrain"
@@ -32,8 +27,11 @@ class Pretrain(Stage):
     def parse(self, section: dict[str, Any], where: str, seed: int) -> Any:
         return super().parse({"data": "render", **section}, where, seed)  # in a recipe, the rendered images
 
+    def exports(self, settings: Any) -> dict[str, Any]:
+        return {"backbone": self.arch(settings), "image_size": settings.image_size}  # what a stage reading it builds
+
     def arch(self, settings: Any) -> str | None:
-        """The architecture of the backbone these settings make (what a later stage reading it must use)."""
+        """The architecture of the backbone these settings make."""
         from ...core.files import read_json
 
         if settings.backbone:
@@ -50,21 +48,18 @@ class Pretrain(Stage):
     def run(self, settings: Any, out: Path, recipe: RecipeView) -> StageResult:
         import dataclasses
 
-        from ...core.distributed import is_main_process
         from .stage import pretrain
 
         cfg = dataclasses.replace(settings, quiet=not recipe.progress, data=recipe.resolve(settings.data, self.refs["data"]))
-        return result_of(pretrain(cfg, out), out, is_main_process())
+        return pretrain(cfg, out)
 
     def smoke(self, settings: Any, ctx: SmokeContext) -> Any:
         import dataclasses
 
         from ..smoke_data import smoke_weights
 
-        smoked = dataclasses.replace(settings, epochs=1, image_size=32, batch_size=16,
-                                     weights=smoke_weights(settings.weights, settings.backbone, ctx.build))
-        ctx.pretrain_arch = self.arch(smoked)
-        return smoked
+        return dataclasses.replace(settings, epochs=1, image_size=32, batch_size=16,
+                                   weights=smoke_weights(settings.weights, settings.backbone, ctx.build))
 
     def report(self, folders: list[Path], page: Any) -> None:
         from ...core.files import read_json
@@ -80,7 +75,7 @@ class Pretrain(Stage):
             page.provenance("pretrain", card["backbone"], card["files"]["backbone.safetensors"], card["seed"],
                             f"{card['images']} images, {card['steps']} steps")
 
-    def progress(self, folder: Path, section: dict[str, Any]) -> str:
+    def unfinished(self, folder: Path, section: dict[str, Any]) -> str:
         from ...core.files import read_json
 
         steps = [read_json(p / "progress.json")["step"] + 1 for p in (folder / "checkpoint").glob("step-*")

@@ -16,8 +16,6 @@ from .config import PretrainConfig
 @click_options(PretrainConfig)
 def pretrain_cmd(out, **kw):
     """Stage 3: train a backbone on synthetic images; keep the backbone, drop the head (Premonition)."""
-    from ...core.distributed import is_main_process
-    from . import result_of
     from .stage import pretrain
 
-    echo_result(result_of(pretrain(from_cli(PretrainConfig, kw), out), out, is_main_process()))
+    echo_result(pretrain(from_cli(PretrainConfig, kw), out))

@@ -21,7 +21,7 @@ from ...core.errors import AugurError
 from ...core.faults import kill_point
 from ...core.files import read_json
 from ...core.settings import as_dict
-from ...core.stagerun import StageRun
+from ...core.stagerun import StageResult, StageRun
 from ...learn import backbones, data, loop
 from ...learn.classifier import Classifier
 from ...learn.images import ImageStore
@@ -31,10 +31,20 @@ from ...models.weights import resolve_weights
 from .config import PretrainConfig
 
 
-def pretrain(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
-    import torch
+def pretrain(cfg: PretrainConfig, out: Path) -> StageResult:
+    """Supervised training on a DomainBed-layout folder -> OUT/backbone.safetensors (no head) and card.json; the
+    StageResult's data is the card."""
+    from ...core.distributed import is_main_process
 
     out = Path(out)
+    card = _train(cfg, out)
+    return StageResult([card["line"]], files={"backbone": str(out / "backbone.safetensors")}, data=card,
+                       printed=is_main_process())
+
+
+def _train(cfg: PretrainConfig, out: Path) -> dict[str, Any]:
+    import torch
+
     choice = core_threads.apply(cfg.threads)
     arch, w = resolve_weights(cfg.weights, cfg.backbone)
     cfg, size_choice = cfg.sized(arch, w)

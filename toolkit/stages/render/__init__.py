@@ -27,7 +27,7 @@ class Render(Stage):
 
         return render
 
-    def inputs(self, settings):
+    def inputs(self, settings, recipe_view):
         return ["extrapolate"]  # its prompts
 
     def check(self, recipe_view, settings):
@@ -54,14 +54,14 @@ class Render(Stage):
         return recipe.smoke(settings, ctx)
 
     def folders(self, root: Path) -> list[Path]:
-        from ...core.outdir import record_of
+        from ...core.outdir import stage_in
 
-        if record_of(root) is None and record_of(root / "images") == self.name:
+        if stage_in(root) is None and stage_in(root / "images") == self.name:
             return [root / "images"]  # a recipe's render folder
         return super().folders(root)
 
     def report(self, folders, page):
         report.write_section(folders, page)
 
-    def progress(self, folder, section):
-        return report.progress(self.output(folder))
+    def unfinished(self, folder, section):
+        return report.unfinished(self.output(folder))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...core.device import DEVICES, PRECISIONS
-from ...core.settings import SettingError, seed_setting, setting
+from ...core.settings import SettingError, ShowsProgress, quiet_setting, seed_setting, setting, threads_setting
 
 
 def _backends():
@@ -15,7 +15,7 @@ def _backends():
 
 
 @dataclass
-class RenderConfig:
+class RenderConfig(ShowsProgress):
     model: str = setting("auto", "A diffusers/onnx card or a pipeline folder; auto: a real diffusion model you "
                                  "imported, else the built-in tiny-lcm (which draws noise).", metavar="CARD|DIR")
     backend: str = setting("torch", "Inference backend.", choices=_backends)
@@ -65,14 +65,8 @@ class RenderConfig:
     writers: int | None = setting(None, "Threads that encode, hash and write the PNGs while the next batch renders "
                                         "(default: up to 8 on a GPU, 2 on a CPU).", min=1, max=64, none_word="auto",
                                   recipe=False)
-    threads: int | None = setting(None, "CPU threads torch computes with (default: the cores other processes leave "
-                                        "free, at least one; recorded in every manifest row).", min=1, max=1024,
-                                  none_word="auto", recipe=False)
-    quiet: bool = setting(False, "No progress bar.", is_flag=True, recipe=False)
-
-    @property
-    def progress(self) -> bool:
-        return not self.quiet
+    threads: int | None = threads_setting('every manifest row')
+    quiet: bool = quiet_setting()
 
     def shard_tuple(self) -> tuple[int, int]:
         return parse_shard(self.shard)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-RECORD = "render.json"  # the stage's record in its folder (descriptor.Stage.record)
+RECORD = "render.json"  # the stage's record in its folder (core/outdir.py: a run's record)
 
 
 def write_section(folders: list[Path], page: Any) -> None:
@@ -35,7 +35,7 @@ def write_section(folders: list[Path], page: Any) -> None:
                         f"{ident['steps']} steps, {ident['size']} px")
 
 
-def progress(images: Path) -> str:
+def unfinished(images: Path) -> str:
     from ...core.files import read_json, read_jsonl
 
     done = sum(len(read_jsonl(m, tolerate_torn_tail=True)) for m in images.glob("manifest*.jsonl"))

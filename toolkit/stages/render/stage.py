@@ -32,7 +32,7 @@ from ...core.faults import kill_point
 from ...core.files import (append_jsonl, atomic_write, read_json, read_jsonl, sha256_bytes, sha256_file, write_bytes,
                            write_jsonl)
 from ...core.names import check_label, path_name
-from ...core.progress import progress
+from ...core.progress import progress_bar
 from ...core.stagerun import StageResult, StageRun
 from .card import write_render_card
 from .config import RenderConfig
@@ -150,7 +150,7 @@ def render(prompts: Path, out: Path, cfg: RenderConfig | None = None, renderer: 
         todo = [u for u in units if u.image_id not in done]
         base = {"model": resolved.card.name, "model_sha256": resolved.sha256, **renderer.settings(),
                 **renderer.provenance(), "run_seed": cfg.seed, "toolkit_version": __version__}
-        bar = progress(len(units), "render", unit="img", initial=len(units) - len(todo), disable=not cfg.progress,
+        bar = progress_bar(len(units), "render", unit="img", initial=len(units) - len(todo), disable=not cfg.progress,
                        leave=True)
         t_render = time.perf_counter()
         _draw(todo, renderer, cfg, out, manifest, base, guides, done, bar)

@@ -5,22 +5,16 @@ stage writing its own section (`Stage.report`); the command is in command.py."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ...core.settings import setting
+from .config import NAME, ReportConfig
 from ..descriptor import RecipeView, Stage, StageResult, register, stages
-
-
-@dataclass
-class ReportConfig:
-    title: str = setting("Augur run", "The report's title.")
 
 
 @register
 class Report(Stage):
-    name = "report"
+    name = NAME
     settings = ReportConfig
     processes = "main"
 
@@ -34,11 +28,12 @@ class Report(Stage):
 
         return from_mapping(ReportConfig, section, where)
 
-    def inputs(self, settings: Any) -> list[str]:
-        return [s.name for s in stages() if s.name != self.name]  # whatever the recipe has of them
+    def inputs(self, settings: Any, recipe: RecipeView) -> list[str]:
+        return [s for s in recipe.stages if s != self.name]  # whatever the recipe has of the other stages
 
-    def needs_inputs_present(self) -> bool:
-        return False
+    def upstream(self, settings: Any, recipe: RecipeView) -> list[str]:
+        # every other stage's slot, an absent one null: as it always was, so report folders keep their names
+        return [s.name for s in stages() if s.name != self.name]
 
     def run(self, settings: Any, out: Path, recipe: RecipeView) -> StageResult:
         from .page import write_report

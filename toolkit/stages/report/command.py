@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ...core.settings import click_options
-from . import ReportConfig
+from .config import ReportConfig
 
 
 @click.command("report")

@@ -26,9 +26,10 @@ from typing import Any
 from ... import __version__
 from ...core.errors import AugurError
 from ...core.files import read_json, write_text
-from ...core.outdir import record_of
+from ...core.outdir import stage_in
 from ...core.tables import format_table
 from ..descriptor import RECIPE, get, stages
+from .config import NAME
 
 PACKAGES = ("torch", "diffusers", "transformers", "optimum-onnx", "onnxruntime", "peft", "timm", "accelerate",
             "llama-cpp-python")
@@ -104,7 +105,7 @@ def finish_plot(fig, ax, xlabel: str, ylabel: str, path: Path, legend_size: int)
 
 def plan_of(root: Path) -> dict[str, Any] | None:
     """The plan of a recipe run's folder (`augur run`), checked; None for any other folder."""
-    if record_of(root) != RECIPE or not (root / "plan.json").is_file():
+    if stage_in(root) != RECIPE or not (root / "plan.json").is_file():
         return None
     f = root / "plan.json"
     plan = read_json(f)
@@ -131,7 +132,7 @@ def find_folders(root: Path, _seen: frozenset = frozenset()) -> dict[str, list[P
         seen = _seen | {root.resolve()}
         for s in plan["plan"]:
             folder = Path(s["folder"])
-            if s["stage"] == "report" or not folder.is_dir():
+            if not folder.is_dir():
                 continue
             if folder.resolve() in seen:
                 raise AugurError(f"{root / 'plan.json'}: its plan leads back to {folder} (a loop of run folders)")
@@ -154,22 +155,22 @@ def plan_status(root: Path) -> list[list[str]]:
     rows = []
     for s in plan.get("plan", []):
         folder = Path(s["folder"])
-        if s["stage"] == "report":
+        if s["stage"] == NAME:  # the page being written
             state = "this report"
         elif (folder / "DONE.json").is_file():
             state = "done"
         elif folder.is_dir():
-            state = f"incomplete: {stage_progress(s['stage'], folder, plan.get('stages', {}).get(s['stage'], {}))}"
+            state = f"incomplete: {stage_unfinished(s['stage'], folder, plan.get('stages', {}).get(s['stage'], {}))}"
         else:
             state = "not started"
         rows.append([s["stage"], state, folder.name])
     return rows
 
 
-def stage_progress(stage: str, folder: Path, section: dict[str, Any]) -> str:
+def stage_unfinished(stage: str, folder: Path, section: dict[str, Any]) -> str:
     """What an unfinished stage folder holds, in a few words."""
     try:
-        return get(stage).progress(folder, section)
+        return get(stage).unfinished(folder, section)
     except (AugurError, KeyError, TypeError, ValueError):
         return "started"
 
