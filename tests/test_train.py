@@ -199,19 +199,24 @@ def test_mixed_precision_through_accelerate(tmp_path):
     # guard absorbs a few; this test is about bf16 arithmetic, not that race (docs/verification.md: fp32 on a
     # CPU, what auto picks). The stage sets its own thread count (core/threads.py), so one thread is asked of
     # it, not of torch here: torch.set_num_threads(1) around the call was overridden by the stage's choice.
-    bf16 = pretrain(pcfg(epochs=2, precision="bf16", threads=1), tmp_path / "bf16").data
+    # ... and in a process of its own: in one process after the rest of the suite, the same bf16 run skipped 0-9
+    # of its 58 steps on NaN gradients from run to run (final loss 0.77-1.10; clean clones of 2026-12-07), while
+    # in a fresh process it gave the same loss and no skip in 8 of 8 runs one after another (0.766): oneDNN's bf16
+    # backward is not reproducible after the suite's other work in the process, and that is not this test's subject.
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-m", "cli", "pretrain", "--data", "digits", "--out", str(tmp_path / "bf16"),
+                          "--precision", "bf16", "--threads", "1", "--epochs", "2",
+                          "--image-size", str(FAST["image_size"]), "--batch-size", str(FAST["batch_size"]), "--quiet"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    bf16 = read_json(tmp_path / "bf16" / "card.json")
     assert bf16["threads"] == 1
     assert fp32["train"]["precision"] == "fp32" and bf16["train"]["precision"] == "bf16"
-    # both learn (chance-level cross-entropy is ln 10 = 2.30), and to about the same loss. oneDNN's bf16 backward
-    # also gives a sporadic NaN at one thread (measured 2026-12-07, the same on older commits: 0-2 skipped steps
-    # of 58 from run to run, final losses 0.77-1.0): a run that skipped steps is that many updates short, so it
-    # is held to learning (and its skips are the guard's, recorded), not to fp32's loss
+    # both learn (chance-level cross-entropy is ln 10 = 2.30), and to about the same loss, with no step skipped
     losses = [fp32["history"][-1]["loss"], bf16["history"][-1]["loss"]]
-    skipped = sum(h["skipped_steps"] for h in bf16["history"])
-    if skipped:
-        assert max(losses) < 1.2 and skipped <= 4, (losses, skipped)
-    else:
-        assert max(losses) < 0.8 and abs(losses[0] - losses[1]) < 0.15, losses
+    assert sum(h["skipped_steps"] for h in bf16["history"]) == 0
+    assert max(losses) < 0.8 and abs(losses[0] - losses[1]) < 0.15, losses
     from safetensors.torch import load_file
 
     a, b = (load_file(str(tmp_path / m / "backbone.safetensors")) for m in ("fp32", "bf16"))
